@@ -1,0 +1,41 @@
+"""hero_core: training-free early dropping of visual tokens for high-resolution VLMs (HERO and baselines).
+
+Pure algorithms on torch tensors; never imports transformers, open_clip or timm. Adapters for host
+models live in ``hero_adapters``.
+"""
+
+from . import presets
+from ._errors import HeroError
+from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAllocator
+from .efficiency import VICUNA_7B, VICUNA_13B, ModelShape, kv_cache_bytes, prefill_flops
+from .plan import Allocation, PrunePlan, Pruner
+from .protocols import BudgetAllocator, TextScorer, TileEncoderOutputs, TokenSelector
+from .selectors import ClsAttentionSelector, FunctionAwareSelector, RandomSelector, StridedSelector
+from .tiles import EncodedTiles
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VICUNA_7B",
+    "VICUNA_13B",
+    "Allocation",
+    "BudgetAllocator",
+    "ClsAttentionSelector",
+    "EncodedTiles",
+    "FunctionAwareSelector",
+    "HeroAllocator",
+    "HeroError",
+    "ModelShape",
+    "PrunePlan",
+    "Pruner",
+    "RandomSelector",
+    "StridedSelector",
+    "TextScorer",
+    "ThumbnailAttentionAllocator",
+    "TileEncoderOutputs",
+    "TokenSelector",
+    "UniformAllocator",
+    "kv_cache_bytes",
+    "prefill_flops",
+    "presets",
+]

@@ -1,0 +1,119 @@
+"""HERO's content-adaptive budget allocation (paper section 4.1, Eq. 1-4)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._arith import floor_ratio
+from .._errors import HeroError, check_positive, check_unit_interval
+from ..plan import Allocation
+from ..protocols import TileEncoderOutputs
+from ..tiles import EncodedTiles
+from ._split import exact_split, tile_views
+
+__all__ = ["HeroAllocator"]
+
+
+@dataclass(frozen=True)
+class HeroAllocator:
+    """Tile budgets from visual saliency and task relevance (HERO, Eq. 1-4).
+
+    For each local tile i (the thumbnail excluded):
+
+    - saliency ``c_i = cos(CLS_i, CLS_thumb)``, ``v = softmax(c / tau_v)``  (Eq. 1)
+    - relevance ``t = softmax(r / tau_t)`` from the CLIP cosine ``r``        (Eq. 2)
+    - importance ``s = alpha * v + (1 - alpha) * t``                          (Eq. 3)
+
+    and, when ``density_weight`` w > 0 (the authors' code uses 0.2), ``s <- w * d + (1 - w) * s`` with the
+    padding-density prior ``d_i = (n_i / N) / (sum_k n_k / N + 1e-6)``. Without relevance ``s = v``.
+
+    Budgets (Eq. 4): with ``exact=True`` (paper preset) the total is ``min(floor(R * V * N), valid)``, the
+    thumbnail takes ``min(floor(R * N), n_thumb)`` and the tiles share the rest by capped largest
+    remainders. With ``exact=False`` (the authors' code) ``b_i = min(floor(s_i * floor(K * N * R)), n_i)``
+    and what the floors and caps cut off is dropped.
+
+    Args:
+        alpha: weight of saliency against relevance, in [0, 1]. Default 0.5 (the sweep's midpoint).
+        tau_v: saliency temperature > 0. Default 0.05.
+        tau_t: relevance temperature > 0. Default 0.05.
+        density_weight: weight of the padding-density prior, in [0, 1]. Default 0 (paper).
+        exact: paper budgets (True) or the reference code's floors (False).
+    """
+
+    alpha: float = 0.5
+    tau_v: float = 0.05
+    tau_t: float = 0.05
+    density_weight: float = 0.0
+    exact: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", check_unit_interval("alpha", self.alpha))
+        object.__setattr__(self, "tau_v", check_positive("tau_v", self.tau_v))
+        object.__setattr__(self, "tau_t", check_positive("tau_t", self.tau_t))
+        object.__setattr__(self, "density_weight", check_unit_interval("density_weight", self.density_weight))
+        if not isinstance(self.exact, bool):
+            raise HeroError.field("exact", self.exact, "True (paper budgets) or False (reference floors)")
+
+    @property
+    def uses_relevance(self) -> bool:
+        """Relevance only matters when it has weight: ``alpha < 1``."""
+        return self.alpha < 1.0
+
+    def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
+        return self.allocate(tiles, relevance, keep_ratio).budgets
+
+    def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
+        """Budgets with the importance behind them (the thumbnail's importance entries are 0)."""
+        checked = EncodedTiles.from_outputs(tiles)
+        importance, saliency, relevance_part = self.importance(checked, relevance)
+        others = tile_views(checked)
+        if self.exact:
+            budgets = exact_split(checked, keep_ratio, importance[others])
+        else:
+            budgets = self._reference_budgets(checked, keep_ratio, importance)
+        return Allocation(budgets=budgets, importance=importance, saliency=saliency, relevance=relevance_part)
+
+    def importance(self, tiles: EncodedTiles, relevance: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(importance, saliency part, relevance part), each (V,) float32 with 0 at the thumbnail."""
+        others = torch.tensor(tile_views(tiles), device=tiles.device, dtype=torch.long)
+        cls = tiles.cls_tokens.float()  # (V, D); float32: tau = 0.01 overflows half precision
+        cosine = F.cosine_similarity(cls[others], cls[tiles.thumbnail_index].unsqueeze(0), dim=-1)  # (K,)
+        saliency = torch.softmax(cosine / self.tau_v, dim=0)  # Eq. 1
+        if relevance is not None and self.alpha < 1.0:
+            task = torch.softmax(relevance.float()[others] / self.tau_t, dim=0)  # Eq. 2
+            saliency_part, relevance_part = self.alpha * saliency, (1.0 - self.alpha) * task  # Eq. 3
+        else:
+            saliency_part, relevance_part = saliency, torch.zeros_like(saliency)
+        score = saliency_part + relevance_part
+        if self.density_weight > 0:
+            count = tiles.valid_mask[others].sum(-1).float() / tiles.num_tokens  # (K,) n_i / N
+            density = count / (count.sum() + 1e-6)
+            keep = 1.0 - self.density_weight
+            score = self.density_weight * density + keep * score
+            saliency_part, relevance_part = keep * saliency_part, keep * relevance_part
+        return (
+            _scatter(score, others, tiles),
+            _scatter(saliency_part, others, tiles),
+            _scatter(relevance_part, others, tiles),
+        )
+
+    @staticmethod
+    def _reference_budgets(tiles: EncodedTiles, keep_ratio: float, importance: Tensor) -> Tensor:
+        """The authors' floors: thumbnail ``floor(R N)``, tile i ``min(floor(s_i * floor(K N R)), n_i)``."""
+        capacity = tiles.valid_mask.sum(-1).tolist()
+        others = tile_views(tiles)
+        pool = floor_ratio(keep_ratio, len(others) * tiles.num_tokens)
+        scores = importance.tolist()
+        budgets = [min(math.floor(scores[v] * pool), capacity[v]) for v in range(tiles.num_views)]
+        budgets[tiles.thumbnail_index] = min(floor_ratio(keep_ratio, tiles.num_tokens), capacity[tiles.thumbnail_index])
+        return torch.tensor(budgets, dtype=torch.int64, device=tiles.device)
+
+
+def _scatter(values: Tensor, index: Tensor, tiles: EncodedTiles) -> Tensor:
+    out = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
+    return out.index_copy(0, index, values.float())

@@ -1,0 +1,35 @@
+"""Uniform allocation: the same ratio for every view (the baseline every pruning paper starts from)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..protocols import TileEncoderOutputs
+from ..tiles import EncodedTiles
+from ._split import exact_split
+
+__all__ = ["UniformAllocator"]
+
+
+@dataclass(frozen=True)
+class UniformAllocator:
+    """Every view keeps (about) the same share R of its N positions.
+
+    The thumbnail takes ``floor(R * N)`` and the tile pool is split evenly by largest remainders,
+    with the same exact total as ``HeroAllocator(exact=True)``: ``min(floor(R * V * N), valid)``.
+    Comparing HERO with this allocator therefore compares methods at the same token count. This is
+    the per-crop budget of FasterVLM (Zhang et al. 2024, arXiv:2412.01818) and VisionZip-style
+    pruning applied to each view of a tiled image.
+    """
+
+    @property
+    def uses_relevance(self) -> bool:
+        return False
+
+    def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
+        checked = EncodedTiles.from_outputs(tiles)
+        weights = torch.ones(checked.num_views - 1, dtype=torch.float64)
+        return exact_split(checked, keep_ratio, weights)

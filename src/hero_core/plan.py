@@ -1,0 +1,153 @@
+"""``PrunePlan`` (the decision) and ``Pruner`` (keep ratio + allocator + selector)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._errors import HeroError, check_keep_ratio, check_relevance
+from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
+from .tiles import EncodedTiles
+
+__all__ = ["Allocation", "PrunePlan", "Pruner"]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What an explaining allocator decided, and why.
+
+    ``budgets`` (V,) int64. ``importance``, ``saliency`` and ``relevance`` are (V,) float32 or None:
+    the tile importance ``s`` (Eq. 3) and its two weighted parts (``alpha * v`` and
+    ``(1 - alpha) * t``). The thumbnail's entries are 0: it takes a fixed quota, not a share.
+    """
+
+    budgets: Tensor
+    importance: Tensor | None = None
+    saliency: Tensor | None = None
+    relevance: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """The pruning decision for one image.
+
+    Attributes:
+        keep: (V, N) bool, True for the patch tokens that go to the language model.
+        budgets: (V,) int64, kept tokens per view (``keep.sum(-1) == budgets``).
+        importance: (V,) float or None; per-view importance when the allocator explains itself.
+        saliency: (V,) float or None; the visual-saliency part of ``importance``.
+        relevance: (V,) float or None; the task-relevance part of ``importance``.
+        keep_ratio: the requested ratio R.
+    """
+
+    keep: Tensor
+    budgets: Tensor
+    importance: Tensor | None = None
+    saliency: Tensor | None = None
+    relevance: Tensor | None = None
+    keep_ratio: float = 1.0
+
+    @property
+    def num_kept(self) -> int:
+        """Patch tokens kept over all views (one host sync)."""
+        return int(self.budgets.sum())
+
+    def kept_indices(self, view: int) -> Tensor:
+        """Raster indices of the kept tokens of one view, ascending (the order they are sent in)."""
+        return self.keep[view].nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class Pruner:
+    """A keep ratio, a ``BudgetAllocator`` and a ``TokenSelector``: one pruning method, as a value.
+
+    Example:
+        >>> pruner = Pruner(keep_ratio=0.2, allocator=HeroAllocator(alpha=0.7), selector=FunctionAwareSelector())
+        >>> plan = pruner.plan(tiles, relevance)          # doctest: +SKIP
+    """
+
+    keep_ratio: float
+    allocator: BudgetAllocator
+    selector: TokenSelector
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_ratio", check_keep_ratio(self.keep_ratio))
+        if not callable(self.allocator):
+            raise HeroError.field("allocator", self.allocator, "a BudgetAllocator (callable)")
+        if not callable(self.selector):
+            raise HeroError.field("selector", self.selector, "a TokenSelector (callable)")
+        layers = getattr(self.selector, "layers", None)
+        if not isinstance(layers, tuple):
+            raise HeroError.field("selector.layers", layers, "a tuple of encoder layer indices (may be empty)")
+
+    @property
+    def uses_relevance(self) -> bool:
+        """Whether the allocator reads a text relevance (adapters skip the text scorer otherwise)."""
+        return bool(getattr(self.allocator, "uses_relevance", False))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Encoder layers whose CLS attention the plan needs: the selector's, then any the allocator reads."""
+        extra = tuple(getattr(self.allocator, "layers", ()))
+        return tuple(sorted(set(self.selector.layers) | set(extra)))
+
+    def plan(self, tiles: TileEncoderOutputs, relevance: Tensor | None = None) -> PrunePlan:
+        """Budgets per view, then the keep mask per view (paper section 4).
+
+        Args:
+            tiles: the encoder outputs of one image.
+            relevance: (V,) CLIP cosine of each view against the query, or None.
+
+        Raises:
+            HeroError: on invalid tiles or relevance, or when a custom allocator/selector breaks its contract.
+        """
+        checked = EncodedTiles.from_outputs(tiles)
+        check_relevance(relevance, checked.num_views)
+        if not self.uses_relevance:
+            relevance = None
+        with torch.inference_mode():
+            allocate = getattr(self.allocator, "allocate", None)
+            if callable(allocate):
+                allocation: Allocation = allocate(checked, relevance, self.keep_ratio)
+            else:
+                allocation = Allocation(budgets=self.allocator(checked, relevance, self.keep_ratio))
+            budgets = _checked_budgets(allocation.budgets, checked, self.allocator)
+            keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
+        return PrunePlan(
+            keep=keep,
+            budgets=budgets,
+            importance=allocation.importance,
+            saliency=allocation.saliency,
+            relevance=allocation.relevance,
+            keep_ratio=self.keep_ratio,
+        )
+
+
+def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object) -> Tensor:
+    name = f"{type(allocator).__name__} budgets"
+    if not isinstance(budgets, Tensor) or budgets.shape != (tiles.num_views,) or budgets.dtype != torch.int64:
+        raise HeroError.field(name, budgets, f"an int64 tensor of shape ({tiles.num_views},)")
+    capacity = tiles.valid_mask.sum(-1)
+    if bool(((budgets < 0) | (budgets > capacity)).any()):
+        raise HeroError.field(
+            name, budgets.tolist(), f"0 <= budgets[v] <= valid tokens of view v = {capacity.tolist()}"
+        )
+    return budgets
+
+
+def _checked_keep(keep: Any, budgets: Tensor, tiles: EncodedTiles, selector: object) -> Tensor:
+    name = f"{type(selector).__name__} keep mask"
+    shape = (tiles.num_views, tiles.num_tokens)
+    if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool:
+        raise HeroError.field(name, keep, f"a bool tensor of shape {shape}")
+    broken = (keep & ~tiles.valid_mask).any() | (keep.sum(-1) != budgets).any()
+    if bool(broken):
+        raise HeroError.field(
+            name,
+            keep.sum(-1).tolist(),
+            f"exactly budgets = {budgets.tolist()} kept per view, on valid positions only",
+        )
+    return keep

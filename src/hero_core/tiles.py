@@ -1,0 +1,172 @@
+"""``EncodedTiles``: the validated, frozen implementation of ``TileEncoderOutputs``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._errors import HeroError
+from .protocols import TileEncoderOutputs
+
+__all__ = ["EncodedTiles"]
+
+
+@dataclass(frozen=True)
+class EncodedTiles:
+    """Encoder outputs for the V views (K tiles + 1 thumbnail) of one image, checked on construction.
+
+    Shapes: ``cls_tokens`` (V, D); ``cls_attention`` (L, V, H, N); ``valid_mask`` (V, N) bool.
+    ``tile_grid`` is optional: the (rows, cols) arrangement of the K local tiles in raster order,
+    needed only by allocators that map the thumbnail onto the tiles (``ThumbnailAttentionAllocator``).
+    ``query_source`` names what stood in for the CLS query ("cls", or e.g. "mean-token" for encoders
+    without a CLS token); reports show it.
+
+    Raises:
+        HeroError: on a wrong rank, disagreeing shapes, a non-float dtype, NaN/inf, a thumbnail
+            index out of range or a bad layer list.
+    """
+
+    cls_tokens: Tensor
+    cls_attention: Tensor
+    attention_layers: tuple[int, ...]
+    valid_mask: Tensor
+    thumbnail_index: int
+    grid: tuple[int, int]
+    tile_grid: tuple[int, int] | None = None
+    query_source: str = field(default="cls")
+
+    def __post_init__(self) -> None:
+        cls_tokens, attn, valid = self.cls_tokens, self.cls_attention, self.valid_mask
+        _check_tensor("cls_tokens", cls_tokens, 2, "(V, D)")
+        _check_tensor("cls_attention", attn, 4, "(L, V, H, N)")
+        if not isinstance(valid, Tensor) or valid.dim() != 2 or valid.dtype != torch.bool:
+            raise HeroError.field("valid_mask", valid, "a (V, N) bool tensor", "Build it with `tensor.bool()`.")
+        num_views, num_tokens = valid.shape
+        if num_views < 1 or num_tokens < 1:
+            raise HeroError.field("valid_mask", valid, "at least one view and one token")
+        if cls_tokens.shape[0] != num_views:
+            raise HeroError.field(
+                "cls_tokens", cls_tokens, f"{num_views} rows, one per view (valid_mask has {num_views} views)"
+            )
+        if attn.shape[1] != num_views or attn.shape[3] != num_tokens:
+            raise HeroError.field(
+                "cls_attention",
+                attn,
+                f"shape (L, {num_views}, H, {num_tokens}) to agree with valid_mask (V={num_views}, N={num_tokens})",
+                "Drop the CLS column: keep only the N patch keys.",
+            )
+        if attn.shape[2] < 1:
+            raise HeroError.field("cls_attention", attn, "at least one head")
+        devices = {cls_tokens.device, attn.device, valid.device}
+        if len(devices) != 1:
+            raise HeroError.field(
+                "EncodedTiles devices", sorted(map(str, devices)), "one device", "Move all tensors with .to(device)."
+            )
+        layers = self.attention_layers
+        if (
+            not isinstance(layers, tuple)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+            or len(set(layers)) != len(layers)
+            or len(layers) != attn.shape[0]
+        ):
+            raise HeroError.field(
+                "attention_layers",
+                layers,
+                f"a tuple of {attn.shape[0]} distinct non-negative ints, one per entry of cls_attention's L axis",
+            )
+        index = self.thumbnail_index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_views:
+            raise HeroError.field("thumbnail_index", index, f"an int in [0, {num_views - 1}]")
+        _check_pair("grid", self.grid)
+        if self.grid[0] * self.grid[1] != num_tokens:
+            raise HeroError.field("grid", self.grid, f"rows * cols == N == {num_tokens}")
+        if self.tile_grid is not None:
+            _check_pair("tile_grid", self.tile_grid)
+            if self.tile_grid[0] * self.tile_grid[1] != num_views - 1:
+                raise HeroError.field(
+                    "tile_grid", self.tile_grid, f"rows * cols == K == {num_views - 1} local tiles, or None"
+                )
+        # One host sync for all finiteness checks.
+        finite = torch.stack([torch.isfinite(cls_tokens).all(), torch.isfinite(attn).all()]).tolist()
+        for name, ok, tensor in (("cls_tokens", finite[0], cls_tokens), ("cls_attention", finite[1], attn)):
+            if not ok:
+                raise HeroError.field(
+                    name, tensor, "finite values (found NaN or inf)", "Check the pixels and the encoder's dtype."
+                )
+
+    @classmethod
+    def from_outputs(cls, outputs: TileEncoderOutputs) -> EncodedTiles:
+        """Validate any object that satisfies ``TileEncoderOutputs`` (returns it as is if already checked)."""
+        if isinstance(outputs, EncodedTiles):
+            return outputs
+        try:
+            return cls(
+                cls_tokens=outputs.cls_tokens,
+                cls_attention=outputs.cls_attention,
+                attention_layers=tuple(outputs.attention_layers),
+                valid_mask=outputs.valid_mask,
+                thumbnail_index=outputs.thumbnail_index,
+                grid=tuple(outputs.grid),  # type: ignore[arg-type]
+                tile_grid=getattr(outputs, "tile_grid", None),
+            )
+        except AttributeError as error:
+            raise HeroError.field(
+                "tiles", outputs, "an object with the TileEncoderOutputs attributes", f"Missing: {error}."
+            ) from error
+
+    @property
+    def num_views(self) -> int:
+        """V, the number of views (local tiles + thumbnail)."""
+        return int(self.valid_mask.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the patch tokens per view."""
+        return int(self.valid_mask.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.valid_mask.device
+
+    def layer_attention(self, layers: tuple[int, ...], *, user: str = "selector") -> Tensor:
+        """CLS attention of the requested encoder layers: (len(layers), V, H, N), in float32.
+
+        Raises:
+            HeroError: if a layer was not recorded by the adapter.
+        """
+        missing = [layer for layer in layers if layer not in self.attention_layers]
+        if missing:
+            raise HeroError.field(
+                f"{user} layers",
+                layers,
+                f"layers among the recorded attention_layers {self.attention_layers}",
+                f"Layer(s) {missing} were not recorded: let the adapter hook the selector's `.layers`, "
+                "or choose recorded layers.",
+            )
+        index = torch.tensor([self.attention_layers.index(layer) for layer in layers], device=self.device)
+        return self.cls_attention.index_select(0, index).float()
+
+    def replace(self, **changes: Any) -> EncodedTiles:
+        """A copy with some fields changed (validated again)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values.update(changes)
+        return EncodedTiles(**values)
+
+
+def _check_tensor(name: str, value: object, rank: int, shape: str) -> None:
+    if not isinstance(value, Tensor) or value.dim() != rank:
+        raise HeroError.field(name, value, f"a {rank}-d float tensor {shape}")
+    if not value.dtype.is_floating_point:
+        raise HeroError.field(name, value, f"a floating-point tensor {shape}", "Convert it with `.float()`.")
+
+
+def _check_pair(name: str, value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value)
+    ):
+        raise HeroError.field(name, value, "a tuple of two positive ints (rows, cols)")
