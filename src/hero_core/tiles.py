@@ -131,7 +131,7 @@ class EncodedTiles:
     def device(self) -> torch.device:
         return self.valid_mask.device
 
-    def layer_attention(self, layers: tuple[int, ...], *, user: str = "selector") -> Tensor:
+    def layer_attention(self, layers: tuple[int, ...], *, field: str = "selector layers") -> Tensor:
         """CLS attention of the requested encoder layers: (len(layers), V, H, N), in float32.
 
         Raises:
@@ -140,7 +140,7 @@ class EncodedTiles:
         missing = [layer for layer in layers if layer not in self.attention_layers]
         if missing:
             raise HeroError.field(
-                f"{user} layers",
+                field,
                 layers,
                 f"layers among the recorded attention_layers {self.attention_layers}",
                 f"Layer(s) {missing} were not recorded: let the adapter hook the selector's `.layers`, "

@@ -68,7 +68,7 @@ class HeroAllocator:
         return self.allocate(tiles, relevance, keep_ratio).budgets
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
-        """Budgets with the importance behind them (the thumbnail's importance entries are 0)."""
+        """Budgets with the importance behind them (reported in float32; the thumbnail's entries are 0)."""
         checked = EncodedTiles.from_outputs(tiles)
         importance, saliency, relevance_part = self.importance(checked, relevance)
         others = tile_views(checked)
@@ -76,30 +76,37 @@ class HeroAllocator:
             budgets = exact_split(checked, keep_ratio, importance[others])
         else:
             budgets = self._reference_budgets(checked, keep_ratio, importance)
-        return Allocation(budgets=budgets, importance=importance, saliency=saliency, relevance=relevance_part)
+        return Allocation(
+            budgets=budgets, importance=importance.float(), saliency=saliency.float(), relevance=relevance_part.float()
+        )
 
     def importance(self, tiles: EncodedTiles, relevance: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(importance, saliency part, relevance part), each (V,) float32 with 0 at the thumbnail."""
+        """(importance, saliency part, relevance part), each (V,) float64 with 0 at the thumbnail.
+
+        Computed in float64 whatever the input dtype: tau = 0.01 overflows half precision, and budgets
+        are floors of these numbers, so they should not depend on summation order.
+        """
         others = torch.tensor(tile_views(tiles), device=tiles.device, dtype=torch.long)
-        cls = tiles.cls_tokens.float()  # (V, D); float32: tau = 0.01 overflows half precision
+        cls = tiles.cls_tokens.double()  # (V, D)
         cosine = F.cosine_similarity(cls[others], cls[tiles.thumbnail_index].unsqueeze(0), dim=-1)  # (K,)
         saliency = torch.softmax(cosine / self.tau_v, dim=0)  # Eq. 1
         if relevance is not None and self.alpha < 1.0:
-            task = torch.softmax(relevance.float()[others] / self.tau_t, dim=0)  # Eq. 2
+            task = torch.softmax(relevance.double()[others] / self.tau_t, dim=0)  # Eq. 2
             saliency_part, relevance_part = self.alpha * saliency, (1.0 - self.alpha) * task  # Eq. 3
         else:
             saliency_part, relevance_part = saliency, torch.zeros_like(saliency)
         score = saliency_part + relevance_part
         if self.density_weight > 0:
-            count = tiles.valid_mask[others].sum(-1).float() / tiles.num_tokens  # (K,) n_i / N
+            count = tiles.valid_mask[others].sum(-1).double() / tiles.num_tokens  # (K,) n_i / N
             density = count / (count.sum() + 1e-6)
-            keep = 1.0 - self.density_weight
-            score = self.density_weight * density + keep * score
-            saliency_part, relevance_part = keep * saliency_part, keep * relevance_part
+            rest = 1.0 - self.density_weight
+            score = self.density_weight * density + rest * score
+            saliency_part, relevance_part = rest * saliency_part, rest * relevance_part
+        views = tiles.num_views
         return (
-            _scatter(score, others, tiles),
-            _scatter(saliency_part, others, tiles),
-            _scatter(relevance_part, others, tiles),
+            _scatter(score, others, views),
+            _scatter(saliency_part, others, views),
+            _scatter(relevance_part, others, views),
         )
 
     @staticmethod
@@ -114,6 +121,6 @@ class HeroAllocator:
         return torch.tensor(budgets, dtype=torch.int64, device=tiles.device)
 
 
-def _scatter(values: Tensor, index: Tensor, tiles: EncodedTiles) -> Tensor:
-    out = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
-    return out.index_copy(0, index, values.float())
+def _scatter(values: Tensor, index: Tensor, num_views: int) -> Tensor:
+    """(K,) tile values into a (V,) vector with 0 at the thumbnail."""
+    return torch.zeros(num_views, dtype=values.dtype, device=values.device).index_copy(0, index, values)

@@ -54,6 +54,8 @@ class ThumbnailAttentionAllocator:
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         checked = EncodedTiles.from_outputs(tiles)
+        if checked.num_views == 1:  # a thumbnail alone: nothing to split
+            return Allocation(budgets=exact_split(checked, keep_ratio, torch.zeros(0)))
         if checked.tile_grid is None:
             raise HeroError.field(
                 "tile_grid",
@@ -63,7 +65,7 @@ class ThumbnailAttentionAllocator:
             )
         rows, cols = checked.grid
         tile_rows, tile_cols = checked.tile_grid
-        attention = checked.layer_attention((self.layer,), user="ThumbnailAttentionAllocator")
+        attention = checked.layer_attention((self.layer,), field="ThumbnailAttentionAllocator.layer")
         thumb = attention[0, checked.thumbnail_index].mean(dim=0)  # (N,) mean over heads
         device = checked.device
         centre_r = (torch.arange(rows, device=device, dtype=torch.float64) + 0.5) / rows

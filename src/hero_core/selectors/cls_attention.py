@@ -43,5 +43,7 @@ class ClsAttentionSelector:
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
         checked = EncodedTiles.from_outputs(tiles)
-        scores = reduce_heads(checked.layer_attention(self.layers)[0], self.head_reduction)  # (V, N)
+        scores = reduce_heads(
+            checked.layer_attention(self.layers, field="ClsAttentionSelector.layer")[0], self.head_reduction
+        )  # (V, N)
         return keep_top(scores, budgets, checked.valid_mask)

@@ -50,9 +50,14 @@ class FunctionAwareSelector:
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
         checked = EncodedTiles.from_outputs(tiles)
-        low = reduce_heads(checked.layer_attention(self.low_layers), self.head_reduction).mean(0)  # (V, N)
+        low = reduce_heads(
+            checked.layer_attention(self.low_layers, field="FunctionAwareSelector.low_layers"), self.head_reduction
+        ).mean(0)  # (V, N)
         thumb = checked.thumbnail_index
-        high = reduce_heads(checked.layer_attention(self.high_layers)[:, thumb], self.head_reduction).mean(0)  # (N,)
+        high = reduce_heads(
+            checked.layer_attention(self.high_layers, field="FunctionAwareSelector.high_layers")[:, thumb],
+            self.head_reduction,
+        ).mean(0)  # (N,)
         is_thumb = torch.arange(checked.num_views, device=checked.device) == thumb
         scores = torch.where(is_thumb[:, None], high[None, :], low)  # (V, N)
         return keep_top(scores, budgets, checked.valid_mask)

@@ -1,0 +1,235 @@
+"""Property-testing kit for users and for the library's own tests.
+
+Hypothesis strategies that generate valid ``EncodedTiles`` and checkers that hold any
+``BudgetAllocator`` / ``TokenSelector`` to the library's invariants. Five lines test a custom allocator::
+
+    from hypothesis import given
+    from hero_core.testing import check_allocator, encoded_tiles, keep_ratios
+
+    @given(encoded_tiles(), keep_ratios())
+    def test_my_allocator(tiles, ratio):
+        check_allocator(MyAllocator(), tiles, None, ratio, exact_total=True)
+
+Needs the ``test`` extra (hypothesis).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._arith import floor_ratio
+from ._errors import HeroError
+from .protocols import BudgetAllocator, TokenSelector
+from .tiles import EncodedTiles
+
+try:
+    from hypothesis import strategies as st
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise HeroError("hero_core.testing needs hypothesis: install it with `pip install 'hero-prune[test]'`.") from error
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "check_allocator",
+    "check_selector",
+    "encoded_tiles",
+    "expected_total",
+    "keep_ratios",
+    "make_tiles",
+    "relevances",
+]
+
+#: Layers every generated ``EncodedTiles`` records: those the shipped presets read.
+DEFAULT_LAYERS: tuple[int, ...] = (5, 6, 7, 8, 21, 22)
+
+_PADDINGS = ("none", "rows", "cols", "random")
+
+
+def make_tiles(
+    *,
+    num_views: int,
+    grid: tuple[int, int],
+    num_heads: int = 2,
+    layers: tuple[int, ...] = DEFAULT_LAYERS,
+    width: int = 8,
+    thumbnail_index: int = 0,
+    padding: str = "none",
+    pad_amount: float = 0.25,
+    separated: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> EncodedTiles:
+    """Deterministic synthetic ``EncodedTiles`` (the building block of ``encoded_tiles``).
+
+    Args:
+        num_views: V, the tiles plus the thumbnail.
+        grid: (rows, cols) of patches in one view.
+        padding: how local tiles are padded: ``"none"``, ``"rows"`` / ``"cols"`` (LLaVA-NeXT-style bands
+            at the end of each tile) or ``"random"`` (any positions). The thumbnail is never padded.
+        pad_amount: fraction of each padded tile's rows, columns or positions that are padding.
+        separated: if True, every view's attention takes distinct values spaced by a factor 2^(1/16)
+            (identical over heads and layers), so rankings survive a cast to bfloat16 / float16.
+        seed: seeds a CPU generator; the same arguments give the same tensors.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows, cols = grid
+    tokens = rows * cols
+    valid = torch.ones(num_views, rows, cols, dtype=torch.bool)
+    for view in range(num_views):
+        if view == thumbnail_index or padding == "none":
+            continue
+        if padding == "rows":
+            valid[view, rows - int(pad_amount * rows) :, :] = False
+        elif padding == "cols":
+            valid[view, :, cols - int(pad_amount * cols) :] = False
+        elif padding == "random":
+            valid[view] = torch.rand(rows, cols, generator=generator) >= pad_amount
+        else:
+            raise HeroError.field("padding", padding, f"one of {_PADDINGS}")
+    if separated:
+        ranks = torch.stack([torch.randperm(tokens, generator=generator) for _ in range(num_views)])  # (V, N)
+        values = torch.pow(2.0, -ranks.double() / 16.0) / tokens
+        attention = values[None, :, None, :].expand(len(layers), num_views, num_heads, tokens).clone()
+    else:
+        logits = 3.0 * torch.randn(len(layers), num_views, num_heads, tokens + 1, generator=generator)
+        attention = torch.softmax(logits.double(), dim=-1)[..., 1:]  # drop the CLS key
+    tile_count = num_views - 1
+    tile_grid = _tile_grid(tile_count)
+    return EncodedTiles(
+        cls_tokens=torch.randn(num_views, width, generator=generator).to(dtype=dtype, device=device),
+        cls_attention=attention.to(dtype=dtype, device=device),
+        attention_layers=tuple(layers),
+        valid_mask=valid.flatten(1).to(device),
+        thumbnail_index=thumbnail_index,
+        grid=(rows, cols),
+        tile_grid=tile_grid,
+    )
+
+
+def _tile_grid(count: int) -> tuple[int, int] | None:
+    """The most square (rows, cols) arrangement of ``count`` tiles, or None for no tiles."""
+    if count == 0:
+        return None
+    rows = max(r for r in range(1, int(count**0.5) + 1) if count % r == 0)
+    return (rows, count // rows)
+
+
+@st.composite
+def encoded_tiles(
+    draw: st.DrawFn,
+    *,
+    max_views: int = 9,
+    max_side: int = 7,
+    max_heads: int = 3,
+    layers: tuple[int, ...] = DEFAULT_LAYERS,
+    paddings: tuple[str, ...] = _PADDINGS,
+    separated: bool | None = None,
+) -> EncodedTiles:
+    """Hypothesis strategy for valid ``EncodedTiles``: random V, grid, heads, thumbnail index and padding.
+
+    Args:
+        max_views: largest V (at least 1: a thumbnail alone is a valid input).
+        max_side: largest patch rows / cols of a view.
+        layers: recorded encoder layers (defaults cover every shipped preset).
+        paddings: padding styles to draw from (see ``make_tiles``).
+        separated: force (True) or forbid (False) dtype-robust attention values; None draws both.
+    """
+    num_views = draw(st.integers(1, max_views))
+    grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    return make_tiles(
+        num_views=num_views,
+        grid=grid,
+        num_heads=draw(st.integers(1, max_heads)),
+        layers=layers,
+        thumbnail_index=draw(st.sampled_from([0, num_views - 1])),
+        padding=draw(st.sampled_from(paddings)),
+        pad_amount=draw(st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0])),
+        separated=draw(st.booleans()) if separated is None else separated,
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def keep_ratios() -> st.SearchStrategy[float]:
+    """Keep ratios in (0, 1], weighted towards the values people use and the edges (1e-3, 1)."""
+    common = st.sampled_from([1.0, 0.5, 0.4, 0.25, 0.2, 0.1, 0.05, 1e-3])
+    return st.one_of(common, st.floats(min_value=1e-4, max_value=1.0, exclude_min=True, allow_nan=False))
+
+
+def relevances(num_views: int) -> st.SearchStrategy[Tensor]:
+    """(V,) CLIP-cosine-like scores in [-1, 1], ties included."""
+    value = st.one_of(st.floats(-1.0, 1.0, allow_nan=False), st.sampled_from([0.0, 0.25]))
+    return st.lists(value, min_size=num_views, max_size=num_views).map(lambda xs: torch.tensor(xs, dtype=torch.float32))
+
+
+def expected_total(tiles: EncodedTiles, keep_ratio: float) -> int:
+    """The exact total of the paper preset: ``min(floor(R * V * N), total valid)``."""
+    return min(floor_ratio(keep_ratio, tiles.num_views * tiles.num_tokens), int(tiles.valid_mask.sum()))
+
+
+def check_allocator(
+    allocator: BudgetAllocator,
+    tiles: EncodedTiles,
+    relevance: Tensor | None,
+    keep_ratio: float,
+    *,
+    exact_total: bool = False,
+) -> Tensor:
+    """Assert the invariants every ``BudgetAllocator`` must hold; return its budgets.
+
+    Always: (V,) int64 on the tiles' device, ``0 <= b_v <= n_v``, the same result on a second call.
+    With ``exact_total``: ``sum == min(floor(R V N), valid)``, so ``R = 1`` keeps every valid token.
+
+    Raises:
+        AssertionError: naming the invariant that broke, with the inputs that broke it.
+    """
+    budgets = allocator(tiles, relevance, keep_ratio)
+    context = f"{type(allocator).__name__} at keep_ratio={keep_ratio!r}, V={tiles.num_views}, N={tiles.num_tokens}"
+    _require(isinstance(budgets, Tensor), f"{context}: returned {type(budgets).__name__}, not a Tensor")
+    _require(budgets.shape == (tiles.num_views,), f"{context}: shape {tuple(budgets.shape)} != ({tiles.num_views},)")
+    _require(budgets.dtype == torch.int64, f"{context}: dtype {budgets.dtype} != torch.int64")
+    _require(budgets.device == tiles.device, f"{context}: device {budgets.device} != {tiles.device}")
+    capacity = tiles.valid_mask.sum(-1)
+    _require(bool((budgets >= 0).all()), f"{context}: negative budget in {budgets.tolist()}")
+    _require(
+        bool((budgets <= capacity).all()),
+        f"{context}: budgets {budgets.tolist()} exceed valid counts {capacity.tolist()}",
+    )
+    again = allocator(tiles, relevance, keep_ratio)
+    _require(torch.equal(budgets, again), f"{context}: second call gave {again.tolist()} != {budgets.tolist()}")
+    if exact_total:
+        want = expected_total(tiles, keep_ratio)
+        _require(int(budgets.sum()) == want, f"{context}: sum {int(budgets.sum())} != min(floor(R V N), valid) {want}")
+    return budgets
+
+
+def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor, *, dtypes: bool = False) -> Tensor:
+    """Assert the invariants every ``TokenSelector`` must hold; return its keep mask.
+
+    Always: (V, N) bool, exactly ``budgets[v]`` kept in view v, only valid positions, the same result on
+    a second call. With ``dtypes`` (use it on tiles made with ``separated=True``): the same keep set when
+    the attention and CLS tokens are cast to bfloat16 and float16.
+
+    Raises:
+        AssertionError: naming the invariant that broke.
+    """
+    keep = selector(tiles, budgets)
+    context = f"{type(selector).__name__} with budgets {budgets.tolist()}"
+    shape = (tiles.num_views, tiles.num_tokens)
+    _require(isinstance(keep, Tensor), f"{context}: returned {type(keep).__name__}, not a Tensor")
+    _require(keep.shape == shape, f"{context}: shape {tuple(keep.shape)} != {shape}")
+    _require(keep.dtype == torch.bool, f"{context}: dtype {keep.dtype} != torch.bool")
+    counts = keep.sum(-1)
+    _require(torch.equal(counts.cpu(), budgets.cpu()), f"{context}: kept {counts.tolist()} per view")
+    _require(not bool((keep & ~tiles.valid_mask).any()), f"{context}: kept a padding position")
+    _require(torch.equal(keep, selector(tiles, budgets)), f"{context}: a second call chose other tokens")
+    if dtypes:
+        for dtype in (torch.bfloat16, torch.float16):
+            cast = tiles.replace(cls_attention=tiles.cls_attention.to(dtype), cls_tokens=tiles.cls_tokens.to(dtype))
+            _require(torch.equal(keep, selector(cast, budgets)), f"{context}: {dtype} inputs chose other tokens")
+    return keep
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
