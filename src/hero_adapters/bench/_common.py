@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: machine description, timing, JSON output."""
+"""Shared helpers for the benchmarks: machine description, timing, JSON + Markdown output."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
+
+
+def results_dir() -> Path:
+    """``benchmarks/results`` when run from a checkout of the project, else ``./hero-bench-results``."""
+    here = Path.cwd() / "benchmarks"
+    return here / "results" if here.is_dir() else Path.cwd() / "hero-bench-results"
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -75,8 +81,36 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def write_results(name: str, payload: dict[str, Any], table: list[str], out: Path | None = None) -> Path:
+    """Write ``<name>.json`` and a Markdown table ``<name>.md`` (with the machine) into the results folder."""
+    folder = out or results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    host = payload["machine"]
+    lines = [
+        f"### {name}",
+        "",
+        f"{payload['what']}",
+        "",
+        f"Machine: {host.get('gpu') or host['cpu']} ({host['device']}, {host['torch_threads']} torch threads), "
+        f"torch {host['torch']}, transformers {host.get('transformers', '-')}; measured {payload['measured_at']}.",
+        "",
+        *table,
+        "",
+    ]
+    (folder / f"{name}.md").write_text("\n".join(lines))
     return path
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def progress(items: Sequence[T], desc: str) -> Iterable[T]:
+    """A progress bar over ``items`` on a terminal (tqdm when installed), the plain items otherwise."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, leave=False, disable=None)
