@@ -1,0 +1,50 @@
+"""hero_adapters: binds ``hero_core`` to host models (Hugging Face transformers, open_clip).
+
+``import hero_adapters`` needs only torch and ``hero_core``; transformers and open_clip are imported when
+an adapter or scorer first needs them (a HeroError names the extra to install if they are missing).
+
+>>> from hero_core import presets
+>>> from hero_adapters import HeroVLM
+>>> vlm = HeroVLM(model, presets.hero(0.2))                                   # doctest: +SKIP
+>>> out = vlm.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=32)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._hooks import ClsAttentionRecord, cls_attention_hooks
+from ._registry import get_adapter, list_adapters, register_adapter
+from ._types import AssembledImage, EncodedImage
+from .llava_next import LlavaNextAdapter
+from .report import ImageReport, PruneReport
+from .vlm import HeroVLM
+
+__all__ = [
+    "AssembledImage",
+    "ClsAttentionRecord",
+    "EncodedImage",
+    "HFClipTextScorer",
+    "HeroVLM",
+    "ImageReport",
+    "LlavaNextAdapter",
+    "OpenClipTextScorer",
+    "PruneReport",
+    "cls_attention_hooks",
+    "get_adapter",
+    "list_adapters",
+    "register_adapter",
+]
+
+_LAZY = {"HFClipTextScorer": ".text_scorers", "OpenClipTextScorer": ".text_scorers"}
+
+
+def __getattr__(name: str) -> Any:
+    """Text scorers load on first use, so a missing optional extra never breaks ``import hero_adapters``."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
