@@ -3,4 +3,4 @@
 __all__ = ["BENCHMARKS"]
 
 #: name -> module under hero_adapters.bench
-BENCHMARKS = {"core": "core"}
+BENCHMARKS = {"core": "core", "encode": "encode", "prefill": "prefill"}

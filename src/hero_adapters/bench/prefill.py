@@ -1,0 +1,338 @@
+"""Prefill speed-up measured against the FLOPs model, and HERO's own cost against the time it saves.
+
+1. Token counts come from the real pipeline: an in-process LLaVA-NeXT with LLaVA-NeXT-7B geometry
+   (random weights) plans a 672 x 672 image (a 2 x 2 tile grid) at each keep ratio.
+2. A LLaMA at Vicuna-7B width (d = 4096, MLP 11008, 32 heads) with a few layers and random weights runs
+   the prefill over prompt + image tokens for vanilla and each ratio; the measured speed-up is set beside
+   the one ``prefill_flops`` predicts (target: measured >= 0.85 x predicted).
+3. HERO's own cost at the smallest ratio: the CLS-attention hooks on a real-size CLIP ViT-L/14-336 tower
+   (forward with hooks minus without), the CLIP text scorer (a real-size ViT-L/14-336 CLIPModel, image tower
+   over the views plus its text tower), planning, and the rebuild of the prompt. Their sum is reported as a
+   share of the prefill time saved at Vicuna-7B's full depth (32 layers, from the per-layer time);
+   target: at most 10%.
+4. On CUDA also a full-depth LLaVA-NeXT-7B-shaped model (random weights): time to first token, decode
+   tokens/s and peak memory for vanilla and each ratio (``--full-model``).
+
+Usage: hero bench prefill [--device auto|cpu|cuda] [--layers 2] [--repeats 2] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hero_core import VICUNA_7B, EncodedTiles, presets
+from hero_core.testing import make_tiles
+
+from ._common import machine, median_seconds, now, pick_device, progress, sync, write_results
+
+VICUNA_7B_LAYERS = 32
+
+
+def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        num_hidden_layers=layers,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
+    with torch.device(device):
+        return LlamaModel(config).to(dtype).eval()
+
+
+def _token_counts(keep_ratios: Sequence[float]) -> tuple[dict[float, Any], Any]:
+    """(ratio -> PruneReport, the demo host) for a 672 x 672 image through the real pipeline."""
+    from ..demo import build_llava_next, draw_test_card
+    from ..vlm import HeroVLM
+
+    host = build_llava_next(text_width=64, text_layers=1, text_heads=2)
+    inputs = dict(
+        host.processor(
+            images=[draw_test_card(672, 672)], text=["USER: <image> describe ASSISTANT:"], return_tensors="pt"
+        )
+    )
+    reports = {ratio: HeroVLM(host.model, presets.hero(ratio)).plan(**inputs) for ratio in keep_ratios}
+    return reports, (host, inputs)
+
+
+def _clip_config() -> Any:
+    from transformers import CLIPConfig
+
+    vision = {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+    }
+    text = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+    }
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)
+
+
+def _overhead(
+    device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str
+) -> dict[str, float]:
+    """Seconds of HERO's own work for one image of ``views`` views at real size."""
+    from transformers import CLIPModel, CLIPVisionModel
+
+    from .._hooks import cls_attention_hooks
+    from .._sequence import placeholder_spans, rebuild
+    from ..text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
+
+    pruner = presets.hero(0.2)
+    config = _clip_config()
+    with torch.device(device):
+        tower = CLIPVisionModel(config.vision_config).to(dtype).eval()
+    pixels = torch.rand(views, 3, 336, 336, device=device, dtype=dtype)
+
+    def plain() -> None:
+        with torch.inference_mode():
+            tower(pixel_values=pixels, output_hidden_states=-2)
+
+    def hooked() -> None:
+        with torch.inference_mode(), cls_attention_hooks(tower, pruner.layers):
+            tower(pixel_values=pixels, output_hidden_states=-2)
+
+    # alternate the two so that drifting machine load hits both alike
+    plain_s, hooked_s = [], []
+    for _ in range(repeats):
+        plain_s.append(median_seconds(plain, device, repeats=1, warmup=0))
+        hooked_s.append(median_seconds(hooked, device, repeats=1, warmup=0))
+    with torch.device(device):
+        clip = CLIPModel(config).to(dtype).eval()
+    scorer = HFClipTextScorer(clip, clip_tokenizer_from_open_clip())
+    scorer_s = median_seconds(
+        lambda: scorer(torch.rand(views, 3, 336, 336, device=device), prompt), device, repeats=repeats
+    )
+    tiles = make_tiles(
+        num_views=views, grid=(24, 24), num_heads=16, layers=pruner.layers, width=1024, padding="rows", device=device
+    )
+    raw = {name: getattr(tiles, name) for name in tiles.__dataclass_fields__}
+    relevance = torch.linspace(0.1, 0.3, views, device=device)
+    plan_s = median_seconds(lambda: pruner.plan(EncodedTiles(**raw), relevance), device, repeats=20, warmup=3)
+    host, inputs = host_inputs
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    token_id = host.model.config.image_token_id
+    count = int((ids == token_id).sum())
+    kept = count // 4
+
+    def rebuild_prompt() -> None:
+        spans = placeholder_spans(ids, mask, token_id, [count])
+        rebuild(ids, mask, spans, [kept], token_id=token_id, pad_id=0)
+
+    rebuild_s = median_seconds(rebuild_prompt, device, repeats=20, warmup=3)
+    hooks_s = sorted(hooked_s)[len(hooked_s) // 2] - sorted(plain_s)[len(plain_s) // 2]
+    return {
+        "encoder_plain_s": sorted(plain_s)[len(plain_s) // 2],
+        "encoder_hooked_s": sorted(hooked_s)[len(hooked_s) // 2],
+        "hooks_s": max(0.0, hooks_s),
+        "hooks_raw_difference_s": hooks_s,
+        "text_scorer_s": scorer_s,
+        "plan_s": plan_s,
+        "rebuild_s": rebuild_s,
+    }
+
+
+def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: Any, new_tokens: int) -> list[Any]:
+    """CUDA only: a full-depth LLaVA-NeXT-7B-shaped model (random bf16 weights); TTFT, decode speed, memory."""
+    import transformers
+
+    from ..demo import LLAVA_NEXT_7B_PINPOINTS
+    from ..vlm import HeroVLM
+
+    _, inputs = host_inputs
+    config = transformers.LlavaNextConfig(
+        vision_config=_clip_config().vision_config,
+        text_config=transformers.LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_attention_heads=32,
+            num_hidden_layers=32,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+        ),
+        image_grid_pinpoints=LLAVA_NEXT_7B_PINPOINTS,
+        image_token_index=32000,
+    )
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = transformers.LlavaNextForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+    ids = inputs["input_ids"].clone()
+    ids[ids == inputs["input_ids"].max()] = 32000  # the demo tokenizer's image id -> this model's
+    feed = {
+        "input_ids": ids.to(device),
+        "attention_mask": inputs["attention_mask"].to(device),
+        "pixel_values": inputs["pixel_values"].to(device, torch.bfloat16),
+        "image_sizes": inputs["image_sizes"],
+    }
+    rows = []
+    for ratio in [1.0, *reports]:
+        vlm = HeroVLM(model, presets.hero(ratio))
+
+        def generate(n: int, vlm: Any = vlm) -> None:
+            vlm.generate(**feed, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        torch.cuda.reset_peak_memory_stats(device)
+        ttft = median_seconds(lambda: generate(1), device, repeats=3)
+        total = median_seconds(lambda: generate(new_tokens + 1), device, repeats=3)
+        rows.append(
+            {
+                "keep_ratio": ratio,
+                "ttft_s": ttft,
+                "decode_tokens_per_s": new_tokens / max(total - ttft, 1e-9),
+                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+                "image_tokens": vlm.last_report.tokens_out if vlm.last_report else None,
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="hero bench prefill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--layers", type=int, default=2, help="LLaMA layers actually run (default 2)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=40, help="text tokens beside the image (default 40)")
+    parser.add_argument("--keep-ratios", type=float, nargs="+", default=[0.4, 0.2])
+    parser.add_argument("--skip-overhead", action="store_true", help="do not time HERO's own cost")
+    parser.add_argument("--full-model", action="store_true", help="CUDA: also a full-depth 7B-shaped LLaVA-NeXT")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device, dtype = pick_device(args.device), getattr(torch, args.dtype)
+    reports, host_inputs = _token_counts(args.keep_ratios)
+    vanilla_image = next(iter(reports.values())).tokens_in
+    counts = {1.0: vanilla_image + args.prompt_tokens}
+    counts.update({ratio: report.tokens_out + args.prompt_tokens for ratio, report in reports.items()})
+    llm = _llama(args.layers, device, dtype)
+    seconds = {}
+    for ratio in progress(list(counts), desc="bench prefill"):
+        embeds = torch.randn(1, counts[ratio], 4096, device=device, dtype=dtype)
+
+        def prefill(embeds: torch.Tensor = embeds) -> None:
+            with torch.inference_mode():
+                llm(inputs_embeds=embeds)
+
+        seconds[ratio] = median_seconds(prefill, device, repeats=args.repeats)
+    rows = []
+    for ratio, n in counts.items():
+        predicted = VICUNA_7B.prefill_flops(counts[1.0]) / VICUNA_7B.prefill_flops(n)
+        measured = seconds[1.0] / seconds[ratio]
+        rows.append(
+            {
+                "keep_ratio": ratio,
+                "sequence_tokens": n,
+                "prefill_s": seconds[ratio],
+                "prefill_s_per_layer": seconds[ratio] / args.layers,
+                "speedup_measured": measured,
+                "speedup_predicted": predicted,
+                "measured_over_predicted": measured / predicted,
+                "vicuna_7b_tflops": VICUNA_7B.prefill_flops(n) / 1e12,
+            }
+        )
+        print(
+            f"R={ratio:<4} tokens {n:>5}  prefill {seconds[ratio]:7.2f} s ({args.layers} layers)  "
+            f"speed-up measured {measured:5.2f}x  predicted {predicted:5.2f}x  ratio {measured / predicted:.2f}"
+        )
+    payload: dict[str, Any] = {
+        "benchmark": "bench_prefill",
+        "what": f"prefill of a Vicuna-7B-width LLaMA ({args.layers} of 32 layers, random {args.dtype} weights) over "
+        f"prompt ({args.prompt_tokens}) + image tokens of a 672x672 (2x2-tile) LLaVA-NeXT image; medians",
+        "machine": machine(device),
+        "measured_at": now(),
+        "settings": {"layers": args.layers, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens},
+        "results": rows,
+        "target": "speedup_measured >= 0.85 * speedup_predicted",
+        "met": all(row["measured_over_predicted"] >= 0.85 for row in rows),
+    }
+    table = [
+        "| keep ratio | tokens | prefill (s) | speed-up measured | predicted (FLOPs) | measured / predicted |",
+        "|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['keep_ratio']} | {r['sequence_tokens']} | {r['prefill_s']:.2f} | {r['speedup_measured']:.2f}x | "
+        f"{r['speedup_predicted']:.2f}x | {r['measured_over_predicted']:.2f} |"
+        for r in rows
+    ]
+    if not args.skip_overhead:
+        smallest = min(args.keep_ratios)
+        views = next(iter(reports.values())).images[0].views
+        cost = _overhead(device, dtype, views, args.repeats, host_inputs, "what is written on the sign?")
+        per_layer_saved = (seconds[1.0] - seconds[smallest]) / args.layers
+        saved = per_layer_saved * VICUNA_7B_LAYERS
+        total = cost["hooks_s"] + cost["text_scorer_s"] + cost["plan_s"] + cost["rebuild_s"]
+        share = total / saved if saved > 0 else float("inf")
+        payload["overhead"] = {
+            "keep_ratio": smallest,
+            **cost,
+            "total_s": total,
+            "prefill_saved_full_depth_s": saved,
+            "share_of_saved": share,
+            "target": "share_of_saved <= 0.10",
+            "met": share <= 0.10,
+        }
+        biggest = max(("hooks_s", "text_scorer_s", "plan_s", "rebuild_s"), key=lambda k: cost[k])
+        print(
+            f"HERO cost at R={smallest}: hooks {cost['hooks_s']:.3f} s, text scorer {cost['text_scorer_s']:.3f} s, "
+            f"plan {1e3 * cost['plan_s']:.2f} ms, rebuild {1e3 * cost['rebuild_s']:.2f} ms = {total:.3f} s; "
+            f"prefill saved at 32 layers {saved:.2f} s -> {100 * share:.1f}% (target <= 10%)"
+        )
+        table += [
+            "",
+            f"HERO's own cost at keep ratio {smallest} (one image, {views} views), against the prefill time "
+            f"saved at Vicuna-7B's 32 layers ({saved:.2f} s):",
+            "",
+            "| hooks | CLIP text scorer | plan | rebuild | total | share of saved |",
+            "|---|---|---|---|---|---|",
+            f"| {cost['hooks_s']:.3f} s | {cost['text_scorer_s']:.3f} s | {1e3 * cost['plan_s']:.2f} ms | "
+            f"{1e3 * cost['rebuild_s']:.2f} ms | {total:.3f} s | {100 * share:.1f}% |",
+        ]
+        if biggest == "text_scorer_s":
+            advice = (
+                "The CLIP scorer dominates HERO's cost. Cheaper options: a smaller CLIP checkpoint (ViT-B/16), "
+                "bf16 weights, scoring all tiles of a batch in one call, or alpha=1 (no relevance, no scorer)."
+            )
+            payload["overhead"]["advice"] = advice
+            table += ["", advice]
+    if args.full_model and device.type == "cuda":
+        payload["full_model"] = _full_model(device, reports, host_inputs, new_tokens=32)
+        table += ["", "| keep ratio | image tokens | TTFT (s) | decode tok/s | peak GiB |", "|---|---|---|---|---|"]
+        table += [
+            f"| {r['keep_ratio']} | {r['image_tokens']} | {r['ttft_s']:.3f} | {r['decode_tokens_per_s']:.1f} | "
+            f"{r['peak_memory_gib']:.1f} |"
+            for r in payload["full_model"]
+        ]
+    sync(device)
+    print(
+        "wrote",
+        write_results("prefill" if device.type == "cpu" else f"prefill-{device.type}", payload, table, args.out),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""The ``hero`` command: answer with pruning, draw the plan, run the demo, the FLOPs model and benchmarks.
+
+Every bad argument or input ends with one line on stderr (``hero: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from hero_core import VICUNA_7B, VICUNA_13B, HeroError, ModelShape, presets
+
+__all__ = ["main"]
+
+EXAMPLES = """\
+examples:
+  hero demo                                   # no download: real geometry, random weights
+  hero run --model ./llava-v1.6-vicuna-7b-hf --clip ./clip-vit-large-patch14-336 \\
+           --image photo.jpg --prompt "What is written on the sign?" --keep-ratio 0.2 --show kept.png
+  hero run --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --compare
+  hero show --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --out kept.png --layers
+  hero flops --shape vicuna-7b --tokens 2673 1105 583
+  hero bench core
+"""
+
+SHAPES = {"vicuna-7b": VICUNA_7B, "vicuna-13b": VICUNA_13B}
+BENCHMARKS = ("core", "encode", "prefill")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one readable line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hero: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keep-ratio {text!r} is not a number; use e.g. 0.2") from None
+    if not math.isfinite(value) or not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"--keep-ratio {text} is outside (0, 1]: it is the fraction of patch tokens KEPT, e.g. 0.2"
+        )
+    return value
+
+
+def _override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: ints, floats, comma-separated int tuples (``low_layers=4,5,6``) or strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set alpha=0.7")
+    if "," in raw or key.endswith("layers"):
+        try:
+            return key, tuple(int(x) for x in raw.split(",") if x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--set {text!r}: layers are comma-separated ints") from None
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="LLaVA-NeXT checkpoint directory or hub id (in the cache)")
+    parser.add_argument("--clip", default=None, help="CLIP checkpoint directory or hub id, for task relevance")
+    parser.add_argument("--image", required=True, type=Path, help="the image file")
+    parser.add_argument("--prompt", required=True, help="the question / instruction")
+    parser.add_argument("--keep-ratio", type=_ratio, default=0.2, help="fraction of patch tokens kept (default 0.2)")
+    parser.add_argument("--preset", default="hero", choices=sorted(presets.PRESETS), help="pruning method")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field, e.g. --set alpha=0.7 --set low_layers=4,5,6",
+    )
+    parser.add_argument("--layout", default="vanilla", choices=["vanilla", "reference"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hero",
+        description="HERO visual-token pruning for high-resolution VLMs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        help="answer a prompt with pruning",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_arguments(run)
+    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--compare", action="store_true", help="also run the unpruned model; print both")
+    run.add_argument("--show", type=Path, default=None, metavar="OUT.png", help="also draw the kept tokens")
+    run.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the report as JSON")
+
+    show = commands.add_parser(
+        "show",
+        help="draw which tokens are kept (no generation)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_arguments(show)
+    show.add_argument("--out", type=Path, default=Path("kept_tokens.png"), metavar="OUT.png")
+    show.add_argument(
+        "--layers",
+        nargs="?",
+        const="thumbnail",
+        default=None,
+        metavar="VIEW",
+        help="also draw one view's CLS attention per layer (VIEW: 'thumbnail' or a tile number, default thumbnail)",
+    )
+    show.add_argument("--json", type=Path, default=None, metavar="OUT.json")
+
+    demo = commands.add_parser("demo", help="the embedded demo (no download; random weights)")
+    demo.add_argument("--image", type=Path, default=None, help="use this image instead of the drawn test card")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    demo.add_argument("--keep-ratios", type=_ratio, nargs="+", default=[0.4, 0.2])
+
+    flops = commands.add_parser("flops", help="prefill FLOPs and KV cache of a LLaMA-style LLM")
+    flops.add_argument("--shape", default="vicuna-7b", help="vicuna-7b, vicuna-13b or a config.json path")
+    flops.add_argument("--tokens", type=int, nargs="+", required=True, help="sequence lengths (first = baseline)")
+    flops.add_argument("--bytes", type=int, default=2, help="bytes per cached value (2 for fp16/bf16)")
+
+    bench = commands.add_parser("bench", help="run the benchmarks (JSON + Markdown table)")
+    bench.add_argument("which", nargs="?", default="core", choices=[*BENCHMARKS, "all"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hero`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], None]] = {
+        "run": _run,
+        "show": _show,
+        "demo": _demo,
+        "flops": _flops,
+        "bench": _bench,
+    }
+    try:
+        handlers[args.command](args)
+    except HeroError as error:
+        print(f"hero: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hero: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ flops
+def _shape(name: str) -> ModelShape:
+    if name in SHAPES:
+        return SHAPES[name]
+    path = Path(name)
+    if not path.is_file():
+        raise HeroError.field("--shape", name, f"one of {sorted(SHAPES)} or a config.json file that exists")
+    return ModelShape.from_config(path, name=path.name)
+
+
+def _flops(args: argparse.Namespace) -> None:
+    shape = _shape(args.shape)
+    if any(n <= 0 for n in args.tokens):
+        raise HeroError.field("--tokens", args.tokens, "positive sequence lengths")
+    base_flops = shape.prefill_flops(args.tokens[0])
+    base_kv = shape.kv_cache_bytes(args.tokens[0], args.bytes)
+    print(
+        f"{shape.name}: {shape.num_layers} layers, d={shape.hidden_size}, MLP {shape.intermediate_size}, "
+        f"KV width {shape.kv_hidden_size}, {args.bytes} bytes per value"
+    )
+    print(f"{'tokens':>8} {'prefill TFLOPs':>15} {'vs first':>9} {'KV cache MiB':>13} {'saved MiB':>10}")
+    for n in args.tokens:
+        flops, kv = shape.prefill_flops(n), shape.kv_cache_bytes(n, args.bytes)
+        print(
+            f"{n:>8} {flops / 1e12:>15.2f} {flops / base_flops:>8.1%} {kv / 2**20:>13.1f} "
+            f"{(base_kv - kv) / 2**20:>10.1f}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def _bench(args: argparse.Namespace) -> None:
+    names = BENCHMARKS if args.which == "all" else (args.which,)
+    for name in names:
+        try:
+            module = importlib.import_module(f"hero_adapters.bench.{name}")
+        except ImportError as error:
+            raise HeroError.field("bench", name, f"one of {BENCHMARKS}", str(error)) from error
+        module.main(list(args.rest))
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    image = _open_image(args.image) if args.image is not None else None
+    run_demo(args.out, image=image, keep_ratios=args.keep_ratios)
+    print("The weights are RANDOM: the answers are noise; token counts, plans and timings are real.")
+    print(
+        "With real checkpoints:\n  hero run --model /path/to/llava-v1.6-vicuna-7b-hf "
+        "--clip /path/to/clip-vit-large-patch14-336 --image photo.jpg --prompt '...' --keep-ratio 0.2 "
+        "--show kept.png"
+    )
+
+
+# -------------------------------------------------------------------------------------------- run/show
+def _open_image(path: Path) -> Any:
+    from ._optional import require
+
+    image_module = require("PIL.Image")
+    if not path.is_file():
+        raise HeroError.field("--image", str(path), "an image file that exists", "Check the path.")
+    try:
+        with image_module.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise HeroError.field("--image", str(path), "a readable image (PNG, JPEG, ...)", str(error)) from error
+
+
+def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HeroError.field("--device", "cuda", "a device this machine has", "No CUDA device is visible; use cpu.")
+    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+    if dtype == "auto":
+        return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
+    return chosen, getattr(torch, dtype)
+
+
+class _Loaded:
+    """The host model, its processor, the scorer and the pruner of one ``run`` / ``show`` call."""
+
+    def __init__(self, args: argparse.Namespace, steps: Any) -> None:
+        from ._optional import require
+        from ._registry import list_adapters
+
+        transformers = require("transformers")
+        self.device, self.dtype = _device_dtype(args.device, args.dtype)
+        self.image = _open_image(args.image)
+        source = str(args.model)
+        local = Path(source)
+        if local.exists() and not (local / "config.json").is_file():
+            raise HeroError.field("--model", source, "a checkpoint directory with a config.json")
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise HeroError.field("--model", source, "a checkpoint directory or a cached hub id", str(error)) from error
+        if config.model_type not in list_adapters():
+            raise HeroError.field(
+                "--model model_type",
+                config.model_type,
+                f"a model type with an adapter, one of {list_adapters()}",
+                f"{source} is not a supported checkpoint.",
+            )
+        steps.set_description("loading processor")
+        self.processor = transformers.AutoProcessor.from_pretrained(source)
+        steps.update()
+        steps.set_description("loading model")
+        try:
+            model = transformers.AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
+        except (OSError, ValueError) as error:
+            raise HeroError.field("--model", source, "loadable weights", str(error)) from error
+        self.model = model.to(self.device).eval()
+        steps.update()
+        self.scorer = None
+        if args.clip is not None:
+            steps.set_description("loading CLIP")
+            from .text_scorers import HFClipTextScorer
+
+            self.scorer = HFClipTextScorer.from_pretrained(args.clip, device=self.device, dtype=self.dtype)
+        steps.update()
+        self.pruner = presets.get(args.preset, args.keep_ratio, **dict(args.overrides))
+        self.prompt = args.prompt
+        self.inputs = self._inputs(args.prompt)
+        self.shape = ModelShape.from_config(self.model.config.to_dict())
+
+    def _inputs(self, prompt: str) -> dict[str, Any]:
+        text = None
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        if text is None:
+            text = f"USER: <image>\n{prompt} ASSISTANT:"
+        inputs = self.processor(images=[self.image], text=[text], return_tensors="pt")
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    def vlm(self) -> Any:
+        from .vlm import HeroVLM
+
+        return HeroVLM(self.model, self.pruner, self.scorer, layout=self.layout, processor=self.processor)
+
+    layout = "vanilla"
+
+
+def _steps(total: int, desc: str) -> Any:
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, disable=None, file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+
+        class _Quiet:
+            def update(self, n: int = 1) -> None: ...
+            def set_description(self, text: str) -> None: ...
+            def close(self) -> None: ...
+
+        return _Quiet()
+
+
+def _load(args: argparse.Namespace, extra_steps: int) -> tuple[_Loaded, Any]:
+    steps = _steps(3 + extra_steps, "loading")
+    loaded = _Loaded(args, steps)
+    loaded.layout = args.layout
+    return loaded, steps
+
+
+def _decode(loaded: _Loaded, sequences: torch.Tensor) -> str:
+    prompt_length = loaded.inputs["input_ids"].shape[1]
+    return str(loaded.processor.decode(sequences[0, prompt_length:], skip_special_tokens=True)).strip()
+
+
+def _table(report: Any, loaded: _Loaded) -> str:
+    """Per view: budget, kept, importance and its parts; totals: tokens, ratio, FLOPs, KV cache, stage times."""
+    image = report.images[0]
+    plan = image.plan
+    valid = image.valid_tokens
+    kept = plan.keep.sum(-1).tolist()
+
+    def column(tensor: torch.Tensor | None) -> list[str]:
+        return ["-"] * len(valid) if tensor is None else [f"{x:.3f}" for x in tensor.tolist()]
+
+    importance, saliency, relevance = column(plan.importance), column(plan.saliency), column(plan.relevance)
+    lines = [
+        f"{'view':<10} {'valid':>6} {'budget':>7} {'kept':>6} {'importance':>11} {'saliency':>9} {'relevance':>10}"
+    ]
+    for view, budget in enumerate(image.budgets):
+        name = "thumbnail" if view == image.encoded.thumbnail_index else f"tile {view}"
+        lines.append(
+            f"{name:<10} {valid[view]:>6} {budget:>7} {kept[view]:>6} {importance[view]:>11} {saliency[view]:>9} "
+            f"{relevance[view]:>10}"
+        )
+    prompt_tokens = int(loaded.inputs["input_ids"].shape[1])
+    before, after = prompt_tokens, prompt_tokens - report.tokens_in + report.tokens_out
+    flops_before, flops_after = loaded.shape.prefill_flops(before), loaded.shape.prefill_flops(after)
+    kv_bytes = 2 if loaded.dtype != torch.float32 else 4
+    kv_saved = loaded.shape.kv_cache_bytes(before - after, kv_bytes)
+    stages = ", ".join(f"{name} {1e3 * seconds:.0f} ms" for name, seconds in report.timings.items())
+    lines += [
+        "",
+        f"image tokens: {report.tokens_in} -> {report.tokens_out} ({report.kept_patch_tokens} patch + "
+        f"{report.newline_tokens} newline), effective ratio {report.effective_ratio:.3f}",
+        f"prompt: {before} -> {after} tokens; prefill {flops_before / 1e12:.2f} -> {flops_after / 1e12:.2f} TFLOPs "
+        f"({flops_after / flops_before:.1%}); KV cache saved {kv_saved / 2**20:.1f} MiB",
+        f"time: {stages}",
+    ]
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise HeroError.field("--max-new-tokens", args.max_new_tokens, "an int >= 1")
+    loaded, steps = _load(args, extra_steps=2 if args.compare else 1)
+    vlm = loaded.vlm()
+    steps.set_description("generating (pruned)")
+    sequences = vlm.generate(**loaded.inputs, query=loaded.prompt, max_new_tokens=args.max_new_tokens, do_sample=False)
+    report = vlm.last_report
+    steps.update()
+    baseline = None
+    if args.compare:
+        steps.set_description("generating (unpruned)")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            plain = loaded.model.generate(**loaded.inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize(loaded.device)
+        baseline = (_decode(loaded, plain), time.perf_counter() - start)
+        steps.update()
+    steps.close()
+    pruned_seconds = sum(report.timings.values())
+    print(f"answer ({args.preset}, keep ratio {args.keep_ratio:g}): {_decode(loaded, sequences)}")
+    if baseline is not None:
+        print(f"answer (unpruned): {baseline[0]}")
+        print(f"time: pruned {pruned_seconds:.2f} s (all stages), unpruned {baseline[1]:.2f} s")
+    print()
+    print(_table(report, loaded))
+    if args.show is not None:
+        from .visualize import render_plan
+
+        render_plan(loaded.image, report.images[0], args.show)
+        print(f"wrote {args.show}")
+    if args.json is not None:
+        payload = {"answer": _decode(loaded, sequences), "preset": args.preset, "report": report.to_dict()}
+        if baseline is not None:
+            payload["unpruned"] = {"answer": baseline[0], "seconds": baseline[1]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _show(args: argparse.Namespace) -> None:
+    from .visualize import render_layer_strip, render_plan
+
+    loaded, steps = _load(args, extra_steps=1)
+    vlm = loaded.vlm()
+    steps.set_description("encoding + planning")
+    report = vlm.plan(**loaded.inputs, query=loaded.prompt)
+    steps.update()
+    steps.close()
+    print(_table(report, loaded))
+    render_plan(loaded.image, report.images[0], args.out)
+    print(f"wrote {args.out}")
+    if args.layers is not None:
+        encoded = report.images[0].encoded
+        view = encoded.thumbnail_index if args.layers == "thumbnail" else _tile_view(args.layers, encoded)
+        layers = tuple(range(int(loaded.model.config.vision_config.num_hidden_layers)))
+        images = vlm.adapter.encode(loaded.inputs["pixel_values"], loaded.inputs["image_sizes"], layers)
+        strip_path = args.out.with_name(args.out.stem + "_layers.png")
+        name = "thumbnail" if view == encoded.thumbnail_index else f"tile {view}"
+        render_layer_strip(images[0].tiles.cls_attention[:, view], layers, encoded.grid, strip_path, view_name=name)
+        print(f"wrote {strip_path}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _tile_view(text: str, encoded: Any) -> int:
+    tiles = [v for v in range(encoded.num_views) if v != encoded.thumbnail_index]
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 1 <= number <= len(tiles):
+        raise HeroError.field("--layers", text, f"'thumbnail' or a tile number in [1, {len(tiles)}]")
+    return tiles[number - 1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

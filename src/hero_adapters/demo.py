@@ -1,0 +1,383 @@
+"""``hero demo``: HERO on a LLaVA-NeXT with real geometry and random weights, built in-process (no download).
+
+The model has LLaVA-NeXT-7B's token geometry (336-px tiles, 24 x 24 patches, a 24-layer CLIP-style
+tower, the 7B grid pinpoints, the learned newline token) but narrow widths and random weights; a tiny
+CLIP scores relevance. The answers are therefore noise; the token accounting, the plans and the timings
+are real. ``build_llava_next`` is also what the test-suite builds its tiny hosts with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hero_core import VICUNA_7B, ModelShape, presets
+
+from ._optional import require
+
+__all__ = [
+    "DEMO_WORDS",
+    "LLAVA_NEXT_7B_PINPOINTS",
+    "DemoHost",
+    "build_llava_next",
+    "build_tiny_clip",
+    "draw_test_card",
+    "run_demo",
+]
+
+LLAVA_NEXT_7B_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+#: The demo tokenizer's whole vocabulary (a word-level tokenizer built in memory).
+DEMO_WORDS = tuple(
+    " ".join(
+        (
+            "<pad> <s> </s> <unk> <image> USER: ASSISTANT: what is written on the sign in this picture describe",
+            "image a an and are at be by for from has have it its of or that to was were which with red blue green",
+            "yellow circle square triangle star text word door exit open closed left right top bottom corner middle",
+            "large small two three one number letters board card test pattern color colors shape shapes ? . ,",
+        )
+    ).split()
+)
+
+
+@dataclass(frozen=True)
+class DemoHost:
+    """A host model, its processor, and the options it was built with."""
+
+    model: Any
+    processor: Any
+    tile_pixels: int
+    patch_size: int
+
+
+def build_llava_next(
+    *,
+    tile_pixels: int = 336,
+    patch_size: int = 14,
+    pinpoints: Sequence[Sequence[int]] = LLAVA_NEXT_7B_PINPOINTS,
+    vision_layers: int = 24,
+    vision_width: int = 64,
+    vision_heads: int = 4,
+    text_width: int = 512,
+    text_layers: int = 4,
+    text_heads: int = 8,
+    text_mlp: int | None = None,
+    words: Sequence[str] = DEMO_WORDS,
+    vision_init: float = 1.0,
+    text_init: float = 0.02,
+    seed: int = 0,
+) -> DemoHost:
+    """A transformers ``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor`` from configs (random weights).
+
+    The tokenizer is word-level and built in memory from ``words`` (which must contain ``<pad> <s> </s> <unk>
+    <image>``); padding is on the left, for generation.
+    """
+    transformers = require("transformers")
+    tokenizers = require("tokenizers")
+    vocab = {word: i for i, word in enumerate(words)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.padding_side = "left"
+    pins = [list(p) for p in pinpoints]
+    image_processor = transformers.LlavaNextImageProcessorPil(
+        size={"shortest_edge": tile_pixels},
+        crop_size={"height": tile_pixels, "width": tile_pixels},
+        image_grid_pinpoints=pins,
+    )
+    processor = transformers.LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=vision_width,
+        intermediate_size=4 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=tile_pixels,
+        patch_size=patch_size,
+        hidden_act="quick_gelu",
+        initializer_factor=vision_init,
+    )
+    text = transformers.LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=text_width,
+        intermediate_size=text_mlp or (text_width * 11008) // 4096,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
+        max_position_embeddings=8192,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        initializer_range=text_init,
+    )
+    config = transformers.LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab["<image>"],
+        image_grid_pinpoints=pins,
+        initializer_range=text_init,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlavaNextForConditionalGeneration(config).eval()
+    return DemoHost(model=model, processor=processor, tile_pixels=tile_pixels, patch_size=patch_size)
+
+
+def build_tiny_clip(seed: int = 0) -> Any:
+    """A small transformers ``CLIPModel`` (random weights) with the real CLIP BPE tokenizer, as a text scorer."""
+    transformers = require("transformers")
+    from .text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
+
+    config = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=64,
+    )
+    torch.manual_seed(seed)
+    return HFClipTextScorer(transformers.CLIPModel(config).eval(), clip_tokenizer_from_open_clip())
+
+
+def draw_test_card(width: int = 960, height: int = 640) -> Any:
+    """A test card drawn in memory: text blocks and objects in different tiles of a 2 x 2 LLaVA-NeXT grid."""
+    image_module = require("PIL.Image")
+    draw_module = require("PIL.ImageDraw")
+    font_module = require("PIL.ImageFont")
+    image = image_module.new("RGB", (width, height), (236, 232, 220))
+    draw = draw_module.Draw(image)
+    for x in range(0, width, 40):  # faint grid: texture everywhere
+        draw.line([(x, 0), (x, height)], fill=(222, 218, 205))
+    for y in range(0, height, 40):
+        draw.line([(0, y), (width, y)], fill=(222, 218, 205))
+
+    def font(size: int) -> Any:
+        try:
+            return font_module.load_default(size=size)
+        except TypeError:
+            return font_module.load_default()
+
+    w, h = width, height
+    draw.rectangle([0.06 * w, 0.08 * h, 0.44 * w, 0.30 * h], fill=(24, 90, 48))  # top-left: an exit sign
+    draw.text((0.09 * w, 0.12 * h), "EXIT 12", fill=(255, 255, 255), font=font(int(0.09 * h)))
+    draw.ellipse([0.62 * w, 0.10 * h, 0.86 * w, 0.46 * h], fill=(210, 40, 40))  # top-right: a red circle
+    draw.polygon([(0.15 * w, 0.90 * h), (0.30 * w, 0.58 * h), (0.45 * w, 0.90 * h)], fill=(40, 80, 200))
+    draw.rectangle([0.56 * w, 0.60 * h, 0.94 * w, 0.92 * h], fill=(255, 255, 255), outline=(0, 0, 0), width=4)
+    for i, line in enumerate(("OPEN 9-5", "MON-FRI", "ROOM 204")):  # bottom-right: a notice board
+        draw.text((0.60 * w, (0.63 + 0.09 * i) * h), line, fill=(0, 0, 0), font=font(int(0.06 * h)))
+    return image
+
+
+def _prefill_seconds(model: Any, length: int, repeats: int) -> float:
+    """Median time of the demo LLM's forward over ``length`` tokens (its prefill), in seconds."""
+    language_model = model.model.language_model
+    width = model.config.text_config.hidden_size
+    embeds = torch.randn(1, length, width)
+    times = []
+    with torch.inference_mode():
+        language_model(inputs_embeds=embeds[:, :16])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            language_model(inputs_embeds=embeds)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def run_demo(
+    out_dir: str | Path = "demo-out",
+    *,
+    image: Any = None,
+    keep_ratios: Sequence[float] = (0.4, 0.2),
+    prompt: str = "what is written on the sign ?",
+    max_new_tokens: int = 8,
+    repeats: int = 3,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run vanilla and HERO at each keep ratio on the demo host; write ``report.md``, ``report.json`` and PNGs.
+
+    Returns:
+        The JSON-ready results (also written to ``out_dir/report.json``).
+    """
+    from .visualize import render_plan
+    from .vlm import HeroVLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log("building an in-process LLaVA-NeXT with real geometry and RANDOM weights (nothing is downloaded) ...")
+    host = build_llava_next()
+    scorer = build_tiny_clip()
+    picture = image if image is not None else draw_test_card()
+    text = f"USER: <image> {prompt} ASSISTANT:"
+    inputs = dict(host.processor(images=[picture], text=[text], return_tensors="pt"))
+    shape = ModelShape.from_config(host.model.config.to_dict(), name="demo LLM")
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    rows: list[dict[str, Any]] = []
+
+    with torch.inference_mode():
+        vanilla = host.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    answer = host.processor.tokenizer.decode(vanilla[0, prompt_tokens:], skip_special_tokens=True)
+    image_tokens = int((inputs["input_ids"] == host.model.config.image_token_id).sum())
+    rows.append(_row("vanilla", 1.0, image_tokens, image_tokens, prompt_tokens, answer, host, shape, repeats))
+    log(f"vanilla: {image_tokens} image tokens; answer (noise): {answer!r}")
+    reports = {}
+    for ratio in keep_ratios:
+        vlm = HeroVLM(host.model, presets.hero(ratio), scorer, processor=host.processor)
+        sequences = vlm.generate(**inputs, query=prompt, max_new_tokens=max_new_tokens, do_sample=False)
+        report = vlm.last_report
+        assert report is not None  # set by generate
+        reports[ratio] = report
+        answer = host.processor.tokenizer.decode(sequences[0, prompt_tokens:], skip_special_tokens=True)
+        sent = prompt_tokens - report.tokens_in + report.tokens_out
+        rows.append(
+            _row(
+                f"HERO {ratio:.0%}",
+                ratio,
+                report.tokens_in,
+                report.tokens_out,
+                sent,
+                answer,
+                host,
+                shape,
+                repeats,
+                report,
+            )
+        )
+        log(f"HERO {ratio:.0%}: {report.tokens_out} of {report.tokens_in} image tokens; answer (noise): {answer!r}")
+        render_plan(picture, report.images[0], out / f"kept_tokens_{round(100 * ratio)}.png")
+    smallest = min(keep_ratios)
+    render_plan(picture, reports[smallest].images[0], out / "kept_tokens.png")
+    picture.save(out / "input.png")
+    results = {
+        "note": "random weights: answers are noise; token counts, plans and timings are real",
+        "prompt": text,
+        "image_size": list(picture.size),
+        "rows": rows,
+        "plan": reports[smallest].to_dict(),
+        "seconds_total": time.perf_counter() - started,
+    }
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(results, reports[smallest], shape))
+    log(f"wrote {out / 'report.md'}, {out / 'kept_tokens.png'} ({results['seconds_total']:.0f} s)")
+    return results
+
+
+def _row(
+    name: str,
+    ratio: float,
+    tokens_in: int,
+    tokens_out: int,
+    sequence: int,
+    answer: str,
+    host: DemoHost,
+    shape: ModelShape,
+    repeats: int,
+    report: Any = None,
+) -> dict[str, Any]:
+    return {
+        "setting": name,
+        "keep_ratio": ratio,
+        "image_tokens_in": tokens_in,
+        "image_tokens_out": tokens_out,
+        "kept_patch_tokens": None if report is None else report.kept_patch_tokens,
+        "newline_tokens": None if report is None else report.newline_tokens,
+        "sequence_tokens": sequence,
+        "prefill_seconds_measured": _prefill_seconds(host.model, sequence, repeats),
+        "prefill_flops_demo_llm": shape.prefill_flops(sequence),
+        "prefill_tflops_vicuna_7b": VICUNA_7B.prefill_flops(sequence) / 1e12,
+        "kv_cache_mib_vicuna_7b_fp16": VICUNA_7B.kv_cache_bytes(sequence) / 2**20,
+        "timings": None if report is None else dict(report.timings),
+        "answer": answer,
+    }
+
+
+def _markdown(results: dict[str, Any], report: Any, shape: ModelShape) -> str:
+    rows = results["rows"]
+    base = rows[0]
+    lines = [
+        "# hero demo",
+        "",
+        "**The weights are random**: the answers below are noise. The token accounting, the plans and the",
+        "timings are real. The host is a transformers LLaVA-NeXT with LLaVA-NeXT-7B's geometry (336-px tiles,",
+        "24 x 24 patches, 24-layer CLIP-style tower, 7B grid pinpoints, newline token) and a narrow LLM "
+        f"({shape.num_layers} layers, width {shape.hidden_size}); relevance comes from a tiny random CLIP.",
+        "",
+        f"Prompt: `{results['prompt']}`; image {results['image_size'][0]} x {results['image_size'][1]} px.",
+        "",
+        "| setting | image tokens | sequence | prefill measured (demo LLM) | speed-up measured | speed-up "
+        "predicted (FLOPs, demo LLM) | Vicuna-7B prefill TFLOPs | Vicuna-7B KV cache fp16 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        measured = base["prefill_seconds_measured"] / row["prefill_seconds_measured"]
+        predicted = base["prefill_flops_demo_llm"] / row["prefill_flops_demo_llm"]
+        lines.append(
+            f"| {row['setting']} | {row['image_tokens_out']} / {row['image_tokens_in']} | {row['sequence_tokens']} | "
+            f"{1e3 * row['prefill_seconds_measured']:.0f} ms | {measured:.2f}x | {predicted:.2f}x | "
+            f"{row['prefill_tflops_vicuna_7b']:.1f} | {row['kv_cache_mib_vicuna_7b_fp16']:.1f} MiB |"
+        )
+    image = report.images[0]
+    plan = image.plan
+    lines += [
+        "",
+        f"## The plan at keep ratio {plan.keep_ratio:g}",
+        "",
+        f"{image.kept_patch_tokens} patch tokens + {image.newline_tokens} newline tokens = {image.tokens_out} of "
+        f"{image.tokens_in} ({100 * image.effective_ratio:.1f}%). Newlines are never pruned and not counted in R.",
+        "",
+        "| view | valid | budget | importance | saliency part | relevance part |",
+        "|---|---|---|---|---|---|",
+    ]
+    valid = image.valid_tokens
+    imp = plan.importance.tolist() if plan.importance is not None else [0.0] * len(valid)
+    sal = plan.saliency.tolist() if plan.saliency is not None else [0.0] * len(valid)
+    rel = plan.relevance.tolist() if plan.relevance is not None else [0.0] * len(valid)
+    for view, budget in enumerate(image.budgets):
+        name = "thumbnail" if view == image.encoded.thumbnail_index else f"tile {view}"
+        lines.append(f"| {name} | {valid[view]} | {budget} | {imp[view]:.3f} | {sal[view]:.3f} | {rel[view]:.3f} |")
+    timings = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in report.timings.items())
+    lines += [
+        "",
+        f"Stage times of that call: {timings}.",
+        "",
+        "![kept tokens](kept_tokens.png)",
+        "",
+        "Measured prefill = the demo LLM's forward over the whole sequence (median of several runs) on this machine.",
+        "With real checkpoints:",
+        "",
+        "```bash",
+        "hero run --model /path/to/llava-v1.6-vicuna-7b-hf --clip /path/to/clip-vit-large-patch14-336 \\",
+        "         --image photo.jpg --prompt 'What is written on the sign?' --keep-ratio 0.2 --show kept.png",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
