@@ -64,9 +64,11 @@ def build_llava_next(
     vision_layers: int = 24,
     vision_width: int = 64,
     vision_heads: int = 4,
+    vision_mlp: int | None = None,
     text_width: int = 512,
     text_layers: int = 4,
     text_heads: int = 8,
+    text_kv_heads: int | None = None,
     text_mlp: int | None = None,
     words: Sequence[str] = DEMO_WORDS,
     vision_init: float = 1.0,
@@ -76,7 +78,8 @@ def build_llava_next(
     """A transformers ``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor`` from configs (random weights).
 
     The tokenizer is word-level and built in memory from ``words`` (which must contain ``<pad> <s> </s> <unk>
-    <image>``); padding is on the left, for generation.
+    <image>``); padding is on the left, for generation. MLP widths default to 4x (vision) and LLaMA's
+    11008 / 4096 ratio (text); ``vision_init`` / ``text_init`` scale the random weights.
     """
     transformers = require("transformers")
     tokenizers = require("tokenizers")
@@ -107,7 +110,7 @@ def build_llava_next(
     )
     vision = transformers.CLIPVisionConfig(
         hidden_size=vision_width,
-        intermediate_size=4 * vision_width,
+        intermediate_size=vision_mlp or 4 * vision_width,
         num_hidden_layers=vision_layers,
         num_attention_heads=vision_heads,
         image_size=tile_pixels,
@@ -121,7 +124,7 @@ def build_llava_next(
         intermediate_size=text_mlp or (text_width * 11008) // 4096,
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
-        num_key_value_heads=text_heads,
+        num_key_value_heads=text_kv_heads or text_heads,
         max_position_embeddings=8192,
         pad_token_id=vocab["<pad>"],
         bos_token_id=vocab["<s>"],

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from hero_core import HeroError
 
 from ._clip_bpe import clip_vocab_and_merges
+from ._optional import require
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -70,8 +71,6 @@ _MIN_PLAUSIBLE_VOCAB = 1000
 # Tolerance on the [0, 1] range of the views, for rounding in upstream resizes.
 _RANGE_SLACK = 0.01
 
-_HF_EXTRA = "pip install 'hero-prune[hf]'"
-_OPENCLIP_EXTRA = "pip install 'hero-prune[openclip]'"
 _TOKENIZER_FIX = (
     "Load the tokenizer from a local checkpoint directory that contains vocab.json and merges.txt (or "
     "tokenizer.json), e.g. `CLIPTokenizer.from_pretrained('/path/to/clip-vit-large-patch14-336')`, or build the "
@@ -104,7 +103,7 @@ def clip_tokenizer_from_open_clip(bpe_path: str | os.PathLike[str] | None = None
     Raises:
         HeroError: if transformers is missing, or the BPE file cannot be found or read.
     """
-    transformers = _import_transformers()
+    transformers = require("transformers")
     vocab, merges = clip_vocab_and_merges(None if bpe_path is None else os.fspath(bpe_path))
     return transformers.CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
@@ -199,7 +198,7 @@ class HFClipTextScorer:
             HeroError: if transformers is missing, the checkpoint cannot be loaded, or the loaded
                 tokenizer is degenerate (no vocabulary files found).
         """
-        transformers = _import_transformers()
+        transformers = require("transformers")
         local = Path(path_or_id).is_dir()
         source = os.fspath(path_or_id)
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -332,15 +331,13 @@ class HFClipTextScorer:
             HeroError: on views that are not (V, 3, h, w) floats in [0, 1], or text that is not a
                 non-empty string.
         """
-        _check_views(views)
-        _check_text(text)
-        with torch.inference_mode():
-            pixels = self._pixels(views)  # (V, 3, S, S)
-            tokens = self._tokens(text)
-            image = _embedding(self._host.get_image_features(pixel_values=pixels))  # (V, E)
-            query = _embedding(self._host.get_text_features(**tokens))  # (1, E)
-            scores = _cosine(image, query)  # (V,)
-        return scores.to(views.device).clone()  # a normal tensor, usable outside inference mode
+        return _score(views, text, self._pixels, self._tokens, self._embed_image, self._embed_text)
+
+    def _embed_image(self, pixels: Tensor) -> Tensor:
+        return _embedding(self._host.get_image_features(pixel_values=pixels))  # (V, E)
+
+    def _embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
+        return _embedding(self._host.get_text_features(**tokens))  # (1, E)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,7 +439,7 @@ class OpenClipTextScorer:
         Raises:
             HeroError: if open_clip is missing, the name is unknown, or the weights cannot be loaded.
         """
-        open_clip = _import_open_clip()
+        open_clip = require("open_clip")
         has_schema = model_name.startswith(("hf-hub:", "local-dir:"))
         if not has_schema and model_name not in open_clip.list_models():
             known = difflib.get_close_matches(model_name, open_clip.list_models(), n=8, cutoff=0.6)
@@ -544,15 +541,7 @@ class OpenClipTextScorer:
             HeroError: on views that are not (V, 3, h, w) floats in [0, 1], or text that is not a
                 non-empty string.
         """
-        _check_views(views)
-        _check_text(text)
-        with torch.inference_mode():
-            pixels = self._pixels(views)  # (V, 3, S, S)
-            tokens = self._tokens(text)  # (1, context_length)
-            image = self._host.encode_image(pixels)  # (V, E), normalised below in float32
-            query = self._host.encode_text(tokens)  # (1, E)
-            scores = _cosine(image, query)  # (V,)
-        return scores.to(views.device).clone()
+        return _score(views, text, self._pixels, self._tokens, self._host.encode_image, self._host.encode_text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -560,25 +549,22 @@ class OpenClipTextScorer:
 # --------------------------------------------------------------------------------------------------
 
 
-def _import_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as exc:
-        raise HeroError(
-            f"HFClipTextScorer needs transformers, which could not be imported ({exc}). Install the extra: {_HF_EXTRA}"
-        ) from exc
-    return transformers
-
-
-def _import_open_clip() -> Any:
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise HeroError(
-            f"OpenClipTextScorer needs open_clip_torch (with ftfy, regex and a torchvision matching your torch), "
-            f"which could not be imported ({exc}). Install the extra: {_OPENCLIP_EXTRA}"
-        ) from exc
-    return open_clip
+def _score(
+    views: Tensor,
+    text: str,
+    pixels: Callable[[Tensor], Tensor],
+    tokens: Callable[[str], Any],
+    embed_image: Callable[[Tensor], Tensor],
+    embed_text: Callable[[Any], Tensor],
+) -> Tensor:
+    """The scoring both scorers share: check, preprocess, embed, cosine. (V,) float32 on ``views.device``."""
+    _check_views(views)
+    _check_text(text)
+    with torch.inference_mode():
+        image = embed_image(pixels(views))  # (V, E); normalised in float32 by _cosine
+        query = embed_text(tokens(text))  # (1, E)
+        scores = _cosine(image, query)  # (V,)
+    return scores.to(views.device).clone()  # a normal tensor, usable outside inference mode
 
 
 def _check_views(views: Any) -> None:

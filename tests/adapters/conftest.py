@@ -23,17 +23,8 @@ import torch
 pytest.importorskip("transformers")
 
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessorPil,
-    LlavaNextProcessor,
-    PreTrainedTokenizerFast,
-)
 
+from hero_adapters.demo import DemoHost, build_llava_next
 from hero_core import presets
 
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:")
@@ -43,62 +34,25 @@ PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 LOW, HIGH = (1, 2), (4,)  # selector layers that the 6-layer tower has
 
 
-def build_processor() -> LlavaNextProcessor:
-    vocab = {word: i for i, word in enumerate(WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+def build_host(seed: int = 0) -> DemoHost:
+    """The tiny host: the demo's builder with a 6-layer, 4 x 4-patch tower and large weight scales."""
+    return build_llava_next(
+        tile_pixels=56,
+        pinpoints=PINPOINTS,
+        vision_layers=6,
+        vision_width=32,
+        vision_heads=4,
+        vision_mlp=64,
+        text_width=32,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
+        text_mlp=64,
+        words=WORDS,
+        vision_init=5.0,
+        text_init=0.5,
+        seed=seed,
     )
-    tokenizer.padding_side = "left"
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=PINPOINTS
-    )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-
-
-def build_model(seed: int = 0) -> LlavaNextForConditionalGeneration:
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        image_size=56,
-        patch_size=14,
-        initializer_factor=5.0,
-    )
-    text = LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.5,
-    )
-    config = LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=WORDS.index("<image>"),
-        image_grid_pinpoints=PINPOINTS,
-        initializer_range=0.5,
-    )
-    torch.manual_seed(seed)
-    return LlavaNextForConditionalGeneration(config).eval()
 
 
 def hook_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, int, tuple[str, ...]]]:
@@ -115,8 +69,8 @@ class TinyHost:
     low, high = LOW, HIGH
 
     def __init__(self) -> None:
-        self.processor = build_processor()
-        self.model = build_model()
+        host = build_host()
+        self.processor, self.model = host.processor, host.model
         self.image_token_id = self.model.config.image_token_id
         # Warm up: the host lazily installs its own output-capturing hooks on the first call.
         with torch.no_grad():
