@@ -16,6 +16,15 @@ def _floats(tensor: Tensor | None) -> list[float] | None:
     return None if tensor is None else [float(x) for x in tensor.detach().float().cpu().tolist()]
 
 
+def _tile_scores(tensor: Tensor | None, thumbnail: int) -> list[float | None] | None:
+    """Relevance for JSON: None at the thumbnail, which is not scored."""
+    if tensor is None:
+        return None
+    values: list[float | None] = [float(x) for x in tensor.detach().float().cpu().tolist()]
+    values[thumbnail] = None
+    return values
+
+
 @dataclass(frozen=True)
 class ImageReport:
     """One image of the batch (V views: the thumbnail and K local tiles).
@@ -31,7 +40,8 @@ class ImageReport:
         newline_tokens: newline tokens sent (never pruned, not counted in the keep ratio).
         layout: ``"vanilla"`` or ``"reference"``.
         query: the text the views were scored against, or None.
-        relevance: (V,) the text scorer's raw cosines, or None when no scorer ran.
+        relevance: (V,) the text scorer's raw cosines of the local tiles (the thumbnail is not scored; its
+            entry is 0, and None in ``to_dict``), or None when no scorer ran.
     """
 
     index: int
@@ -84,7 +94,7 @@ class ImageReport:
             "layout": self.layout,
             "query": self.query,
             "importance": _floats(self.plan.importance),
-            "relevance": _floats(self.relevance),
+            "relevance": _tile_scores(self.relevance, self.encoded.thumbnail_index),
         }
 
 

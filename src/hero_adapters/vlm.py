@@ -314,24 +314,33 @@ class HeroVLM:
         return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans)
 
     def _score(self, image: EncodedImage, text: str, index: int) -> Tensor:
-        """The text scorer's (V,) cosines for one image, checked."""
+        """(V,) relevance for one image: the scorer's raw CLIP cosine of every LOCAL TILE, checked.
+
+        Only the tiles are scored: HERO's Eq. 2 ranks tiles, and no allocator reads the thumbnail's score,
+        so the CLIP image tower runs over K views, not V. The thumbnail's entry is 0.
+        """
         scorer = self.text_scorer
         name = getattr(scorer, "__name__", type(scorer).__name__)
-        views = image.tiles.num_views
-        scores = scorer(image.views, text)  # type: ignore[misc]
+        tiles = image.tiles
+        others = torch.tensor([v for v in range(tiles.num_views) if v != tiles.thumbnail_index], dtype=torch.long)
+        relevance = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
+        if others.numel() == 0:
+            return relevance
+        scores = scorer(image.views[others.to(image.views.device)], text)  # type: ignore[misc]
+        count = int(others.numel())
         if (
             not isinstance(scores, Tensor)
-            or scores.shape != (views,)
+            or scores.shape != (count,)
             or not scores.dtype.is_floating_point
             or not bool(torch.isfinite(scores).all())
         ):
             raise HeroError.field(
                 f"text_scorer {name} output for image {index}",
                 scores,
-                f"a finite float tensor of shape ({views},): one raw CLIP cosine per view, thumbnail included",
-                "Fix the scorer; it receives views (V, 3, h, w) RGB in [0, 1] and the query text.",
+                f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given",
+                "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text.",
             )
-        return scores.detach().to(image.tiles.device, torch.float32)
+        return relevance.index_copy(0, others.to(tiles.device), scores.detach().to(tiles.device, torch.float32))
 
     def _rebuild(self, run: _Run, ids: Tensor, mask: Tensor, labels: Tensor | None = None) -> Rebuilt:
         padding = ids[mask == 0]

@@ -254,6 +254,12 @@ def test_query_reaches_each_image_of_its_prompt(tiny: Any, batch: dict[str, Any]
     assert report is not None
     assert [image.query for image in report.images] == ["first", "second", "second", "third"]
     assert all(image.relevance is not None and image.relevance.shape == (image.views,) for image in report.images)
+    # only the local tiles are scored (the thumbnail's relevance is never read): K = V - 1 views per call
+    assert [shape[0] for shape, _, _, _ in seen] == [image.views - 1 for image in report.images]
+    for image in report.images:
+        assert image.relevance is not None
+        assert float(image.relevance[image.encoded.thumbnail_index]) == 0.0
+        assert image.to_dict()["relevance"][image.encoded.thumbnail_index] is None
     assert "score" in report.timings
     seen.clear()
     vlm.generate(**batch["inputs"], query="same for all", max_new_tokens=1)

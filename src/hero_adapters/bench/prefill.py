@@ -7,7 +7,7 @@
    the one ``prefill_flops`` predicts (target: measured >= 0.85 x predicted).
 3. HERO's own cost at the smallest ratio: the CLS-attention hooks on a real-size CLIP ViT-L/14-336 tower
    (forward with hooks minus without), the CLIP text scorer (a real-size ViT-L/14-336 CLIPModel, image tower
-   over the views plus its text tower), planning, and the rebuild of the prompt. Their sum is reported as a
+   over the K local tiles plus its text tower, as HeroVLM runs it), planning, and the rebuild of the prompt. Their sum is reported as a
    share of the prefill time saved at Vicuna-7B's full depth (32 layers, from the per-layer time);
    target: at most 10%.
 4. On CUDA also a full-depth LLaVA-NeXT-7B-shaped model (random weights): time to first token, decode
@@ -121,7 +121,9 @@ def _overhead(
         clip = CLIPModel(config).to(dtype).eval()
     scorer = HFClipTextScorer(clip, clip_tokenizer_from_open_clip())
     scorer_s = median_seconds(
-        lambda: scorer(torch.rand(views, 3, 336, 336, device=device), prompt), device, repeats=repeats
+        lambda: scorer(
+            torch.rand(views - 1, 3, 336, 336, device=device), prompt
+        )  # HeroVLM scores tiles only, device, repeats=repeats
     )
     tiles = make_tiles(
         num_views=views, grid=(24, 24), num_heads=16, layers=pruner.layers, width=1024, padding="rows", device=device
