@@ -6,9 +6,10 @@
    the prefill over prompt + image tokens for vanilla and each ratio; the measured speed-up is set beside
    the one ``prefill_flops`` predicts (target: measured >= 0.85 x predicted).
 3. HERO's own cost at the smallest ratio: the CLS-attention hooks on a real-size CLIP ViT-L/14-336 tower
-   (forward with hooks minus without), the CLIP text scorer (a real-size ViT-L/14-336 CLIPModel, image tower
-   over the K local tiles plus its text tower, as HeroVLM runs it), planning, and the rebuild of the prompt. Their sum is reported as a
-   share of the prefill time saved at Vicuna-7B's full depth (32 layers, from the per-layer time);
+   (forward with hooks minus without), the CLIP text scorer (a real-size ViT-L/14-336 CLIPModel, image
+   tower over the K local tiles plus its text tower, as HeroVLM runs it), planning, and the rebuild of the
+   prompt. Their sum is reported as a share of the prefill time saved at Vicuna-7B's full depth (32
+   layers, from the per-layer time);
    target: at most 10%.
 4. On CUDA also a full-depth LLaVA-NeXT-7B-shaped model (random weights): time to first token, decode
    tokens/s and peak memory for vanilla and each ratio (``--full-model``).
