@@ -121,11 +121,8 @@ def _overhead(
     with torch.device(device):
         clip = CLIPModel(config).to(dtype).eval()
     scorer = HFClipTextScorer(clip, clip_tokenizer_from_open_clip())
-    scorer_s = median_seconds(
-        lambda: scorer(
-            torch.rand(views - 1, 3, 336, 336, device=device), prompt
-        )  # HeroVLM scores tiles only, device, repeats=repeats
-    )
+    tile_views = torch.rand(views - 1, 3, 336, 336, device=device)  # HeroVLM scores the K local tiles only
+    scorer_s = median_seconds(lambda: scorer(tile_views, prompt), device, repeats=repeats)
     tiles = make_tiles(
         num_views=views, grid=(24, 24), num_heads=16, layers=pruner.layers, width=1024, padding="rows", device=device
     )
