@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m ruff format --check src tests benchmarks examples
-	$(PY) -m mypy --strict src/hero_core
+	$(PY) -m mypy --strict src/hero_core src/hero_adapters
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -214,7 +214,8 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     position = np.clip(values, 0.0, 1.0) * (len(stops) - 1)
     low = np.floor(position).astype(int).clip(0, len(stops) - 2)
     frac = (position - low)[..., None]
-    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+    colours: np.ndarray = (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+    return colours
 
 
 def _list(tensor: torch.Tensor | None) -> list[float] | None:

@@ -146,3 +146,27 @@ def test_help_has_examples():
     result = hero("--help")
     assert result.returncode == 0
     assert "hero demo" in result.stdout and "hero run --model" in result.stdout
+
+
+def test_demo_subcommand_writes_report_and_picture(tmp_path):
+    result = hero("demo", "--out", str(tmp_path / "demo"), "--keep-ratios", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM" in result.stdout and "hero run --model" in result.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert [row["setting"] for row in report["rows"]] == ["vanilla", "HERO 20%"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "demo" / "kept_tokens.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 600
+
+
+def test_bench_core_subcommand_writes_json_and_table(tmp_path):
+    result = hero("bench", "core", "--views", "2", "--repeats", "2", "--forward-repeats", "1", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "core.json").read_text())
+    assert {"benchmark", "what", "machine", "measured_at", "results", "target", "met"} <= set(record)
+    assert {"cpu", "torch", "device", "torch_threads"} <= set(record["machine"])
+    (row,) = record["results"]
+    assert row["views"] == 2 and row["plan_ms"] > 0 and row["forward_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["plan_ms"] / row["forward_ms"])
+    assert "| V | plan (ms)" in (tmp_path / "core.md").read_text()

@@ -16,6 +16,43 @@ import torch
 T = TypeVar("T")
 
 
+#: CLIP ViT-L/14-336's vision tower (LLaVA-NeXT's encoder and HERO's relevance model), as config fields.
+VIT_L14_336: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+}
+#: ... and its text tower.
+CLIP_TEXT_L14: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+}
+
+
+def random_model(
+    config: Any, device: torch.device, dtype: torch.dtype, *, auto: str = "AutoModel", attn: str | None = None
+) -> torch.nn.Module:
+    """A transformers model built from ``config`` with random weights (created in ``dtype``), in eval mode."""
+    import transformers
+
+    factory = getattr(transformers, auto)
+    options: dict[str, Any] = {"dtype": dtype}
+    if attn is not None:
+        options["attn_implementation"] = attn
+    with torch.device(device):
+        model: torch.nn.Module = factory.from_config(config, **options)
+    return model.eval()
+
+
 def results_dir() -> Path:
     """``benchmarks/results`` when run from a checkout of the project, else ``./hero-bench-results``."""
     here = Path.cwd() / "benchmarks"
@@ -100,7 +137,24 @@ def write_results(name: str, payload: dict[str, Any], table: list[str], out: Pat
         "",
     ]
     (folder / f"{name}.md").write_text("\n".join(lines))
+    if folder.name == "results" and folder.parent.name == "benchmarks":
+        _write_readme(folder)
     return path
+
+
+_README_HEAD = """# Benchmarks
+
+Each benchmark lives in `hero_adapters.bench` and runs with `hero bench <name>` or
+`python benchmarks/bench_<name>.py`; models are built from configs with random weights (nothing is
+downloaded). Every record in `results/` names the machine it was measured on; this page is rewritten
+from those records after each run, so it always shows the latest table of each.
+"""
+
+
+def _write_readme(results: Path) -> None:
+    """benchmarks/README.md: the fixed introduction, then every results/*.md table."""
+    tables = [table.read_text() for table in sorted(results.glob("*.md"))]
+    (results.parent / "README.md").write_text("\n".join([_README_HEAD, *tables]))
 
 
 def now() -> str:
@@ -113,4 +167,5 @@ def progress(items: Sequence[T], desc: str) -> Iterable[T]:
         from tqdm.auto import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, leave=False, disable=None)
+    bar: Iterable[T] = tqdm(items, desc=desc, leave=False, disable=None)
+    return bar

@@ -20,7 +20,7 @@ import torch
 
 from hero_core import EncodedTiles, presets
 
-from ._common import machine, median_seconds, now, pick_device, progress, write_results
+from ._common import VIT_L14_336, machine, median_seconds, now, pick_device, progress, random_model, write_results
 
 LAYERS = (5, 6, 7, 8, 21)  # what presets.hero reads
 N, H, D = 576, 16, 1024
@@ -42,19 +42,9 @@ def encoder_outputs(views: int, device: torch.device, dtype: torch.dtype) -> dic
 
 
 def clip_tower(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig
 
-    config = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
-    return CLIPVisionModel(config).to(device, dtype).eval()
+    return random_model(CLIPVisionConfig(**VIT_L14_336), device, dtype)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

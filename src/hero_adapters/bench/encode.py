@@ -30,29 +30,19 @@ from typing import Any
 
 import torch
 
-from ._common import machine, now, write_results
+from ._common import VIT_L14_336, machine, now, random_model, write_results
 
 MODES = ("a_host", "b_hero", "c_eager")
 FEATURE_LAYER = -2  # LLaVA-NeXT's vision_feature_layer
 KEEP_RATIO = 0.2
 
 
-def build_tower(dtype: torch.dtype, device: torch.device, attn: str) -> Any:
+def build_tower(dtype: torch.dtype, device: torch.device, attn: str) -> torch.nn.Module:
     """CLIP ViT-L/14-336 with random weights (seeded, so every process builds the same tower)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig
 
-    config = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        hidden_act="quick_gelu",
-    )
     torch.manual_seed(0)
-    tower = CLIPVisionModel._from_config(config, dtype=dtype, attn_implementation=attn)
-    return tower.to(device).eval()
+    return random_model(CLIPVisionConfig(**VIT_L14_336), device, dtype, attn=attn)
 
 
 def make_pixels(views: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -63,7 +53,8 @@ def make_pixels(views: int, dtype: torch.dtype, device: torch.device) -> torch.T
 def host_forward(tower: Any, pixels: torch.Tensor) -> torch.Tensor:
     """What ``LlavaNextModel.get_image_features`` asks of the tower: hidden state -2, CLS dropped."""
     out = tower(pixels, output_hidden_states=FEATURE_LAYER)
-    return out.hidden_states[FEATURE_LAYER][:, 1:]
+    features: torch.Tensor = out.hidden_states[FEATURE_LAYER][:, 1:]
+    return features
 
 
 def hero_forward(tower: Any, pixels: torch.Tensor) -> Any:

@@ -29,13 +29,24 @@ import torch
 from hero_core import VICUNA_7B, EncodedTiles, presets
 from hero_core.testing import make_tiles
 
-from ._common import machine, median_seconds, now, pick_device, progress, sync, write_results
+from ._common import (
+    CLIP_TEXT_L14,
+    VIT_L14_336,
+    machine,
+    median_seconds,
+    now,
+    pick_device,
+    progress,
+    random_model,
+    sync,
+    write_results,
+)
 
 VICUNA_7B_LAYERS = 32
 
 
 def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaConfig
 
     config = LlamaConfig(
         hidden_size=4096,
@@ -46,8 +57,7 @@ def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Mo
         vocab_size=32000,
         max_position_embeddings=4096,
     )
-    with torch.device(device):
-        return LlamaModel(config).to(dtype).eval()
+    return random_model(config, device, dtype)
 
 
 def _token_counts(keep_ratios: Sequence[float]) -> tuple[dict[float, Any], Any]:
@@ -68,41 +78,20 @@ def _token_counts(keep_ratios: Sequence[float]) -> tuple[dict[float, Any], Any]:
 def _clip_config() -> Any:
     from transformers import CLIPConfig
 
-    vision = {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "image_size": 336,
-        "patch_size": 14,
-        "hidden_act": "quick_gelu",
-    }
-    text = {
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-    }
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)
+    return CLIPConfig(text_config=CLIP_TEXT_L14, vision_config=VIT_L14_336, projection_dim=768)
 
 
 def _overhead(
     device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str
 ) -> dict[str, float]:
     """Seconds of HERO's own work for one image of ``views`` views at real size."""
-    from transformers import CLIPModel, CLIPVisionModel
-
     from .._hooks import cls_attention_hooks
     from .._sequence import placeholder_spans, rebuild
     from ..text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
 
     pruner = presets.hero(0.2)
     config = _clip_config()
-    with torch.device(device):
-        tower = CLIPVisionModel(config.vision_config).to(dtype).eval()
+    tower = random_model(config.vision_config, device, dtype)
     pixels = torch.rand(views, 3, 336, 336, device=device, dtype=dtype)
 
     def plain() -> None:
@@ -118,8 +107,7 @@ def _overhead(
     for _ in range(repeats):
         plain_s.append(median_seconds(plain, device, repeats=1, warmup=0))
         hooked_s.append(median_seconds(hooked, device, repeats=1, warmup=0))
-    with torch.device(device):
-        clip = CLIPModel(config).to(dtype).eval()
+    clip = random_model(config, device, dtype)
     scorer = HFClipTextScorer(clip, clip_tokenizer_from_open_clip())
     tile_views = torch.rand(views - 1, 3, 336, 336, device=device)  # HeroVLM scores the K local tiles only
     scorer_s = median_seconds(lambda: scorer(tile_views, prompt), device, repeats=repeats)
@@ -173,13 +161,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
         image_grid_pinpoints=LLAVA_NEXT_7B_PINPOINTS,
         image_token_index=32000,
     )
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = transformers.LlavaNextForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(default)
+    model = random_model(config, device, torch.bfloat16, auto="AutoModelForImageTextToText")
     ids = inputs["input_ids"].clone()
     ids[ids == inputs["input_ids"].max()] = 32000  # the demo tokenizer's image id -> this model's
     feed = {
