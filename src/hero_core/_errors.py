@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 __all__ = ["HeroError", "check_keep_ratio", "check_positive", "check_relevance", "check_unit_interval", "describe"]
@@ -28,7 +29,7 @@ def describe(value: Any) -> str:
     """A short, readable rendering of a value for an error message (tensors by shape and dtype)."""
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
-    if shape is not None and dtype is not None:
+    if shape is not None and dtype is not None and len(shape) > 0:
         return f"<tensor shape={tuple(shape)} dtype={dtype}>"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -36,7 +37,7 @@ def describe(value: Any) -> str:
 
 def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> float:
     """Return ``keep_ratio`` as a float after checking it is finite and in (0, 1]."""
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)):
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
         raise HeroError.field(
             name, keep_ratio, "a float in (0, 1]", "Pass the fraction of patch tokens to keep, e.g. 0.2."
         )

@@ -83,7 +83,7 @@ PRESETS: dict[str, Callable[..., Pruner]] = {
 
 def get(name: str, keep_ratio: float, **overrides: Any) -> Pruner:
     """A preset by its name in ``PRESETS`` (``"hero"``, ``"hero-reference"``, ``"uniform-random"``, ...)."""
-    factory = PRESETS.get(name.replace("_", "-"))
+    factory = PRESETS.get(name.replace("_", "-")) if isinstance(name, str) else None
     if factory is None:
         raise HeroError.field("preset", name, f"one of {sorted(PRESETS)}")
     return factory(keep_ratio, **overrides)

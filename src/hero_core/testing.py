@@ -10,10 +10,14 @@ Hypothesis strategies that generate valid ``EncodedTiles`` and checkers that hol
     def test_my_allocator(tiles, ratio):
         check_allocator(MyAllocator(), tiles, None, ratio, exact_total=True)
 
-Needs the ``test`` extra (hypothesis).
+The strategies (``encoded_tiles``, ``keep_ratios``, ``relevances``) need the ``test`` extra
+(hypothesis) and are imported on first use; ``make_tiles`` and the checkers need only torch.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -23,10 +27,8 @@ from ._errors import HeroError
 from .protocols import BudgetAllocator, TokenSelector
 from .tiles import EncodedTiles
 
-try:
-    from hypothesis import strategies as st
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise HeroError("hero_core.testing needs hypothesis: install it with `pip install 'hero-prune[test]'`.") from error
+if TYPE_CHECKING:
+    from ._strategies import encoded_tiles, keep_ratios, relevances
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -43,6 +45,20 @@ __all__ = [
 DEFAULT_LAYERS: tuple[int, ...] = (5, 6, 7, 8, 21, 22)
 
 _PADDINGS = ("none", "rows", "cols", "random")
+_STRATEGIES = ("encoded_tiles", "keep_ratios", "relevances")
+
+
+def __getattr__(name: str) -> Any:
+    """The hypothesis strategies load on first use, so the rest of this module works without hypothesis."""
+    if name not in _STRATEGIES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module("._strategies", __package__)
+    except ImportError as error:
+        raise HeroError(
+            f"hero_core.testing.{name} needs hypothesis: install it with `pip install 'hero-prune[test]'`."
+        ) from error
+    return getattr(module, name)
 
 
 def make_tiles(
@@ -113,53 +129,6 @@ def _tile_grid(count: int) -> tuple[int, int] | None:
         return None
     rows = max(r for r in range(1, int(count**0.5) + 1) if count % r == 0)
     return (rows, count // rows)
-
-
-@st.composite
-def encoded_tiles(
-    draw: st.DrawFn,
-    *,
-    max_views: int = 9,
-    max_side: int = 7,
-    max_heads: int = 3,
-    layers: tuple[int, ...] = DEFAULT_LAYERS,
-    paddings: tuple[str, ...] = _PADDINGS,
-    separated: bool | None = None,
-) -> EncodedTiles:
-    """Hypothesis strategy for valid ``EncodedTiles``: random V, grid, heads, thumbnail index and padding.
-
-    Args:
-        max_views: largest V (at least 1: a thumbnail alone is a valid input).
-        max_side: largest patch rows / cols of a view.
-        layers: recorded encoder layers (defaults cover every shipped preset).
-        paddings: padding styles to draw from (see ``make_tiles``).
-        separated: force (True) or forbid (False) dtype-robust attention values; None draws both.
-    """
-    num_views = draw(st.integers(1, max_views))
-    grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
-    return make_tiles(
-        num_views=num_views,
-        grid=grid,
-        num_heads=draw(st.integers(1, max_heads)),
-        layers=layers,
-        thumbnail_index=draw(st.sampled_from([0, num_views - 1])),
-        padding=draw(st.sampled_from(paddings)),
-        pad_amount=draw(st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0])),
-        separated=draw(st.booleans()) if separated is None else separated,
-        seed=draw(st.integers(0, 2**31 - 1)),
-    )
-
-
-def keep_ratios() -> st.SearchStrategy[float]:
-    """Keep ratios in (0, 1], weighted towards the values people use and the edges (1e-3, 1)."""
-    common = st.sampled_from([1.0, 0.5, 0.4, 0.25, 0.2, 0.1, 0.05, 1e-3])
-    return st.one_of(common, st.floats(min_value=1e-4, max_value=1.0, exclude_min=True, allow_nan=False))
-
-
-def relevances(num_views: int) -> st.SearchStrategy[Tensor]:
-    """(V,) CLIP-cosine-like scores in [-1, 1], ties included."""
-    value = st.one_of(st.floats(-1.0, 1.0, allow_nan=False), st.sampled_from([0.0, 0.25]))
-    return st.lists(value, min_size=num_views, max_size=num_views).map(lambda xs: torch.tensor(xs, dtype=torch.float32))
 
 
 def expected_total(tiles: EncodedTiles, keep_ratio: float) -> int:

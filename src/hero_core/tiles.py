@@ -111,8 +111,9 @@ class EncodedTiles:
                 thumbnail_index=outputs.thumbnail_index,
                 grid=tuple(outputs.grid),  # type: ignore[arg-type]
                 tile_grid=getattr(outputs, "tile_grid", None),
+                query_source=getattr(outputs, "query_source", "cls"),
             )
-        except AttributeError as error:
+        except (AttributeError, TypeError) as error:
             raise HeroError.field(
                 "tiles", outputs, "an object with the TileEncoderOutputs attributes", f"Missing: {error}."
             ) from error

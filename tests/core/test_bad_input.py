@@ -150,3 +150,42 @@ def test_testing_kit_catches_broken_parts(tiles):
     padded = make_tiles(num_views=3, grid=(2, 3), padding="rows", pad_amount=0.5)
     with pytest.raises(AssertionError, match="padding position"):
         check_selector(keeps_padding, padded, torch.tensor([2, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    "allocator", [HeroAllocator(), HeroAllocator(exact=False), UniformAllocator(), ThumbnailAttentionAllocator()]
+)
+@pytest.mark.parametrize("ratio", [math.nan, math.inf, -0.5, 1.5, 0])
+def test_allocators_called_directly_check_the_ratio(tiles, allocator, ratio):
+    with pytest.raises(HeroError, match=r"^keep_ratio="):
+        allocator(tiles, None, ratio)
+
+
+@pytest.mark.parametrize("relevance", [torch.zeros(2), torch.tensor([0.0, math.nan, 0.1])])
+def test_allocators_called_directly_check_the_relevance(tiles, relevance):
+    with pytest.raises(HeroError, match=r"^relevance="):
+        HeroAllocator()(tiles, relevance, 0.5)
+
+
+def test_numpy_ratio_is_accepted_and_described_as_a_number(tiles):
+    np = pytest.importorskip("numpy")
+    assert presets.hero(np.float32(0.5)).keep_ratio == 0.5
+    with pytest.raises(HeroError, match=r"^keep_ratio=np.float32\(1.5\)|^keep_ratio=1.5"):
+        presets.hero(np.float32(1.5))
+
+
+@pytest.mark.parametrize("budgets", [torch.tensor([1, 1]), torch.tensor([1.0, 1.0, 1.0]), [1, 1, 1]])
+def test_selectors_called_directly_check_the_budgets(tiles, budgets):
+    with pytest.raises(HeroError, match=r"^budgets="):
+        FunctionAwareSelector()(tiles, budgets)
+
+
+def test_from_outputs_and_preset_names_reject_malformed_values(tiles):
+    class Outputs:
+        cls_tokens, cls_attention, valid_mask = tiles.cls_tokens, tiles.cls_attention, tiles.valid_mask
+        attention_layers, thumbnail_index, grid = 5, 0, None
+
+    with pytest.raises(HeroError, match=r"^tiles="):
+        EncodedTiles.from_outputs(Outputs())
+    with pytest.raises(HeroError, match=r"^preset=None"):
+        presets.get(None, 0.2)

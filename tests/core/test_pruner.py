@@ -33,6 +33,9 @@ def test_ratio_one_is_identity(name, tiles):
     plan = presets.get(name, 1.0).plan(tiles)
     if PRESETS[name]:
         assert torch.equal(plan.keep, tiles.valid_mask)
+    else:  # the reference floors and caps drop tokens even at R = 1 (capped excess is not redistributed)
+        assert not bool((plan.keep & ~tiles.valid_mask).any())
+        assert plan.budgets[tiles.thumbnail_index] == tiles.valid_mask[tiles.thumbnail_index].sum()
 
 
 @given(tiles=encoded_tiles(), ratio=keep_ratios())
@@ -115,3 +118,16 @@ def test_import_hero_core_leaves_hosts_out():
     code = f"import sys, hero_core, hero_core.testing; print(sorted(m for m in {hosts} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_testing_helpers_work_without_hypothesis():
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"
+        "from hero_core import HeroError, presets\n"
+        "from hero_core.testing import make_tiles, check_allocator\n"
+        "tiles = make_tiles(num_views=3, grid=(2, 2))\n"
+        "check_allocator(presets.hero(0.5).allocator, tiles, None, 0.5, exact_total=True)\n"
+        "try:\n    from hero_core.testing import encoded_tiles\nexcept HeroError as error:\n    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "needs hypothesis" in out.stdout and "hero-prune[test]" in out.stdout

@@ -14,7 +14,7 @@ from .._errors import HeroError, check_positive, check_unit_interval
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
-from ._split import exact_split, tile_views
+from ._split import exact_split, prepare, tile_views
 
 __all__ = ["HeroAllocator"]
 
@@ -69,7 +69,7 @@ class HeroAllocator:
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         """Budgets with the importance behind them (reported in float32; the thumbnail's entries are 0)."""
-        checked = EncodedTiles.from_outputs(tiles)
+        checked, relevance, keep_ratio = prepare(tiles, relevance, keep_ratio)
         importance, saliency, relevance_part = self.importance(checked, relevance)
         others = tile_views(checked)
         if self.exact:

@@ -10,8 +10,7 @@ from torch import Tensor
 from .._errors import HeroError
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
-from ..tiles import EncodedTiles
-from ._split import exact_split, tile_views
+from ._split import exact_split, prepare, tile_views
 
 __all__ = ["ThumbnailAttentionAllocator"]
 
@@ -53,7 +52,7 @@ class ThumbnailAttentionAllocator:
         return self.allocate(tiles, relevance, keep_ratio).budgets
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
         if checked.num_views == 1:  # a thumbnail alone: nothing to split
             return Allocation(budgets=exact_split(checked, keep_ratio, torch.zeros(0)))
         if checked.tile_grid is None:

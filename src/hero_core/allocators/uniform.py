@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 
 from ..protocols import TileEncoderOutputs
-from ..tiles import EncodedTiles
-from ._split import exact_split
+from ._split import exact_split, prepare
 
 __all__ = ["UniformAllocator"]
 
@@ -30,6 +29,6 @@ class UniformAllocator:
         return False
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
         weights = torch.ones(checked.num_views - 1, dtype=torch.float64)
         return exact_split(checked, keep_ratio, weights)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._errors import HeroError
+
 __all__ = ["keep_top", "reduce_heads"]
 
 
@@ -19,6 +21,14 @@ def keep_top(scores: Tensor, budgets: Tensor, valid: Tensor) -> Tensor:
     Returns:
         (V, N) bool keep mask. Equal scores go to the lower position index (one stable sort, no loop).
     """
+    views = scores.shape[0]
+    if (
+        not isinstance(budgets, torch.Tensor)
+        or budgets.shape != (views,)
+        or budgets.dtype.is_floating_point
+        or budgets.dtype == torch.bool
+    ):
+        raise HeroError.field("budgets", budgets, f"an integer tensor of shape ({views},), one budget per view")
     masked = scores.float().masked_fill(~valid, float("-inf"))
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices  # (V, N)
     positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
