@@ -9,7 +9,7 @@ from hero_core import HeroError
 
 __all__ = ["require"]
 
-_EXTRAS = {"transformers": "hf", "open_clip": "openclip", "timm": "timm"}
+_EXTRAS = {"transformers": "hf", "tokenizers": "hf", "PIL": "hf", "open_clip": "openclip", "timm": "timm"}
 
 
 def require(module: str) -> ModuleType:

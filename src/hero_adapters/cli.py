@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -239,9 +240,9 @@ def _open_image(path: Path) -> Any:
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HeroError.field("--device", "cuda", "a device this machine has", "No CUDA device is visible; use cpu.")
-    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+    from .bench._common import pick_device
+
+    chosen = pick_device(device)
     if dtype == "auto":
         return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
     return chosen, getattr(torch, dtype)
@@ -273,7 +274,12 @@ class _Loaded:
                 f"{source} is not a supported checkpoint.",
             )
         steps.set_description("loading processor")
-        self.processor = transformers.AutoProcessor.from_pretrained(source)
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as error:
+            raise HeroError.field(
+                "--model", source, "a checkpoint with its processor files (preprocessor/tokenizer configs)", str(error)
+            ) from error
         steps.update()
         steps.set_description("loading model")
         try:
@@ -282,14 +288,14 @@ class _Loaded:
             raise HeroError.field("--model", source, "loadable weights", str(error)) from error
         self.model = model.to(self.device).eval()
         steps.update()
+        self.pruner = presets.get(args.preset, args.keep_ratio, **dict(args.overrides))
         self.scorer = None
-        if args.clip is not None:
+        if args.clip is not None and self.pruner.uses_relevance:
             steps.set_description("loading CLIP")
             from .text_scorers import HFClipTextScorer
 
             self.scorer = HFClipTextScorer.from_pretrained(args.clip, device=self.device, dtype=self.dtype)
         steps.update()
-        self.pruner = presets.get(args.preset, args.keep_ratio, **dict(args.overrides))
         self.prompt = args.prompt
         self.inputs = self._inputs(args.prompt)
         self.shape = ModelShape.from_config(self.model.config.to_dict())
@@ -327,7 +333,19 @@ def _steps(total: int, desc: str) -> Any:
         return _Quiet()
 
 
+def _check_outputs(args: argparse.Namespace, *names: str) -> None:
+    """Refuse an output path whose folder does not exist or is not writable, before any model runs."""
+    for name in names:
+        path = getattr(args, name, None)
+        if path is None:
+            continue
+        folder = path.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise HeroError.field(f"--{name}", str(path), "a file in an existing, writable folder")
+
+
 def _load(args: argparse.Namespace, extra_steps: int) -> tuple[_Loaded, Any]:
+    _check_outputs(args, "show", "json", "out")
     steps = _steps(3 + extra_steps, "loading")
     loaded = _Loaded(args, steps)
     loaded.layout = args.layout
@@ -443,7 +461,9 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _tile_view(text: str, encoded: Any) -> int:
-    tiles = [v for v in range(encoded.num_views) if v != encoded.thumbnail_index]
+    from hero_core.allocators import tile_views
+
+    tiles = tile_views(encoded)
     try:
         number = int(text)
     except ValueError:

@@ -9,6 +9,7 @@ are real. ``build_llava_next`` is also what the test-suite builds its tiny hosts
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from hero_core import VICUNA_7B, ModelShape, presets
 
 from ._optional import require
+from .visualize import _font
 
 __all__ = [
     "DEMO_WORDS",
@@ -175,7 +177,6 @@ def draw_test_card(width: int = 960, height: int = 640) -> Any:
     """A test card drawn in memory: text blocks and objects in different tiles of a 2 x 2 LLaVA-NeXT grid."""
     image_module = require("PIL.Image")
     draw_module = require("PIL.ImageDraw")
-    font_module = require("PIL.ImageFont")
     image = image_module.new("RGB", (width, height), (236, 232, 220))
     draw = draw_module.Draw(image)
     for x in range(0, width, 40):  # faint grid: texture everywhere
@@ -183,20 +184,14 @@ def draw_test_card(width: int = 960, height: int = 640) -> Any:
     for y in range(0, height, 40):
         draw.line([(0, y), (width, y)], fill=(222, 218, 205))
 
-    def font(size: int) -> Any:
-        try:
-            return font_module.load_default(size=size)
-        except TypeError:
-            return font_module.load_default()
-
     w, h = width, height
     draw.rectangle([0.06 * w, 0.08 * h, 0.44 * w, 0.30 * h], fill=(24, 90, 48))  # top-left: an exit sign
-    draw.text((0.09 * w, 0.12 * h), "EXIT 12", fill=(255, 255, 255), font=font(int(0.09 * h)))
+    draw.text((0.09 * w, 0.12 * h), "EXIT 12", fill=(255, 255, 255), font=_font(int(0.09 * h)))
     draw.ellipse([0.62 * w, 0.10 * h, 0.86 * w, 0.46 * h], fill=(210, 40, 40))  # top-right: a red circle
     draw.polygon([(0.15 * w, 0.90 * h), (0.30 * w, 0.58 * h), (0.45 * w, 0.90 * h)], fill=(40, 80, 200))
     draw.rectangle([0.56 * w, 0.60 * h, 0.94 * w, 0.92 * h], fill=(255, 255, 255), outline=(0, 0, 0), width=4)
     for i, line in enumerate(("OPEN 9-5", "MON-FRI", "ROOM 204")):  # bottom-right: a notice board
-        draw.text((0.60 * w, (0.63 + 0.09 * i) * h), line, fill=(0, 0, 0), font=font(int(0.06 * h)))
+        draw.text((0.60 * w, (0.63 + 0.09 * i) * h), line, fill=(0, 0, 0), font=_font(int(0.06 * h)))
     return image
 
 
@@ -212,7 +207,7 @@ def _prefill_seconds(model: Any, length: int, repeats: int) -> float:
             start = time.perf_counter()
             language_model(inputs_embeds=embeds)
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def run_demo(

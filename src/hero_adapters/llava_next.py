@@ -13,7 +13,6 @@ it comes from (or that it is a newline). Layouts (HERO_SPEC.md, step 4):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +23,13 @@ from hero_core import EncodedTiles, HeroError
 
 from ._hooks import cls_attention_hooks
 from ._optional import require
+from ._pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
 from ._registry import register_adapter
 from ._types import AssembledImage, EncodedImage
 
 __all__ = ["LAYOUTS", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "LlavaNextAdapter"]
 
 LAYOUTS = ("vanilla", "reference")
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @register_adapter("llava_next")
@@ -40,7 +38,8 @@ class LlavaNextAdapter:
     """Binds ``hero_core`` to a transformers LLaVA-NeXT model (V = 1 thumbnail + K tiles, N = s * s patches).
 
     Args:
-        model: ``LlavaNextForConditionalGeneration`` (or ``LlavaNextModel``).
+        model: ``LlavaNextForConditionalGeneration`` (``LlavaNextModel`` works for ``encode`` / ``assemble`` and
+            ``HeroVLM.plan``, not for generation).
         layout: ``"vanilla"`` (default) or ``"reference"``.
         image_mean: per-channel mean the processor normalised with; default OpenAI CLIP's.
         image_std: per-channel std the processor normalised with; default OpenAI CLIP's.
@@ -66,17 +65,9 @@ class LlavaNextAdapter:
                 f"a transformers LLaVA-NeXT model whose base model has {list(needed)}",
                 "Load it with LlavaNextForConditionalGeneration.from_pretrained(...).",
             )
-        for name, default, positive in (
-            ("image_mean", OPENAI_CLIP_MEAN, False),
-            ("image_std", OPENAI_CLIP_STD, True),
-        ):
-            value = getattr(self, name)
-            value = default if value is None else tuple(float(x) for x in value)
-            if len(value) != 3 or not all(math.isfinite(x) and (x > 0 or not positive) for x in value):
-                raise HeroError.field(
-                    name, value, "three finite floats (RGB)" + (" > 0" if positive else ""), "Copy the processor's."
-                )
-            object.__setattr__(self, name, value)
+        mean, std = self.image_mean or OPENAI_CLIP_MEAN, self.image_std or OPENAI_CLIP_STD
+        object.__setattr__(self, "image_mean", check_channels("image_mean", mean, positive=False))
+        object.__setattr__(self, "image_std", check_channels("image_std", std, positive=True))
 
     # ----------------------------------------------------------------------------------------- host facts
     @property
@@ -264,15 +255,19 @@ class LlavaNextAdapter:
         is_newline = layout < 0
         sent = is_newline | flat[layout.clamp(min=0)]  # (T_layout,)
         offsets = sent.nonzero().squeeze(1)  # one host sync: the kept count
+        features = image.features
         if gather is None:
             rows = offsets
         else:
-            newline_row = int((image.source < 0).nonzero()[0, 0])  # any newline of the host's sequence
+            # the learned newline token, appended as row T (the host's own sequence may hold none: a very
+            # wide image unpads to zero rows)
+            newline = self.base.image_newline.to(features.device, features.dtype)
+            features = torch.cat([features, newline[None]], dim=0)
             ids = layout[offsets]
-            rows = torch.where(ids < 0, newline_row, gather[ids.clamp(min=0)])
+            rows = torch.where(ids < 0, image.features.shape[0], gather[ids.clamp(min=0)])
         newlines = int(is_newline.sum())
         return AssembledImage(
-            features=image.features.index_select(0, rows.to(image.features.device)),
+            features=features.index_select(0, rows.to(features.device)),
             offsets=offsets,
             layout_length=int(layout.shape[0]),
             kept_patch_tokens=int(offsets.shape[0]) - newlines,

@@ -83,6 +83,7 @@ class ImageReport:
             "prompt": self.prompt,
             "views": self.views,
             "tile_grid": list(self.encoded.tile_grid) if self.encoded.tile_grid else None,
+            "query_source": self.encoded.query_source,
             "valid_tokens": self.valid_tokens,
             "budgets": self.budgets,
             "keep_ratio": self.plan.keep_ratio,

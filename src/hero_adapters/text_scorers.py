@@ -36,7 +36,6 @@ built from a name or a path.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from hero_core import HeroError
 
 from ._clip_bpe import clip_vocab_and_merges
 from ._optional import require
+from ._pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -61,8 +61,6 @@ __all__ = [
     "clip_tokenizer_from_open_clip",
 ]
 
-OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES: tuple[str, ...] = ("shortest", "squash", "longest")
 
 # A real text vocabulary has tens of thousands of entries; an offline `CLIPTokenizer.from_pretrained(hub_id)`
@@ -165,8 +163,8 @@ class HFClipTextScorer:
         if not callable(self.tokenizer):
             raise HeroError.field("tokenizer", type(self.tokenizer).__name__, "a callable transformers tokenizer")
         _check_vocab(self.tokenizer, _TOKENIZER_FIX)
-        object.__setattr__(self, "mean", _check_channels("mean", self.mean, positive=False))
-        object.__setattr__(self, "std", _check_channels("std", self.std, positive=True))
+        object.__setattr__(self, "mean", check_channels("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", check_channels("std", self.std, positive=True))
         _check_resize_mode(self.resize_mode)
 
     @classmethod
@@ -208,12 +206,36 @@ class HFClipTextScorer:
             else "Check the id, or download the checkpoint and pass its directory."
         )
         try:
-            dtype_kwargs = {} if dtype is None else {"dtype": dtype}
-            model = transformers.CLIPModel.from_pretrained(source, local_files_only=local, **dtype_kwargs)
-        except OSError as exc:
+            config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as exc:
             raise HeroError.field(
                 "path_or_id", source, "a CLIPModel checkpoint (directory or cached hub id)", f"{fix} ({exc})"
             ) from exc
+        if getattr(config, "model_type", None) != "clip":
+            raise HeroError.field(
+                "path_or_id model_type",
+                getattr(config, "model_type", None),
+                "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
+                f"{source} is not one; a VLM's own vision tower has no text tower, pass a separate CLIP checkpoint.",
+            )
+        try:
+            dtype_kwargs = {} if dtype is None else {"dtype": dtype}
+            model, info = transformers.CLIPModel.from_pretrained(
+                source, local_files_only=local, output_loading_info=True, **dtype_kwargs
+            )
+        except (OSError, ValueError) as exc:
+            raise HeroError.field(
+                "path_or_id", source, "a CLIPModel checkpoint (directory or cached hub id)", f"{fix} ({exc})"
+            ) from exc
+        missing = list(info.get("missing_keys", []))
+        if missing:
+            raise HeroError.field(
+                "path_or_id",
+                source,
+                "a checkpoint holding every CLIPModel weight",
+                f"{len(missing)} weights are missing (e.g. {missing[:3]}); a partial checkpoint would score with "
+                "random weights.",
+            )
         if tokenizer is None:
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
@@ -408,8 +430,8 @@ class OpenClipTextScorer:
         object.__setattr__(self, "_size", _to_hw("model.visual.image_size", size))
         mean = self.mean if self.mean is not None else cfg.get("mean", getattr(visual, "image_mean", None))
         std = self.std if self.std is not None else cfg.get("std", getattr(visual, "image_std", None))
-        object.__setattr__(self, "mean", _check_channels("mean", mean or OPENAI_CLIP_MEAN, positive=False))
-        object.__setattr__(self, "std", _check_channels("std", std or OPENAI_CLIP_STD, positive=True))
+        object.__setattr__(self, "mean", check_channels("mean", mean or OPENAI_CLIP_MEAN, positive=False))
+        object.__setattr__(self, "std", check_channels("std", std or OPENAI_CLIP_STD, positive=True))
         resize_mode = self.resize_mode if self.resize_mode is not None else cfg.get("resize_mode", "shortest")
         _check_resize_mode(resize_mode)
         object.__setattr__(self, "resize_mode", resize_mode)
@@ -629,22 +651,6 @@ def _check_vocab(tokenizer: Any, fix: str) -> None:
         )
 
 
-def _check_channels(name: str, value: Any, *, positive: bool) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(x) for x in value)
-    except (TypeError, ValueError):
-        values = ()
-    ok = len(values) == 3 and all(math.isfinite(x) and (x > 0 or not positive) for x in values)
-    if not ok:
-        expected = "3 finite floats > 0, one per RGB channel" if positive else "3 finite floats, one per RGB channel"
-        raise HeroError.field(name, value, expected, f"CLIP uses {name}={_default_channels(name)}.")
-    return values  # type: ignore[return-value]
-
-
-def _default_channels(name: str) -> tuple[float, float, float]:
-    return OPENAI_CLIP_STD if name == "std" else OPENAI_CLIP_MEAN
-
-
 def _check_resize_mode(mode: Any) -> None:
     if mode not in RESIZE_MODES:
         raise HeroError.field(
@@ -677,8 +683,8 @@ def _mean_std_from_preprocessor(
         return mean, std
     image_mean, image_std = cfg.get("image_mean"), cfg.get("image_std")
     return (
-        _check_channels("image_mean", image_mean, positive=False) if image_mean is not None else mean,
-        _check_channels("image_std", image_std, positive=True) if image_std is not None else std,
+        check_channels("image_mean", image_mean, positive=False) if image_mean is not None else mean,
+        check_channels("image_std", image_std, positive=True) if image_std is not None else std,
     )
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from hero_core import HeroError
+from hero_core.allocators import tile_views
 
 from ._optional import require
-from .report import ImageReport
+from .report import ImageReport, _floats
 
 __all__ = ["render_layer_strip", "render_plan"]
 
@@ -94,8 +95,8 @@ def render_plan(
     keep = plan.keep.cpu().numpy()
     valid = encoded.valid_mask.cpu().numpy()
     thumb = encoded.thumbnail_index
-    tile_views = [v for v in range(encoded.num_views) if v != thumb]
-    if len(tile_views) != tile_grid[0] * tile_grid[1] and encoded.num_views > 1:
+    tiles = tile_views(encoded)
+    if len(tiles) != tile_grid[0] * tile_grid[1] and encoded.num_views > 1:
         raise HeroError.field("report.encoded.tile_grid", encoded.tile_grid, "one entry per local tile")
     width, height = image.size
     # LLaVA-NeXT canvas: tile_grid tiles of equal size; the image is resized with its aspect kept and centred,
@@ -106,7 +107,7 @@ def render_plan(
     panel = image_module.new("RGBA", (round(tile_grid[1] * unit), round(tile_grid[0] * unit)), (*_PADDING, 255))
     shown = image.convert("RGBA").resize((max(1, round(width * fit * unit)), max(1, round(height * fit * unit))))
     panel.paste(shown, (round(pad_x * unit), round(pad_y * unit)))
-    for k, view in enumerate(tile_views):
+    for k, view in enumerate(tiles):
         tr, tc = divmod(k, tile_grid[1])
         boxes = _grid_boxes(rows, cols, tc * unit, tr * unit, unit, unit)
         panel = _masked(panel, keep[view], valid[view], boxes)
@@ -130,9 +131,9 @@ def render_plan(
     draw.text((margin, 9), heading, fill=_INK, font=font)
     budgets = plan.budgets.tolist()
     counts = valid.sum(-1).tolist()
-    importance = _list(plan.importance)
-    saliency, relevance = _list(plan.saliency), _list(plan.relevance)
-    for k, view in enumerate(tile_views):
+    importance = _floats(plan.importance)
+    saliency, relevance = _floats(plan.saliency), _floats(plan.relevance)
+    for k, view in enumerate(tiles):
         tr, tc = divmod(k, tile_grid[1])
         x, y = margin + tc * unit + 6, header + tr * unit + 6
         label = f"tile {k + 1}: {budgets[view]}/{counts[view]}"
@@ -152,7 +153,7 @@ def render_plan(
     ly = out_h - footer + 12
     draw.rectangle([margin, ly, margin + 14, ly + 14], fill=_MASK)
     draw.text((margin + 20, ly), "pruned patch", fill=_INK, font=small)
-    draw.rectangle([margin + 130, ly, margin + 144, ly + 14], outline=_INK, fill=(230, 230, 230))
+    draw.rectangle([margin + 130, ly, margin + 144, ly + 14], outline=_INK, fill=_BG)
     draw.text((margin + 150, ly), "kept patch", fill=_INK, font=small)
     draw.rectangle([margin + 250, ly, margin + 264, ly + 14], fill=_SALIENCY)
     draw.text((margin + 270, ly), "saliency share of importance s", fill=_INK, font=small)
@@ -216,10 +217,6 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     frac = (position - low)[..., None]
     colours: np.ndarray = (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
     return colours
-
-
-def _list(tensor: torch.Tensor | None) -> list[float] | None:
-    return None if tensor is None else [float(x) for x in tensor.detach().float().cpu().tolist()]
 
 
 def _label(draw: Any, xy: tuple[float, float], text: str, font: Any) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from hero_core import HeroError, TextScorer
+from hero_core.allocators import tile_views
 
 from ._optional import require
 from ._registry import get_adapter
@@ -169,6 +170,13 @@ class HeroVLM:
                 left exactly as it was.
         """
         self._refuse(generate_kwargs)
+        if not callable(getattr(self.model, "generate", None)):
+            raise HeroError.field(
+                "model",
+                type(self.model).__name__,
+                "a model with generate(), e.g. LlavaNextForConditionalGeneration",
+                "Wrap the ...ForConditionalGeneration model, not its base model (plan() works on either).",
+            )
         encoder_kwargs = {key: generate_kwargs.pop(key) for key in _ENCODER_KEYS if key in generate_kwargs}
         if input_ids is None:
             raise HeroError.field("input_ids", None, "the prompt's token ids", "Pass the processor's output: **inputs.")
@@ -322,7 +330,7 @@ class HeroVLM:
         scorer = self.text_scorer
         name = getattr(scorer, "__name__", type(scorer).__name__)
         tiles = image.tiles
-        others = torch.tensor([v for v in range(tiles.num_views) if v != tiles.thumbnail_index], dtype=torch.long)
+        others = torch.tensor(tile_views(tiles), dtype=torch.long)
         relevance = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
         if others.numel() == 0:
             return relevance

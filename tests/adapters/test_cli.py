@@ -44,9 +44,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     host.model.save_pretrained(folder / "model")
     host.processor.save_pretrained(folder / "model")
+    host.model.save_pretrained(folder / "weights-only")  # no processor files
     draw_test_card(120, 80).save(folder / "card.png")
     (folder / "broken.png").write_bytes(b"not an image")
-    return {"model": folder / "model", "image": folder / "card.png", "broken": folder / "broken.png", "dir": folder}
+    return {
+        "model": folder / "model",
+        "weights-only": folder / "weights-only",
+        "image": folder / "card.png",
+        "broken": folder / "broken.png",
+        "dir": folder,
+    }
 
 
 def test_run_prints_answer_table_json_picture_and_compare(checkpoint):
@@ -106,12 +113,17 @@ def test_flops_reproduces_table_4():
         (["run", "--model", "MODEL", "--image", "IMAGE", "--prompt", "x", "--keep-ratio", "1.5"], "(0, 1]"),
         (["show", "--model", "MODEL", "--image", "IMAGE", "--prompt", "x", "--preset", "fastv"], "invalid choice"),
         (["flops", "--shape", "vicuna-70b", "--tokens", "10"], "--shape="),
+        (["show", "--model", "WEIGHTS", "--image", "IMAGE", "--prompt", "x"], "processor files"),
+        (["run", "--model", "MODEL", "--image", "IMAGE", "--prompt", "x", "--json", "NODIR"], "--json="),
+        (["show", "--model", "MODEL", "--image", "IMAGE", "--prompt", "x", "--out", "NODIR"], "--out="),
+        (["bench", "core", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["bench", "x"], ""),
         (["bench", "nothing"], "invalid choice"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(checkpoint, args, needle):
     names = {"MODEL": checkpoint["model"], "IMAGE": checkpoint["image"], "BROKEN": checkpoint["broken"],
-             "MISSING": checkpoint["dir"] / "missing.png", "DIR": checkpoint["dir"]}  # fmt: skip
+             "MISSING": checkpoint["dir"] / "missing.png", "DIR": checkpoint["dir"],
+             "WEIGHTS": checkpoint["weights-only"], "NODIR": checkpoint["dir"] / "no" / "such" / "x.json"}  # fmt: skip
     result = hero(*[str(names.get(a, a)) for a in args])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -76,7 +76,7 @@ def _random_keep(valid: torch.Tensor, seed: int) -> torch.Tensor:
     return (draw < 0.5) & valid
 
 
-SIZES = [(40, 100), (90, 60), (50, 50), (100, 30), (56, 56), (30, 160)]
+SIZES = [(40, 100), (90, 60), (50, 50), (100, 30), (56, 56), (30, 160), (3, 500), (500, 3)]  # + banner: no rows left
 
 
 @pytest.fixture(scope="module")

@@ -542,3 +542,16 @@ def test_scorers_on_cuda_return_on_the_views_device(hf_model: Any, clip_tokenize
         from_gpu = on_gpu(views.cuda(), "a cat")
         assert from_gpu.device.type == "cuda"
         torch.testing.assert_close(from_gpu.cpu(), expected, atol=1e-4, rtol=0)
+
+
+def test_hf_from_pretrained_refuses_a_checkpoint_that_is_not_clip(clip_tokenizer: Any, tmp_path: Path) -> None:
+    """The easy mistake `--clip <the VLM's directory>` must not silently score with a random CLIP."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    CLIPVisionModel(
+        CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         image_size=28, patch_size=14)
+    ).save_pretrained(tmp_path)  # fmt: skip
+    clip_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(HeroError, match=r"^path_or_id model_type='clip_vision_model'.*separate CLIP checkpoint"):
+        HFClipTextScorer.from_pretrained(tmp_path)

@@ -209,3 +209,13 @@ def test_malformed_pixel_values(tiny: Any, batch: dict[str, Any], pixels: Callab
     with pytest.raises(HeroError, match=r"pixel_values=.*\(I, T, 3, 56, 56\)"):
         HeroVLM(tiny.model, tiny.pruner(0.5)).plan(**{**inputs, "pixel_values": pixels(inputs["pixel_values"])})
     assert tiny.snapshot() == before
+
+
+def test_base_model_plans_but_refuses_generate(tiny: Any, batch: dict[str, Any]) -> None:
+    vlm = HeroVLM(tiny.model.model, tiny.pruner(0.5))  # LlavaNextModel: no generate()
+    report = vlm.plan(**batch["inputs"])
+    assert len(report.images) == 4
+    before = tiny.snapshot()
+    with pytest.raises(HeroError, match=r"^model='LlavaNextModel'.*ForConditionalGeneration"):
+        vlm.generate(**batch["inputs"], max_new_tokens=1)
+    assert tiny.snapshot() == before

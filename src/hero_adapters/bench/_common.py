@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from hero_core import HeroError
+
 T = TypeVar("T")
 
 
@@ -111,10 +113,11 @@ def median_seconds(fn: Callable[[], object], device: torch.device, *, repeats: i
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; HeroError for a device this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available here")
+        raise HeroError.field("--device", "cuda", "a device this machine has", "No CUDA device is visible; use cpu.")
     return torch.device(name)
 
 

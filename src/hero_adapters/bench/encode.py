@@ -10,7 +10,7 @@ Three modes on V views (default 5: a 2 x 2 grid plus the thumbnail, as LLaVA-NeX
 Time: one process runs the three modes round-robin (warm-up first), so load drift hits all alike; the
 median of ``--repeats`` is reported. Peak memory: one fresh subprocess per mode (process peak RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA), because allocator caches make in-process numbers unfair.
-Results go to ``benchmarks/results/encode.json`` (``encode-bf16.json`` for bfloat16), with a Markdown table.
+Results go to ``benchmarks/results/encode.json`` (``encode-bfloat16.json`` for bfloat16), with a Markdown table.
 
 Usage: ``hero bench encode [--device cpu|cuda|auto] [--dtype float32|bfloat16] [--repeats 3]``
    or: ``python benchmarks/bench_encode.py [...]``
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._common import VIT_L14_336, machine, now, random_model, write_results
+from ._common import VIT_L14_336, machine, now, pick_device, random_model, sync, write_results
 
 MODES = ("a_host", "b_hero", "c_eager")
 FEATURE_LAYER = -2  # LLaVA-NeXT's vision_feature_layer
@@ -90,11 +90,6 @@ def runner(mode: str) -> Callable[[Any, torch.Tensor], Any]:
     return {"a_host": host_forward, "b_hero": hero_forward, "c_eager": eager_forward}[mode]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rss_bytes(field: str) -> int:
     """VmRSS / VmHWM of this process from /proc (Linux), else ru_maxrss."""
     try:
@@ -124,13 +119,13 @@ def measure_memory(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     tower = build_tower(dtype, device, "eager" if mode == "c_eager" else "sdpa")
     pixels = make_pixels(args.views, dtype, device)
-    synchronize(device)
+    sync(device)
     with torch.inference_mode():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             result = runner(mode)(tower, pixels)
-            synchronize(device)
+            sync(device)
             peak = torch.cuda.max_memory_allocated(device)
             del result
             return {"peak_bytes": peak, "baseline_bytes": base, "extra_bytes": peak - base, "kind": "cuda allocated"}
@@ -175,10 +170,10 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         del host_features, hero_features, plan, oracle, record
         for _ in range(args.repeats):
             for mode in MODES:
-                synchronize(device)
+                sync(device)
                 start = time.perf_counter()
                 result = runner(mode)(towers[mode], pixels)
-                synchronize(device)
+                sync(device)
                 seconds[mode].append(time.perf_counter() - start)
                 del result
     return {"seconds": seconds, **checks}
@@ -196,10 +191,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    args.device = pick_device(args.device).type
     return args
 
 

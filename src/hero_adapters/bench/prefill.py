@@ -20,6 +20,7 @@ Usage: hero bench prefill [--device auto|cpu|cuda] [--layers 2] [--repeats 2] [-
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,10 @@ def _overhead(
         rebuild(ids, mask, spans, [kept], token_id=token_id, pad_id=0)
 
     rebuild_s = median_seconds(rebuild_prompt, device, repeats=20, warmup=3)
-    hooks_s = sorted(hooked_s)[len(hooked_s) // 2] - sorted(plain_s)[len(plain_s) // 2]
+    hooks_s = statistics.median(hooked_s) - statistics.median(plain_s)
     return {
-        "encoder_plain_s": sorted(plain_s)[len(plain_s) // 2],
-        "encoder_hooked_s": sorted(hooked_s)[len(hooked_s) // 2],
+        "encoder_plain_s": statistics.median(plain_s),
+        "encoder_hooked_s": statistics.median(hooked_s),
         "hooks_s": max(0.0, hooks_s),
         "hooks_raw_difference_s": hooks_s,
         "text_scorer_s": scorer_s,
@@ -147,7 +148,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
     from ..demo import LLAVA_NEXT_7B_PINPOINTS
     from ..vlm import HeroVLM
 
-    _, inputs = host_inputs
+    host, inputs = host_inputs
     config = transformers.LlavaNextConfig(
         vision_config=_clip_config().vision_config,
         text_config=transformers.LlamaConfig(
@@ -163,7 +164,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
     )
     model = random_model(config, device, torch.bfloat16, auto="AutoModelForImageTextToText")
     ids = inputs["input_ids"].clone()
-    ids[ids == inputs["input_ids"].max()] = 32000  # the demo tokenizer's image id -> this model's
+    ids[ids == host.model.config.image_token_id] = 32000  # the demo tokenizer's image id -> this model's
     feed = {
         "input_ids": ids.to(device),
         "attention_mask": inputs["attention_mask"].to(device),
@@ -295,10 +296,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{1e3 * cost['rebuild_s']:.2f} ms | {total:.3f} s | {100 * share:.1f}% |",
         ]
         if biggest == "text_scorer_s":
-            advice = (
-                "The CLIP scorer dominates HERO's cost. Cheaper options: a smaller CLIP checkpoint (ViT-B/16), "
-                "bf16 weights, scoring all tiles of a batch in one call, or alpha=1 (no relevance, no scorer)."
-            )
+            options = ["a smaller CLIP checkpoint (ViT-B/16)", "scoring the tiles of a whole batch in one call",
+                       "alpha=1 (no relevance, no scorer)"]  # fmt: skip
+            if args.dtype == "float32":
+                options.insert(1, "bf16 weights")
+            advice = f"The CLIP scorer dominates HERO's cost. Cheaper options: {', '.join(options)}."
             payload["overhead"]["advice"] = advice
             table += ["", advice]
     if args.full_model and device.type == "cuda":
