@@ -149,6 +149,10 @@ class LlavaNextAdapter:
                 strategy,
                 "'default' (the CLS token dropped, as every LLaVA-NeXT checkpoint does)",
             )
+        # The processor returns float32 pixels on the CPU; meet the tower where it is (what a user of a bf16 /
+        # CUDA model forgets most often), instead of failing inside the first convolution.
+        weight = next(self.base.vision_tower.parameters())
+        pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
         with cls_attention_hooks(self.base.vision_tower, layers) as record:
             output = self.base.get_image_features(
                 pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True, **encoder_kwargs

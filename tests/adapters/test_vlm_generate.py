@@ -301,3 +301,14 @@ def test_concatenated_tiles_give_the_same_plans(tiny: Any, batch: dict[str, Any]
     again = vlm.plan(**{**inputs, "pixel_values": flat})
     assert [image.tokens_out for image in again.images] == [image.tokens_out for image in padded.images]
     assert all(torch.equal(a.plan.keep, b.plan.keep) for a, b in zip(again.images, padded.images, strict=True))
+
+
+def test_pixels_in_another_dtype_are_cast_to_the_tower(tiny: Any, batch: dict[str, Any]) -> None:
+    """float64 / bfloat16 pixel_values reach the float32 tower as float32: same plan as the processor's output."""
+    inputs = batch["inputs"]
+    vlm = HeroVLM(tiny.model, tiny.pruner(0.5))
+    reference = vlm.plan(**inputs)
+    other = vlm.plan(**{**inputs, "pixel_values": inputs["pixel_values"].double()})
+    for a, b in zip(reference.images, other.images, strict=True):
+        assert torch.equal(a.plan.keep, b.plan.keep)
+    vlm.generate(**{**inputs, "pixel_values": inputs["pixel_values"].bfloat16()}, max_new_tokens=1)
