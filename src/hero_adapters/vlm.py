@@ -45,6 +45,8 @@ class _Run:
     encoded: list[EncodedImage]
     assembled: list[AssembledImage]
     spans: list[Span] | None
+    ids: Tensor | None = None  # the caller's input_ids, checked (B, S)
+    mask: Tensor | None = None  # its attention mask, checked or all ones (B, S)
 
 
 class HeroVLM:
@@ -183,7 +185,7 @@ class HeroVLM:
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
             run = self._run(input_ids, attention_mask, pixel_values, image_sizes, query, encoder_kwargs, timer)
-            ids, mask = check_prompt(input_ids, attention_mask)
+            ids, mask = _prompt(run)
             rebuilt = self._rebuild(run, ids, mask)
             kwargs = _relative_lengths(generate_kwargs, ids.shape[1])
         self.last_report = run.report
@@ -229,7 +231,7 @@ class HeroVLM:
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
             run = self._run(input_ids, attention_mask, pixel_values, image_sizes, query, encoder_kwargs, timer)
-            ids, mask = check_prompt(input_ids, attention_mask)
+            ids, mask = _prompt(run)
             rebuilt = self._rebuild(run, ids, mask, labels=labels)
         self.last_report = run.report
         inputs = self._host_inputs(run, rebuilt)
@@ -269,7 +271,8 @@ class HeroVLM:
                     )
                 queries_per_image(query, [], ids.shape[0])  # still check a query list's length
             report = PruneReport(images=[], timings=timer.seconds, positions=self.positions)
-            return _Run(report=report, encoded=[], assembled=[], spans=[] if ids is not None else None)
+            spans: list[Span] | None = [] if ids is not None else None
+            return _Run(report=report, encoded=[], assembled=[], spans=spans, ids=ids, mask=mask)
         if image_sizes is None:
             raise HeroError.field(
                 "image_sizes",
@@ -319,7 +322,7 @@ class HeroVLM:
             for i, (image, plan, out) in enumerate(zip(encoded, plans, assembled, strict=True))
         ]
         report = PruneReport(images=images, timings=timer.seconds, positions=self.positions)
-        return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans)
+        return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask)
 
     def _score(self, image: EncodedImage, text: str, index: int) -> Tensor:
         """(V,) relevance for one image: the scorer's raw CLIP cosine of every LOCAL TILE, checked.
@@ -382,6 +385,13 @@ class HeroVLM:
             if key in _REFUSED or (allowed is not None and key not in allowed):
                 fix = _REFUSED.get(key, f"plan() accepts only {list(allowed or ())} besides the processor outputs.")
                 raise HeroError.field(key, kwargs[key], "not passed to HeroVLM", fix)
+
+
+def _prompt(run: _Run) -> tuple[Tensor, Tensor]:
+    """The checked prompt of a run that was given input_ids (generate / forward require them)."""
+    if run.ids is None or run.mask is None:  # pragma: no cover - generate/forward refuse input_ids=None first
+        raise HeroError.field("input_ids", None, "the prompt's token ids")
+    return run.ids, run.mask
 
 
 def _device(model: nn.Module) -> torch.device:
