@@ -78,9 +78,13 @@ def test_run_prints_answer_table_json_picture_and_compare(checkpoint):
 
     with Image.open(out_png) as picture:
         picture.verify()
+    rows, cols = image["tile_grid"]
+    unit = 672 / max(rows, cols)  # render_plan's default display: the tile canvas fits 672 px
+    panel_w, panel_h = round(cols * unit), round(rows * unit)
+    expected = (panel_w + 336 + 3 * 16, max(panel_h, 336 + 40) + 34 + 84)  # + thumbnail, margins, header, legend
     with Image.open(out_png) as picture:
         assert picture.format == "PNG"
-        assert picture.size[0] > 600 and picture.size[1] > 300
+        assert picture.size == expected
 
 
 def test_show_writes_picture_and_layer_strip(checkpoint):

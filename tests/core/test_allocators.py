@@ -204,3 +204,39 @@ def test_floor_ratio_reads_decimals():
     assert floor_ratio(0.2, 5 * 576) == 576
     assert floor_ratio(1e-3, 576) == 0
     assert expected_total(make_tiles(num_views=5, grid=(24, 24)), 0.4) == 1152
+
+
+@given(tiles=encoded_tiles(), data=st.data())
+def test_paper_importance_matches_eq_1_to_3_in_plain_python(tiles, data):
+    """Eq. 1-3 recomputed with math: cosine to the thumbnail, two tempered softmaxes, the alpha mix."""
+    relevance = data.draw(st.one_of(st.none(), relevances(tiles.num_views)))
+    alpha = data.draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+    tau_v, tau_t = data.draw(st.sampled_from([0.01, 0.05, 0.09])), data.draw(st.sampled_from([0.01, 0.05]))
+    allocator = HeroAllocator(alpha=alpha, tau_v=tau_v, tau_t=tau_t)
+    importance, saliency, relevance_part = allocator.importance(tiles, relevance)
+    thumb = tiles.thumbnail_index
+    tile_ids = [v for v in range(tiles.num_views) if v != thumb]
+    cls = tiles.cls_tokens.double().tolist()
+
+    def cos(a, b):
+        norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+        return sum(x * y for x, y in zip(a, b)) / max(norm, 1e-8)
+
+    def softmax(xs, tau):
+        top = max(xs)
+        e = [math.exp((x - top) / tau) for x in xs]
+        return [x / sum(e) for x in e]
+
+    if not tile_ids:
+        assert importance.tolist() == [0.0]
+        return
+    v = softmax([cos(cls[i], cls[thumb]) for i in tile_ids], tau_v)
+    if relevance is None or alpha == 1.0:
+        want_s, want_v, want_t = v, v, [0.0] * len(v)
+    else:
+        t = softmax([float(relevance[i]) for i in tile_ids], tau_t)
+        want_v, want_t = [alpha * x for x in v], [(1 - alpha) * x for x in t]
+        want_s = [a + b for a, b in zip(want_v, want_t)]
+    for got, want in ((importance, want_s), (saliency, want_v), (relevance_part, want_t)):
+        assert got[thumb] == 0.0
+        assert [float(got[i]) for i in tile_ids] == pytest.approx(want, abs=1e-9)
