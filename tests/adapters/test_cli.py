@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("transformers")
 
-from hero_adapters.demo import build_llava_next, draw_test_card
+from hero_adapters.demo import draw_test_card
 
-TINY_PINS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 LAYERS = ["--set", "low_layers=1,2", "--set", "high_layers=4"]
 
 
@@ -31,20 +31,12 @@ def hero(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> dict[str, Path]:
+    """The session's tiny host (tests/adapters/conftest.py), saved as a checkpoint directory."""
     folder = tmp_path_factory.mktemp("cli")
-    host = build_llava_next(
-        tile_pixels=56,
-        pinpoints=TINY_PINS,
-        vision_layers=6,
-        vision_width=32,
-        text_width=32,
-        text_layers=2,
-        text_heads=4,
-    )
-    host.model.save_pretrained(folder / "model")
-    host.processor.save_pretrained(folder / "model")
-    host.model.save_pretrained(folder / "weights-only")  # no processor files
+    tiny.model.save_pretrained(folder / "model")
+    tiny.processor.save_pretrained(folder / "model")
+    tiny.model.save_pretrained(folder / "weights-only")  # no processor files
     draw_test_card(120, 80).save(folder / "card.png")
     (folder / "broken.png").write_bytes(b"not an image")
     return {

@@ -46,19 +46,23 @@ from ._common import (
 VICUNA_7B_LAYERS = 32
 
 
-def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _vicuna_7b_config(layers: int, vocab_size: int = 32000) -> Any:
+    """A LlamaConfig at Vicuna-7B's width (d 4096, MLP 11008, 32 heads) with ``layers`` layers."""
     from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         hidden_size=4096,
         intermediate_size=11008,
         num_attention_heads=32,
         num_key_value_heads=32,
         num_hidden_layers=layers,
-        vocab_size=32000,
+        vocab_size=vocab_size,
         max_position_embeddings=4096,
     )
-    return random_model(config, device, dtype)
+
+
+def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    return random_model(_vicuna_7b_config(layers), device, dtype)
 
 
 def _token_counts(keep_ratios: Sequence[float]) -> tuple[dict[float, Any], Any]:
@@ -151,14 +155,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
     host, inputs = host_inputs
     config = transformers.LlavaNextConfig(
         vision_config=_clip_config().vision_config,
-        text_config=transformers.LlamaConfig(
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_attention_heads=32,
-            num_hidden_layers=32,
-            vocab_size=32064,
-            max_position_embeddings=4096,
-        ),
+        text_config=_vicuna_7b_config(VICUNA_7B_LAYERS, vocab_size=32064),
         image_grid_pinpoints=LLAVA_NEXT_7B_PINPOINTS,
         image_token_index=32000,
     )
