@@ -297,6 +297,7 @@ class _Loaded:
             self.scorer = HFClipTextScorer.from_pretrained(args.clip, device=self.device, dtype=self.dtype)
         steps.update()
         self.prompt = args.prompt
+        self.layout: str = args.layout
         self.inputs = self._inputs(args.prompt)
         self.shape = ModelShape.from_config(self.model.config.to_dict())
 
@@ -314,8 +315,6 @@ class _Loaded:
         from .vlm import HeroVLM
 
         return HeroVLM(self.model, self.pruner, self.scorer, layout=self.layout, processor=self.processor)
-
-    layout = "vanilla"
 
 
 def _steps(total: int, desc: str) -> Any:
@@ -347,9 +346,7 @@ def _check_outputs(args: argparse.Namespace, *names: str) -> None:
 def _load(args: argparse.Namespace, extra_steps: int) -> tuple[_Loaded, Any]:
     _check_outputs(args, "show", "json", "out")
     steps = _steps(3 + extra_steps, "loading")
-    loaded = _Loaded(args, steps)
-    loaded.layout = args.layout
-    return loaded, steps
+    return _Loaded(args, steps), steps
 
 
 def _decode(loaded: _Loaded, sequences: torch.Tensor) -> str:

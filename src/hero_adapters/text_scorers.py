@@ -221,7 +221,7 @@ class HFClipTextScorer:
         try:
             dtype_kwargs = {} if dtype is None else {"dtype": dtype}
             model, info = transformers.CLIPModel.from_pretrained(
-                source, local_files_only=local, output_loading_info=True, **dtype_kwargs
+                source, config=config, local_files_only=local, output_loading_info=True, **dtype_kwargs
             )
         except (OSError, ValueError) as exc:
             raise HeroError.field(
