@@ -14,11 +14,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._hooks import ClsAttentionRecord, cls_attention_hooks
-from ._registry import get_adapter, list_adapters, register_adapter
-from ._types import AssembledImage, EncodedImage
-from .llava_next import LlavaNextAdapter
+from .adapter import (
+    AssembledImage,
+    EncodedImage,
+    HostAdapter,
+    check_host_adapter,
+    get_adapter,
+    list_adapters,
+    register_adapter,
+)
+from .hosts import InternVLAdapter, LlavaNextAdapter
 from .report import ImageReport, PruneReport
+from .towers import ClsAttentionRecord, TowerRecipe, cls_attention_hooks, register_tower_recipe
 from .vlm import HeroVLM
 
 __all__ = [
@@ -27,14 +34,19 @@ __all__ = [
     "EncodedImage",
     "HFClipTextScorer",
     "HeroVLM",
+    "HostAdapter",
     "ImageReport",
+    "InternVLAdapter",
     "LlavaNextAdapter",
     "OpenClipTextScorer",
     "PruneReport",
+    "TowerRecipe",
+    "check_host_adapter",
     "cls_attention_hooks",
     "get_adapter",
     "list_adapters",
     "register_adapter",
+    "register_tower_recipe",
 ]
 
 _LAZY = {"HFClipTextScorer": ".text_scorers", "OpenClipTextScorer": ".text_scorers"}

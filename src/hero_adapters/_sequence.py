@@ -19,6 +19,9 @@ __all__ = [
     "Rebuilt",
     "Span",
     "check_prompt",
+    "check_unpadded",
+    "padding_side",
+    "placeholder_runs",
     "placeholder_spans",
     "queries_per_image",
     "rebuild",
@@ -79,6 +82,42 @@ def check_prompt(input_ids: object, attention_mask: object) -> tuple[Tensor, Ten
     return input_ids, attention_mask
 
 
+def padding_side(mask: Tensor) -> str | None:
+    """``"left"`` if every row is 0...0 1...1, else ``"right"`` if every row is 1...1 0...0, else None (holes).
+
+    A row without padding counts as both; a batch without padding is ``"left"``.
+    """
+    m = mask.detach().cpu().bool()
+    left = not bool((m.cummax(dim=1).values & ~m).any())  # no 0 after a 1
+    if left:
+        return "left"
+    right = not bool((m.flip(1).cummax(dim=1).values & ~m.flip(1)).any())  # no 0 before a 1
+    return "right" if right else None
+
+
+def check_unpadded(input_ids: Tensor, attention_mask: Tensor, token_id: int) -> None:
+    """HeroError naming the padding if any image placeholder lies under ``attention_mask == 0``."""
+    padded = (input_ids.detach().cpu() == token_id) & ~attention_mask.detach().cpu().bool()
+    if bool(padded.any()):
+        rows = padded.any(dim=1).nonzero().flatten().tolist()
+        raise HeroError.field(
+            "attention_mask",
+            f"{int(padded.sum())} image placeholder tokens under attention_mask 0 (prompt rows {rows})",
+            "image placeholders only where attention_mask is 1: padding never holds an image",
+            "Check the attention_mask and the padding side; pass input_ids and attention_mask from one processor call.",
+        )
+
+
+def placeholder_runs(input_ids: Tensor, attention_mask: Tensor, token_id: int) -> list[int]:
+    """Lengths of the contiguous runs of ``token_id`` under mask 1, in prompt order (row-major)."""
+    is_image = (input_ids.detach().cpu() == token_id) & attention_mask.detach().cpu().bool()
+    edges = torch.diff(is_image.to(torch.int8), dim=1, prepend=torch.zeros(is_image.shape[0], 1, dtype=torch.int8))
+    edges = torch.cat([edges, -is_image[:, -1:].to(torch.int8)], dim=1)
+    starts = (edges == 1).nonzero()[:, 1]
+    stops = (edges == -1).nonzero()[:, 1]
+    return (stops - starts).tolist()
+
+
 def placeholder_spans(input_ids: Tensor, attention_mask: Tensor, token_id: int, counts: Sequence[int]) -> list[Span]:
     """Assign consecutive placeholder tokens to the images, in prompt order, one image at a time.
 
@@ -102,8 +141,9 @@ def placeholder_spans(input_ids: Tensor, attention_mask: Tensor, token_id: int, 
     ids = input_ids.detach().cpu()
     mask = attention_mask.detach().cpu().bool()
     is_image = ids == token_id
+    check_unpadded(ids, mask, token_id)
     total, needed = int(is_image.sum()), int(sum(counts))
-    if total != needed or bool((is_image & ~mask).any()):
+    if total != needed:
         raise HeroError.field(
             "input_ids",
             f"{total} image placeholder tokens (per prompt {is_image.sum(-1).tolist()})",
@@ -167,11 +207,15 @@ def rebuild(
     *,
     token_id: int,
     pad_id: int,
+    side: str = "left",
     labels: Tensor | None = None,
     offsets: Sequence[Tensor] | None = None,
     layout_lengths: Sequence[int] | None = None,
 ) -> Rebuilt:
-    """Shrink every image's run to ``kept[i]`` placeholders, drop the padding, re-pad on the left.
+    """Shrink every image's run to ``kept[i]`` placeholders, drop the padding, re-pad on ``side``.
+
+    The batch keeps the caller's shared padding columns (``S - max real length``: ``pad_to_multiple_of``
+    leaves some in every row), so at keep ratio 1 the rebuilt prompt is the caller's own, column for column.
 
     Args:
         input_ids: (B, S) integer. Tokens under ``attention_mask == 0`` are padding and are dropped.
@@ -179,7 +223,8 @@ def rebuild(
         spans: one ``Span`` per image (``placeholder_spans``).
         kept: (I,) tokens each image now sends.
         token_id: the image placeholder id.
-        pad_id: the id written into the new left padding.
+        pad_id: the id written into the new padding.
+        side: ``"left"`` (generation) or ``"right"``.
         labels: (B, S) or None; shrunk the same way (an image's run takes its single label value).
         offsets: per image, (kept[i],) int64: position of each sent token inside the image's full layout
             sequence. With ``layout_lengths`` it turns on original position ids.
@@ -237,7 +282,8 @@ def rebuild(
         rows.append((torch.cat(parts_ids), torch.cat(parts_lab) if labs is not None else None, torch.cat(parts_pos)))
 
     lengths = tuple(int(r[0].numel()) for r in rows)
-    width = max(lengths)
+    shared = ids.shape[1] - int(mask.sum(dim=1).max()) if ids.shape[0] else 0
+    width = max(lengths) + shared
     new_ids = torch.full((len(rows), width), pad_id, dtype=ids.dtype)
     new_mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype)
     new_pos = torch.ones((len(rows), width), dtype=torch.long)  # the host writes 1 under padding
@@ -246,11 +292,12 @@ def rebuild(
         n = row_ids.numel()
         if n == 0:
             continue
-        new_ids[row, width - n :] = row_ids
-        new_mask[row, width - n :] = 1
-        new_pos[row, width - n :] = row_pos
+        where = slice(width - n, width) if side == "left" else slice(0, n)
+        new_ids[row, where] = row_ids
+        new_mask[row, where] = 1
+        new_pos[row, where] = row_pos
         if new_labels is not None and row_labels is not None:
-            new_labels[row, width - n :] = row_labels
+            new_labels[row, where] = row_labels
     device = input_ids.device
     return Rebuilt(
         input_ids=new_ids.to(device),

@@ -227,7 +227,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 # -------------------------------------------------------------------------------------------- run/show
 def _open_image(path: Path) -> Any:
-    from ._optional import require
+    from .extras import require
 
     image_module = require("PIL.Image")
     if not path.is_file():
@@ -252,8 +252,8 @@ class _Loaded:
     """The host model, its processor, the scorer and the pruner of one ``run`` / ``show`` call."""
 
     def __init__(self, args: argparse.Namespace, steps: Any) -> None:
-        from ._optional import require
-        from ._registry import list_adapters
+        from .adapter import list_adapters
+        from .extras import require
 
         transformers = require("transformers")
         self.device, self.dtype = _device_dtype(args.device, args.dtype)
@@ -447,7 +447,7 @@ def _show(args: argparse.Namespace) -> None:
         encoded = report.images[0].encoded
         view = encoded.thumbnail_index if args.layers == "thumbnail" else _tile_view(args.layers, encoded)
         layers = tuple(range(int(loaded.model.config.vision_config.num_hidden_layers)))
-        images = vlm.adapter.encode(loaded.inputs["pixel_values"], loaded.inputs["image_sizes"], layers)
+        images = vlm.adapter.encode(loaded.inputs, layers)
         strip_path = args.out.with_name(args.out.stem + "_layers.png")
         name = "thumbnail" if view == encoded.thumbnail_index else f"tile {view}"
         render_layer_strip(images[0].tiles.cls_attention[:, view], layers, encoded.grid, strip_path, view_name=name)

@@ -12,7 +12,6 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,157 +19,11 @@ import torch
 
 from hero_core import VICUNA_7B, ModelShape, presets
 
-from ._optional import require
-from .visualize import _font
+from .extras import require
+from .testing.builders import BuiltHost, build_llava_next, build_tiny_clip
+from .visualize import load_font
 
-__all__ = [
-    "DEMO_WORDS",
-    "LLAVA_NEXT_7B_PINPOINTS",
-    "DemoHost",
-    "build_llava_next",
-    "build_tiny_clip",
-    "draw_test_card",
-    "run_demo",
-]
-
-LLAVA_NEXT_7B_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-
-#: The demo tokenizer's whole vocabulary (a word-level tokenizer built in memory).
-DEMO_WORDS = tuple(
-    " ".join(
-        (
-            "<pad> <s> </s> <unk> <image> USER: ASSISTANT: what is written on the sign in this picture describe",
-            "image a an and are at be by for from has have it its of or that to was were which with red blue green",
-            "yellow circle square triangle star text word door exit open closed left right top bottom corner middle",
-            "large small two three one number letters board card test pattern color colors shape shapes ? . ,",
-        )
-    ).split()
-)
-
-
-@dataclass(frozen=True)
-class DemoHost:
-    """A host model, its processor, and the options it was built with."""
-
-    model: Any
-    processor: Any
-    tile_pixels: int
-    patch_size: int
-
-
-def build_llava_next(
-    *,
-    tile_pixels: int = 336,
-    patch_size: int = 14,
-    pinpoints: Sequence[Sequence[int]] = LLAVA_NEXT_7B_PINPOINTS,
-    vision_layers: int = 24,
-    vision_width: int = 64,
-    vision_heads: int = 4,
-    vision_mlp: int | None = None,
-    text_width: int = 512,
-    text_layers: int = 4,
-    text_heads: int = 8,
-    text_kv_heads: int | None = None,
-    text_mlp: int | None = None,
-    words: Sequence[str] = DEMO_WORDS,
-    vision_init: float = 1.0,
-    text_init: float = 0.02,
-    seed: int = 0,
-) -> DemoHost:
-    """A transformers ``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor`` from configs (random weights).
-
-    The tokenizer is word-level and built in memory from ``words`` (which must contain ``<pad> <s> </s> <unk>
-    <image>``); padding is on the left, for generation. MLP widths default to 4x (vision) and LLaMA's
-    11008 / 4096 ratio (text); ``vision_init`` / ``text_init`` scale the random weights.
-    """
-    transformers = require("transformers")
-    tokenizers = require("tokenizers")
-    vocab = {word: i for i, word in enumerate(words)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.padding_side = "left"
-    pins = [list(p) for p in pinpoints]
-    image_processor = transformers.LlavaNextImageProcessorPil(
-        size={"shortest_edge": tile_pixels},
-        crop_size={"height": tile_pixels, "width": tile_pixels},
-        image_grid_pinpoints=pins,
-    )
-    processor = transformers.LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-    vision = transformers.CLIPVisionConfig(
-        hidden_size=vision_width,
-        intermediate_size=vision_mlp or 4 * vision_width,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=tile_pixels,
-        patch_size=patch_size,
-        hidden_act="quick_gelu",
-        initializer_factor=vision_init,
-    )
-    text = transformers.LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=text_width,
-        intermediate_size=text_mlp or (text_width * 11008) // 4096,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=text_kv_heads or text_heads,
-        max_position_embeddings=8192,
-        pad_token_id=vocab["<pad>"],
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        initializer_range=text_init,
-    )
-    config = transformers.LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=vocab["<image>"],
-        image_grid_pinpoints=pins,
-        initializer_range=text_init,
-    )
-    torch.manual_seed(seed)
-    model = transformers.LlavaNextForConditionalGeneration(config).eval()
-    return DemoHost(model=model, processor=processor, tile_pixels=tile_pixels, patch_size=patch_size)
-
-
-def build_tiny_clip(seed: int = 0) -> Any:
-    """A small transformers ``CLIPModel`` (random weights) with the real CLIP BPE tokenizer, as a text scorer."""
-    transformers = require("transformers")
-    from .text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
-
-    config = transformers.CLIPConfig(
-        text_config={
-            "vocab_size": 49408,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-        },
-        vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        projection_dim=64,
-    )
-    torch.manual_seed(seed)
-    return HFClipTextScorer(transformers.CLIPModel(config).eval(), clip_tokenizer_from_open_clip())
+__all__ = ["draw_test_card", "run_demo"]
 
 
 def draw_test_card(width: int = 960, height: int = 640) -> Any:
@@ -186,12 +39,12 @@ def draw_test_card(width: int = 960, height: int = 640) -> Any:
 
     w, h = width, height
     draw.rectangle([0.06 * w, 0.08 * h, 0.44 * w, 0.30 * h], fill=(24, 90, 48))  # top-left: an exit sign
-    draw.text((0.09 * w, 0.12 * h), "EXIT 12", fill=(255, 255, 255), font=_font(int(0.09 * h)))
+    draw.text((0.09 * w, 0.12 * h), "EXIT 12", fill=(255, 255, 255), font=load_font(int(0.09 * h)))
     draw.ellipse([0.62 * w, 0.10 * h, 0.86 * w, 0.46 * h], fill=(210, 40, 40))  # top-right: a red circle
     draw.polygon([(0.15 * w, 0.90 * h), (0.30 * w, 0.58 * h), (0.45 * w, 0.90 * h)], fill=(40, 80, 200))
     draw.rectangle([0.56 * w, 0.60 * h, 0.94 * w, 0.92 * h], fill=(255, 255, 255), outline=(0, 0, 0), width=4)
     for i, line in enumerate(("OPEN 9-5", "MON-FRI", "ROOM 204")):  # bottom-right: a notice board
-        draw.text((0.60 * w, (0.63 + 0.09 * i) * h), line, fill=(0, 0, 0), font=_font(int(0.06 * h)))
+        draw.text((0.60 * w, (0.63 + 0.09 * i) * h), line, fill=(0, 0, 0), font=load_font(int(0.06 * h)))
     return image
 
 
@@ -296,7 +149,7 @@ def _row(
     tokens_out: int,
     sequence: int,
     answer: str,
-    host: DemoHost,
+    host: BuiltHost,
     shape: ModelShape,
     repeats: int,
     report: Any = None,

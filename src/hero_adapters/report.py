@@ -42,6 +42,8 @@ class ImageReport:
         query: the text the views were scored against, or None.
         relevance: (V,) the text scorer's raw cosines of the local tiles (the thumbnail is not scored; its
             entry is 0, and None in ``to_dict``), or None when no scorer ran.
+        view_boxes: where each view lies on the original image, as (x0, y0, x1, y1) fractions of its width and
+            height (tiles of a padded canvas reach outside [0, 1]), or None where the host's inputs do not tell.
     """
 
     index: int
@@ -55,6 +57,7 @@ class ImageReport:
     layout: str = "vanilla"
     query: str | None = None
     relevance: Tensor | None = None
+    view_boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     @property
     def views(self) -> int:
@@ -96,6 +99,8 @@ class ImageReport:
             "query": self.query,
             "importance": _floats(self.plan.importance),
             "relevance": _tile_scores(self.relevance, self.encoded.thumbnail_index),
+            "thumbnail_index": self.encoded.thumbnail_index,
+            "view_boxes": [list(box) for box in self.view_boxes] if self.view_boxes is not None else None,
         }
 
 

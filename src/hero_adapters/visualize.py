@@ -5,9 +5,9 @@ panel beside it, each tile labelled with its budget and the importance split (sa
 and a legend. ``render_layer_strip`` draws one view's CLS attention, layer by layer: the view HERO
 section 3.2 uses to motivate low layers for tiles and a late layer for the thumbnail.
 
-The tile geometry is LLaVA-NeXT's: the image is resized (aspect kept) onto a canvas of
-``tile_grid`` tiles of ``tile_pixels`` and centred with padding; the thumbnail is the whole image
-resized to one tile.
+The tile geometry comes from the adapter: ``ImageReport.view_boxes`` says where every view lies on the
+original image (LLaVA-NeXT: a padded canvas with the image centred; InternVL: tiles that partition the
+resized image); the thumbnail is the whole image, drawn beside.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 from hero_core import HeroError
 from hero_core.allocators import tile_views
 
-from ._optional import require
+from .extras import require
 from .report import ImageReport, _floats
 
-__all__ = ["render_layer_strip", "render_plan"]
+__all__ = ["load_font", "render_layer_strip", "render_plan"]
 
 _TILE_EDGE = (255, 214, 10)
 _PADDING = (205, 205, 210)
@@ -39,7 +39,7 @@ def _pil() -> Any:
     return require("PIL.Image")
 
 
-def _font(size: int) -> Any:
+def load_font(size: int) -> Any:
     font_module = require("PIL.ImageFont")
     try:
         return font_module.load_default(size=size)
@@ -91,26 +91,38 @@ def render_plan(
     draw_module = require("PIL.ImageDraw")
     encoded, plan = report.encoded, report.plan
     rows, cols = encoded.grid
-    tile_grid = encoded.tile_grid or (1, 1)
     keep = plan.keep.cpu().numpy()
     valid = encoded.valid_mask.cpu().numpy()
     thumb = encoded.thumbnail_index
     tiles = tile_views(encoded)
-    if len(tiles) != tile_grid[0] * tile_grid[1] and encoded.num_views > 1:
-        raise HeroError.field("report.encoded.tile_grid", encoded.tile_grid, "one entry per local tile")
+    boxes = report.view_boxes
+    if boxes is None or len(boxes) != encoded.num_views:
+        raise HeroError.field(
+            "report.view_boxes",
+            boxes,
+            f"one box per view ({encoded.num_views}): where each view lies on the original image",
+            "The adapter could not tell without the image sizes: pass the processor to HeroVLM and the adapter's "
+            "image_inputs(images) with the processor outputs.",
+        )
     width, height = image.size
-    # LLaVA-NeXT canvas: tile_grid tiles of equal size; the image is resized with its aspect kept and centred,
-    # the rest is padding. Everything below is in shown pixels, `unit` of them per tile.
-    unit = display / max(tile_grid)
-    fit = min(tile_grid[1] / width, tile_grid[0] / height)  # tile units per image pixel
-    pad_x, pad_y = (tile_grid[1] - width * fit) / 2, (tile_grid[0] - height * fit) / 2
-    panel = image_module.new("RGBA", (round(tile_grid[1] * unit), round(tile_grid[0] * unit)), (*_PADDING, 255))
-    shown = image.convert("RGBA").resize((max(1, round(width * fit * unit)), max(1, round(height * fit * unit))))
-    panel.paste(shown, (round(pad_x * unit), round(pad_y * unit)))
-    for k, view in enumerate(tiles):
-        tr, tc = divmod(k, tile_grid[1])
-        boxes = _grid_boxes(rows, cols, tc * unit, tr * unit, unit, unit)
-        panel = _masked(panel, keep[view], valid[view], boxes)
+    # The canvas the local tiles cover, in fractions of the original image (padding lies outside [0, 1]);
+    # everything below is in shown pixels, `scale` of them per image width / height fraction.
+    local = [boxes[v] for v in tiles] or [(0.0, 0.0, 1.0, 1.0)]
+    x0, y0 = min(0.0, *(b[0] for b in local)), min(0.0, *(b[1] for b in local))
+    x1, y1 = max(1.0, *(b[2] for b in local)), max(1.0, *(b[3] for b in local))
+    unit = display / max((x1 - x0) * width, (y1 - y0) * height)  # shown pixels per image pixel
+    sx, sy = width * unit, height * unit  # shown pixels per unit fraction
+
+    def shown(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        return ((box[0] - x0) * sx, (box[1] - y0) * sy, (box[2] - x0) * sx, (box[3] - y0) * sy)
+
+    panel = image_module.new("RGBA", (max(1, round((x1 - x0) * sx)), max(1, round((y1 - y0) * sy))), (*_PADDING, 255))
+    picture = image.convert("RGBA").resize((max(1, round(sx)), max(1, round(sy))))
+    panel.paste(picture, (round(-x0 * sx), round(-y0 * sy)))
+    for view in tiles:
+        bx0, by0, bx1, by1 = shown(boxes[view])
+        patch_boxes = _grid_boxes(rows, cols, bx0, by0, bx1 - bx0, by1 - by0)
+        panel = _masked(panel, keep[view], valid[view], patch_boxes)
     thumb_side = display // 2
     thumbnail = image.convert("RGB").resize((thumb_side, thumb_side))
     thumb_boxes = _grid_boxes(rows, cols, 0, 0, thumb_side, thumb_side)
@@ -123,7 +135,7 @@ def render_plan(
     out.paste(panel.convert("RGB"), (margin, header))
     out.paste(thumbnail.convert("RGB"), (2 * margin + panel.size[0], header))
     draw = draw_module.Draw(out)
-    font, small = _font(15), _font(12)
+    font, small = load_font(15), load_font(12)
     heading = title or (
         f"keep ratio {plan.keep_ratio:g}: {report.kept_patch_tokens} patch + {report.newline_tokens} newline tokens "
         f"= {report.tokens_out} of {report.tokens_in} ({100 * report.effective_ratio:.1f}%)"
@@ -134,19 +146,15 @@ def render_plan(
     importance = _floats(plan.importance)
     saliency, relevance = _floats(plan.saliency), _floats(plan.relevance)
     for k, view in enumerate(tiles):
-        tr, tc = divmod(k, tile_grid[1])
-        x, y = margin + tc * unit + 6, header + tr * unit + 6
+        bx0, by0, bx1, by1 = shown(boxes[view])
+        x, y = margin + bx0 + 6, header + by0 + 6
         label = f"tile {k + 1}: {budgets[view]}/{counts[view]}"
         if importance is not None:
             label += f"  s={importance[view]:.2f}"
         _label(draw, (x, y), label, small)
         if saliency is not None and relevance is not None and importance is not None:
             _split_bar(draw, (x, y + 18), saliency[view], relevance[view])
-        draw.rectangle(
-            [margin + tc * unit, header + tr * unit, margin + (tc + 1) * unit, header + (tr + 1) * unit],
-            outline=_TILE_EDGE,
-            width=2,
-        )
+        draw.rectangle([margin + bx0, header + by0, margin + bx1, header + by1], outline=_TILE_EDGE, width=2)
     tx = 2 * margin + panel.size[0]
     _label(draw, (tx + 6, header + 6), f"thumbnail: {budgets[thumb]}/{counts[thumb]}", small)
     # legend
@@ -195,7 +203,7 @@ def render_layer_strip(
     lines = (len(layers) + per_row - 1) // per_row
     out = image_module.new("RGB", (per_row * (cell + 8) + 8, lines * (cell + 26) + 30), _BG)
     draw = draw_module.Draw(out)
-    font = _font(12)
+    font = load_font(12)
     draw.text(
         (8, 8), f"CLS attention of the {view_name}, per layer (mean over heads, max-normalised)", fill=_INK, font=font
     )

@@ -9,7 +9,7 @@ with a rebuilt ``attention_mask``, and the host's own ``generate`` receives the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,21 +19,33 @@ from torch import Tensor, nn
 from hero_core import HeroError, TextScorer
 from hero_core.allocators import tile_views
 
-from ._optional import require
-from ._registry import get_adapter
-from ._sequence import Rebuilt, Span, check_prompt, placeholder_spans, queries_per_image, rebuild, splice
+from ._sequence import (
+    Rebuilt,
+    Span,
+    check_prompt,
+    check_unpadded,
+    padding_side,
+    placeholder_runs,
+    placeholder_spans,
+    queries_per_image,
+    rebuild,
+    splice,
+)
 from ._timing import StageTimer
-from ._types import AssembledImage, EncodedImage
+from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
 from .report import ImageReport, PruneReport
 
-__all__ = ["POSITIONS", "HeroVLM"]
+__all__ = ["POSITIONS", "REFUSED", "HeroVLM"]
 
 POSITIONS = ("contiguous", "original")
-_ENCODER_KEYS = ("vision_feature_layer", "vision_feature_select_strategy")
-_REFUSED = {
+#: What HeroVLM refuses in every host's generate / forward, and what to do instead (the README lists these).
+REFUSED = {
     "inputs_embeds": "Pass input_ids: the placeholder runs are rebuilt from them.",
-    "mm_encoder_outputs": "HeroVLM computes the image features itself; pass pixel_values and image_sizes.",
+    "mm_encoder_outputs": "HeroVLM computes the image features itself; pass the processor's pixel inputs.",
     "position_ids": "Choose HeroVLM(..., positions='contiguous' | 'original') instead.",
+    "past_key_values": "HeroVLM starts every call from the whole prompt (the images are encoded and pruned each "
+    "call); pass the whole conversation again, or continue a cache with model.generate directly.",
+    "cache_position": "HeroVLM starts every call from the whole prompt; do not pass cache_position.",
 }
 
 
@@ -46,34 +58,37 @@ class _Run:
     assembled: list[AssembledImage]
     spans: list[Span] | None
     ids: Tensor | None = None  # the caller's input_ids, checked (B, S)
-    mask: Tensor | None = None  # its attention mask, checked or all ones (B, S)
+    mask: Tensor | None = None  # its attention mask, checked, inferred or all ones (B, S)
 
 
 class HeroVLM:
     """A pruning wrapper around a host VLM; the model itself is never modified.
 
     Example:
-        >>> vlm = HeroVLM(model, presets.hero(0.2), OpenClipTextScorer(...))      # doctest: +SKIP
+        >>> vlm = HeroVLM(model, presets.hero(0.2), OpenClipTextScorer(...), processor=processor)  # doctest: +SKIP
         >>> inputs = processor(images=image, text=prompt, return_tensors="pt")    # doctest: +SKIP
         >>> out = vlm.generate(**inputs, query="What is written on the sign?", max_new_tokens=32)  # doctest: +SKIP
         >>> processor.decode(out[0, inputs.input_ids.shape[1]:])                  # doctest: +SKIP
         >>> vlm.last_report.to_dict()                                             # doctest: +SKIP
 
     Args:
-        model: a host model with a registered adapter (``list_adapters()``), e.g. LLaVA-NeXT.
+        model: a host model with a registered adapter (``list_adapters()``), or any model when ``adapter`` is given.
         pruner: a ``hero_core.Pruner`` (``presets.hero(r)``, ``presets.hero_reference(r)``, ...).
-        text_scorer: optional ``TextScorer``: ``(views (V, 3, h, w) RGB in [0, 1], text) -> (V,)`` raw
+        text_scorer: optional ``TextScorer``: ``(views (K, 3, h, w) RGB in [0, 1], text) -> (K,)`` raw
             CLIP cosines. Used only when the pruner's allocator reads relevance and a query is given.
-        layout: ``"vanilla"`` (default; the host's own sequence at R = 1) or ``"reference"`` (authors' code).
+        adapter: a ``HostAdapter`` instance for ``model`` (then ``layout`` / ``processor`` / mean / std configure
+            the adapter itself and must not be passed here).
+        layout: the adapter's layout (default ``"vanilla"``: the host's own sequence at R = 1; LLaVA-NeXT also
+            has ``"reference"``, the authors' code).
         positions: ``"contiguous"`` (default; positions re-derived over the shortened prompt) or
             ``"original"`` (every kept token keeps the position it had in the unpruned layout).
-        processor: optional host processor; its ``image_processor.image_mean`` / ``image_std`` undo the
-            pixel normalisation for the text scorer.
-        image_mean: per-channel mean override (default: the processor's, else OpenAI CLIP's).
-        image_std: per-channel std override (default: the processor's, else OpenAI CLIP's).
+        processor: optional host processor; adapters read its normalisation (and InternVL its tiling).
+        image_mean: per-channel mean override (default: the processor's, else the host family's).
+        image_std: per-channel std override (default: the processor's, else the host family's).
 
     Raises:
-        HeroError: on an unsupported model, a pruner or scorer of the wrong kind, or unknown options.
+        HeroError: on an unsupported model, an adapter that does not satisfy ``HostAdapter``, a pruner or
+            scorer of the wrong kind, selector layers the encoder does not have, or unknown options.
     """
 
     def __init__(
@@ -82,7 +97,8 @@ class HeroVLM:
         pruner: Any,
         text_scorer: TextScorer | None = None,
         *,
-        layout: str = "vanilla",
+        adapter: HostAdapter | None = None,
+        layout: str | None = None,
         positions: str = "contiguous",
         processor: Any = None,
         image_mean: Sequence[float] | None = None,
@@ -93,43 +109,68 @@ class HeroVLM:
                 "pruner", pruner, "a hero_core.Pruner (with .plan and .layers)", "Build one with presets.hero(0.2)."
             )
         if text_scorer is not None and not callable(text_scorer):
-            raise HeroError.field("text_scorer", text_scorer, "None or a callable (views, text) -> (V,) cosines")
+            raise HeroError.field("text_scorer", text_scorer, "None or a callable (views, text) -> (K,) cosines")
         if positions not in POSITIONS:
             raise HeroError.field("positions", positions, f"one of {POSITIONS}")
-        image_processor = getattr(processor, "image_processor", processor)
-        mean = image_mean if image_mean is not None else getattr(image_processor, "image_mean", None)
-        std = image_std if image_std is not None else getattr(image_processor, "image_std", None)
+        options = {"layout": layout, "processor": processor, "image_mean": image_mean, "image_std": image_std}
+        given = {key: value for key, value in options.items() if value is not None}
+        if adapter is None:
+            adapter = get_adapter(model, **given)
+        elif given:
+            raise HeroError.field(
+                next(iter(given)),
+                next(iter(given.values())),
+                "not passed to HeroVLM together with adapter=",
+                "Configure the adapter instance itself (e.g. MyAdapter(model, layout=...)).",
+            )
+        self.adapter: HostAdapter = check_host_adapter(adapter)
+        if getattr(self.adapter, "model", None) is not model:
+            raise HeroError.field("adapter.model", type(self.adapter.model).__name__, "the model passed to HeroVLM")
+        depth = int(self.adapter.num_layers)
+        bad = [layer for layer in pruner.layers if not 0 <= layer < depth]
+        if bad:
+            raise HeroError.field(
+                "pruner layers",
+                list(pruner.layers),
+                f"0-based encoder layers in [0, {depth - 1}] (this vision encoder has {depth} layers)",
+                "Choose selector layers the encoder has, e.g. presets.hero(r, low_layers=(...), high_layers=(...)).",
+            )
         self.model = model
         self.pruner = pruner
         self.text_scorer = text_scorer
         self.positions = positions
-        self.adapter = get_adapter(model, layout=layout, image_mean=mean, image_std=std)
         self.last_report: PruneReport | None = None
 
     @property
     def layout(self) -> str:
-        """``"vanilla"`` or ``"reference"``."""
+        """The adapter's layout (``"vanilla"``, ``"reference"``, ...)."""
         return str(self.adapter.layout)
 
     def __repr__(self) -> str:
         return (
-            f"HeroVLM(model={type(self.model).__name__}, pruner={self.pruner!r}, text_scorer={self.text_scorer!r}, "
-            f"layout={self.layout!r}, positions={self.positions!r})"
+            f"HeroVLM(model={type(self.model).__name__}, adapter={type(self.adapter).__name__}, "
+            f"pruner={self.pruner!r}, text_scorer={self.text_scorer!r}, layout={self.layout!r}, "
+            f"positions={self.positions!r})"
         )
 
     # ------------------------------------------------------------------------------------------ entry points
     def plan(
         self,
         input_ids: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        image_sizes: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
         query: str | Sequence[str | None] | None = None,
-        **encoder_kwargs: Any,
+        **inputs: Any,
     ) -> PruneReport:
         """Encode, score and plan only (no language model). ``input_ids`` is optional; without it a
-        per-prompt ``query`` list cannot be mapped to images.
+        per-prompt ``query`` list cannot be mapped to images (and InternVL takes all tiles as one image).
+
+        Args:
+            input_ids: (B, S) prompt ids, or None.
+            attention_mask: (B, S) 0/1, or None (all ones).
+            query: None, one text for every image, or one text per prompt row.
+            inputs: the adapter's image inputs (``adapter.input_keys``, e.g. ``pixel_values``, ``image_sizes``)
+                and encoder options (``adapter.encoder_keys``).
 
         Returns:
             The ``PruneReport`` (also stored in ``last_report``).
@@ -137,41 +178,50 @@ class HeroVLM:
         Raises:
             HeroError: on any bad input; the model is left as it was.
         """
-        self._refuse(encoder_kwargs, allowed=_ENCODER_KEYS)
+        self._refuse(inputs)
+        image_inputs, rest = self._split(inputs)
+        if rest:
+            key = next(iter(rest))
+            allowed = [*self.adapter.input_keys, *self.adapter.encoder_keys]
+            raise HeroError.field(key, rest[key], "not passed to HeroVLM.plan", f"plan() accepts only {allowed}.")
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
-            run = self._run(input_ids, attention_mask, pixel_values, image_sizes, query, encoder_kwargs, timer)
+            ids = mask = None
+            if input_ids is not None:
+                ids, mask = check_prompt(input_ids, attention_mask)
+            run = self._run(ids, mask, image_inputs, query, timer)
         self.last_report = run.report
         return run.report
 
     def generate(
         self,
         input_ids: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        image_sizes: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
         query: str | Sequence[str | None] | None = None,
-        **generate_kwargs: Any,
+        **kwargs: Any,
     ) -> Any:
         """The host's ``generate`` on the pruned prompt; sequences start with the caller's ``input_ids``.
 
         Every ``generate`` keyword works (greedy, sampling, beams, ``num_return_sequences``, streamers,
-        ``return_dict_in_generate`` ...). ``max_length`` / ``min_length`` keywords keep their meaning relative to
-        the caller's prompt (they become ``max_new_tokens`` / ``min_new_tokens``; values inside a passed
-        ``generation_config`` are not translated). A streamer receives the shortened prompt first
-        (``skip_prompt=True`` hides it). HERO's stages run under ``inference_mode``, the host's ``generate``
-        under ``no_grad`` as usual.
+        ``return_dict_in_generate``, ``generation_config`` ...) except those in ``REFUSED`` and the adapter's
+        ``refused_keys``. Lengths keep their meaning relative to the caller's prompt: a ``max_length`` /
+        ``min_length`` (keyword, ``generation_config`` or the model's default) becomes ``max_new_tokens`` /
+        ``min_new_tokens``. Without ``attention_mask`` the mask is inferred exactly as the host's ``generate``
+        infers it (from ``pad_token_id``). Prompts must be padded on the left, as the host's generate needs;
+        a right-padded batch is refused. A streamer receives the shortened prompt first (``skip_prompt=True``
+        hides it); custom ``stopping_criteria`` see the shortened sequences. HERO's stages run under
+        ``inference_mode``, the host's ``generate`` under ``no_grad`` as usual.
 
         Returns:
             What the host returns, with ``sequences`` spliced: (B * n, S + new) where S is the caller's
             prompt length, so ``out[:, S:]`` are the new tokens.
 
         Raises:
-            HeroError: on bad input (placeholders, images, sizes, query, scorer output ...); the model is
+            HeroError: on bad input (placeholders, images, padding side, query, scorer output ...); the model is
                 left exactly as it was.
         """
-        self._refuse(generate_kwargs)
+        self._refuse(kwargs)
         if not callable(getattr(self.model, "generate", None)):
             raise HeroError.field(
                 "model",
@@ -179,19 +229,29 @@ class HeroVLM:
                 "a model with generate(), e.g. LlavaNextForConditionalGeneration",
                 "Wrap the ...ForConditionalGeneration model, not its base model (plan() works on either).",
             )
-        encoder_kwargs = {key: generate_kwargs.pop(key) for key in _ENCODER_KEYS if key in generate_kwargs}
+        image_inputs, generate_kwargs = self._split(kwargs)
         if input_ids is None:
             raise HeroError.field("input_ids", None, "the prompt's token ids", "Pass the processor's output: **inputs.")
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
-            run = self._run(input_ids, attention_mask, pixel_values, image_sizes, query, encoder_kwargs, timer)
-            ids, mask = _prompt(run)
-            rebuilt = self._rebuild(run, ids, mask)
-            kwargs = _relative_lengths(generate_kwargs, ids.shape[1])
+            ids, mask = check_prompt(input_ids, attention_mask)
+            if attention_mask is None:
+                mask = _host_attention_mask(self.model, ids, generate_kwargs)
+            if padding_side(mask) != "left":
+                raise HeroError.field(
+                    "attention_mask",
+                    f"padding on the right or inside prompts (rows {_unleft_rows(mask)})",
+                    "left padding, as generation with a decoder-only LLM needs",
+                    "Pad on the left: processor.tokenizer.padding_side = 'left' (the host would generate after the "
+                    "padding).",
+                )
+            run = self._run(ids, mask, image_inputs, query, timer)
+            rebuilt = self._rebuild(run, ids, mask, side="left")
+            generate_kwargs = _relative_lengths(self.model, generate_kwargs, ids.shape[1])
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
         with torch.no_grad(), timer.stage("generate"):
-            output = self.model.generate(**self._host_inputs(run, rebuilt), **kwargs)  # type: ignore[operator]
+            output = self.model.generate(**self._host_inputs(run, rebuilt), **generate_kwargs)
         if isinstance(output, Tensor):
             return splice(ids, output, rebuilt.input_ids.shape[1])
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
@@ -200,28 +260,27 @@ class HeroVLM:
     def forward(
         self,
         input_ids: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        image_sizes: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
         labels: Tensor | None = None,
         query: str | Sequence[str | None] | None = None,
-        **forward_kwargs: Any,
+        **kwargs: Any,
     ) -> Any:
         """One scoring pass of the host on the pruned prompt (under ``no_grad``; HERO's stages under inference mode).
 
         ``labels`` (B, S) aligned with ``input_ids`` shrink the same way (each image run takes its single
-        label value, normally -100); new padding is labelled -100.
+        label value, normally -100); new padding is labelled -100. Prompts keep their padding side (left or
+        right) and the batch keeps the caller's shared padding columns, so at keep ratio 1 the logits are the
+        host's own.
 
         Returns:
-            The host's output (``logits`` (B, S', vocab) over the rebuilt, left-padded prompt, and ``loss``
-            when labels are given).
+            The host's output (``logits`` (B, S', vocab) over the rebuilt prompt, and ``loss`` when labels are given).
 
         Raises:
             HeroError: on bad input; the model is left as it was.
         """
-        self._refuse(forward_kwargs)
-        encoder_kwargs = {key: forward_kwargs.pop(key) for key in _ENCODER_KEYS if key in forward_kwargs}
+        self._refuse(kwargs)
+        image_inputs, forward_kwargs = self._split(kwargs)
         if input_ids is None:
             raise HeroError.field("input_ids", None, "the prompt's token ids", "Pass the processor's output: **inputs.")
         if labels is not None and (not isinstance(labels, Tensor) or labels.shape != input_ids.shape):
@@ -230,59 +289,74 @@ class HeroVLM:
             )
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
-            run = self._run(input_ids, attention_mask, pixel_values, image_sizes, query, encoder_kwargs, timer)
-            ids, mask = _prompt(run)
-            rebuilt = self._rebuild(run, ids, mask, labels=labels)
+            ids, mask = check_prompt(input_ids, attention_mask)
+            side = padding_side(mask)
+            if side is None:
+                raise HeroError.field(
+                    "attention_mask",
+                    f"padding inside prompts (rows {_unleft_rows(mask)})",
+                    "padding on one side of every prompt (left or right)",
+                )
+            run = self._run(ids, mask, image_inputs, query, timer)
+            rebuilt = self._rebuild(run, ids, mask, labels=labels, side=side)
         self.last_report = run.report
         inputs = self._host_inputs(run, rebuilt)
         if rebuilt.labels is not None:
             inputs["labels"] = rebuilt.labels
+        if attention_mask is None and bool(rebuilt.attention_mask.all()):
+            inputs.pop("attention_mask")  # as the caller called the host: no mask
         with torch.no_grad(), timer.stage("forward"):
             return self.model(**inputs, **forward_kwargs)
 
     __call__ = forward
 
     # -------------------------------------------------------------------------------------------- internals
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the adapter's image inputs and encoder options that were given, everything else)."""
+        mine = (*self.adapter.input_keys, *self.adapter.encoder_keys)
+        picked = {key: kwargs[key] for key in mine if key in kwargs and kwargs[key] is not None}
+        rest = {key: value for key, value in kwargs.items() if key not in mine}
+        return picked, rest
+
+    def _refuse(self, kwargs: Mapping[str, Any]) -> None:
+        refused = {**REFUSED, **self.adapter.refused_keys}
+        for key, value in kwargs.items():
+            if key in refused and value is not None:
+                raise HeroError.field(key, value, "not passed to HeroVLM", refused[key])
+
     def _run(
         self,
-        input_ids: Tensor | None,
-        attention_mask: Tensor | None,
-        pixel_values: Tensor | None,
-        image_sizes: Tensor | None,
+        ids: Tensor | None,
+        mask: Tensor | None,
+        image_inputs: dict[str, Any],
         query: object,
-        encoder_kwargs: dict[str, Any],
         timer: StageTimer,
     ) -> _Run:
         token = self.adapter.image_token_id
-        ids = mask = None
-        if input_ids is not None:
-            ids, mask = check_prompt(input_ids, attention_mask)
-        if pixel_values is None:
-            if image_sizes is not None:
-                raise HeroError.field("image_sizes", image_sizes, "None when pixel_values is None")
+        if ids is not None and mask is not None:
+            check_unpadded(ids, mask, token)
+        pixels_key = self.adapter.input_keys[0]
+        if image_inputs.get(pixels_key) is None:
+            extra = [key for key in image_inputs if key in self.adapter.input_keys]
+            if extra:
+                raise HeroError.field(extra[0], image_inputs[extra[0]], f"None when {pixels_key} is None")
             if ids is not None:
                 placeholders = int((ids == token).sum())
                 if placeholders:
                     raise HeroError.field(
-                        "pixel_values",
+                        pixels_key,
                         None,
                         f"the images for the {placeholders} image placeholder tokens in input_ids",
-                        "Pass pixel_values and image_sizes from the processor, or prompts without <image>.",
+                        f"Pass {list(self.adapter.input_keys)} from the processor, or prompts without images.",
                     )
                 queries_per_image(query, [], ids.shape[0])  # still check a query list's length
             report = PruneReport(images=[], timings=timer.seconds, positions=self.positions)
             spans: list[Span] | None = [] if ids is not None else None
             return _Run(report=report, encoded=[], assembled=[], spans=spans, ids=ids, mask=mask)
-        if image_sizes is None:
-            raise HeroError.field(
-                "image_sizes",
-                None,
-                "an (I, 2) tensor of each image's original (height, width) whenever pixel_values is given",
-                "Pass the processor's image_sizes along with pixel_values (**inputs).",
-            )
 
+        runs = placeholder_runs(ids, mask, token) if ids is not None and mask is not None else None
         with timer.stage("encode"):
-            encoded = self.adapter.encode(pixel_values, image_sizes, self.pruner.layers, **encoder_kwargs)
+            encoded = self.adapter.encode(image_inputs, self.pruner.layers, runs=runs)
         spans = None
         if ids is not None and mask is not None:
             spans = placeholder_spans(ids, mask, token, [image.tokens_in for image in encoded])
@@ -318,6 +392,7 @@ class HeroVLM:
                 layout=self.layout,
                 query=queries[i],
                 relevance=relevance[i],
+                view_boxes=image.view_boxes,
             )
             for i, (image, plan, out) in enumerate(zip(encoded, plans, assembled, strict=True))
         ]
@@ -353,7 +428,7 @@ class HeroVLM:
             )
         return relevance.index_copy(0, others.to(tiles.device), scores.detach().to(tiles.device, torch.float32))
 
-    def _rebuild(self, run: _Run, ids: Tensor, mask: Tensor, labels: Tensor | None = None) -> Rebuilt:
+    def _rebuild(self, run: _Run, ids: Tensor, mask: Tensor, *, side: str, labels: Tensor | None = None) -> Rebuilt:
         padding = ids[mask == 0]
         pad_id = int(padding[0]) if padding.numel() else self.adapter.pad_token_id
         original = self.positions == "original"
@@ -364,6 +439,7 @@ class HeroVLM:
             [out.tokens_out for out in run.assembled],
             token_id=self.adapter.image_token_id,
             pad_id=pad_id,
+            side=side,
             labels=labels,
             offsets=[out.offsets for out in run.assembled] if original else None,
             layout_lengths=[out.layout_length for out in run.assembled] if original else None,
@@ -374,24 +450,8 @@ class HeroVLM:
         if rebuilt.position_ids is not None:
             inputs["position_ids"] = rebuilt.position_ids
         if run.assembled:
-            outputs = require("transformers.modeling_outputs")
-            kept = [out.features for out in run.assembled]
-            inputs["mm_encoder_outputs"] = {"image": outputs.BaseModelOutputWithPooling(pooler_output=kept)}
+            inputs.update(self.adapter.feature_inputs(run.assembled))
         return inputs
-
-    @staticmethod
-    def _refuse(kwargs: dict[str, Any], allowed: Sequence[str] | None = None) -> None:
-        for key in kwargs:
-            if key in _REFUSED or (allowed is not None and key not in allowed):
-                fix = _REFUSED.get(key, f"plan() accepts only {list(allowed or ())} besides the processor outputs.")
-                raise HeroError.field(key, kwargs[key], "not passed to HeroVLM", fix)
-
-
-def _prompt(run: _Run) -> tuple[Tensor, Tensor]:
-    """The checked prompt of a run that was given input_ids (generate / forward require them)."""
-    if run.ids is None or run.mask is None:  # pragma: no cover - generate/forward refuse input_ids=None first
-        raise HeroError.field("input_ids", None, "the prompt's token ids")
-    return run.ids, run.mask
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -401,19 +461,52 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _relative_lengths(kwargs: dict[str, Any], prompt_length: int) -> dict[str, Any]:
-    """``max_length`` / ``min_length`` count the caller's prompt; turn them into ``*_new_tokens``."""
-    kwargs = dict(kwargs)
-    if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
-        new = int(kwargs.pop("max_length")) - prompt_length
+def _unleft_rows(mask: Tensor) -> list[int]:
+    """Rows whose padding is not all on the left (a 0 after a 1)."""
+    after = (mask.cummax(dim=1).values > mask).any(dim=1)
+    return after.nonzero().flatten().tolist()
+
+
+def _generation_config(model: Any, kwargs: dict[str, Any]) -> Any:
+    """The generation config the host's ``generate`` would build from these keywords (the host's own code)."""
+    prepare = getattr(model, "_prepare_generation_config", None)
+    if prepare is None:  # pragma: no cover - a host without transformers' GenerationMixin
+        return None
+    rest = {key: value for key, value in kwargs.items() if key != "generation_config"}
+    config, _ = prepare(kwargs.get("generation_config"), **rest)
+    return config
+
+
+def _host_attention_mask(model: Any, ids: Tensor, kwargs: dict[str, Any]) -> Tensor:
+    """The mask the host's ``generate`` infers when none is given: its own ``_prepare_special_tokens`` and
+    ``_prepare_attention_mask_for_generation`` (0 on ``pad_token_id`` when pad differs from eos; else all ones)."""
+    config = _generation_config(model, kwargs)
+    if config is None:  # pragma: no cover
+        return torch.ones_like(ids)
+    model._prepare_special_tokens(config, False, device=ids.device, batch_size=ids.shape[0])
+    mask: Tensor = model._prepare_attention_mask_for_generation(ids, config, {})
+    return mask.to(ids.dtype)
+
+
+def _relative_lengths(model: Any, kwargs: dict[str, Any], prompt_length: int) -> dict[str, Any]:
+    """``kwargs`` with the length limits the host would apply to the caller's prompt as ``max_new_tokens`` /
+    ``min_new_tokens``: a ``max_length`` / ``min_length`` (keywords, a passed ``generation_config`` or the
+    model's defaults) counts the caller's prompt, and the shortened prompt would otherwise get more tokens.
+    """
+    config = _generation_config(model, kwargs)
+    if config is None:  # pragma: no cover
+        return kwargs
+    out = {key: value for key, value in kwargs.items() if key not in ("max_length", "min_length")}
+    if config.max_new_tokens is None and config.max_length is not None:
+        new = int(config.max_length) - prompt_length
         if new <= 0:
             raise HeroError.field(
                 "max_length",
-                new + prompt_length,
+                int(config.max_length),
                 f"more than the prompt length {prompt_length}",
-                "Prefer max_new_tokens.",
+                "Pass max_new_tokens (the number of tokens to generate).",
             )
-        kwargs["max_new_tokens"] = new
-    if kwargs.get("min_length") is not None and kwargs.get("min_new_tokens") is None:
-        kwargs["min_new_tokens"] = max(int(kwargs.pop("min_length")) - prompt_length, 0)
-    return kwargs
+        out["max_new_tokens"] = new
+    if config.min_new_tokens is None and config.min_length:
+        out["min_new_tokens"] = max(int(config.min_length) - prompt_length, 0)
+    return out

@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 
 from PIL import Image
 
-from hero_adapters.demo import DemoHost, build_llava_next
+from hero_adapters.testing import BuiltHost, build_llava_next, hook_snapshot
 from hero_core import presets
 
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:")
@@ -34,7 +34,7 @@ PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 LOW, HIGH = (1, 2), (4,)  # selector layers that the 6-layer tower has
 
 
-def build_host(seed: int = 0) -> DemoHost:
+def build_host(seed: int = 0) -> BuiltHost:
     """The tiny host: the demo's builder with a 6-layer, 4 x 4-patch tower and large weight scales."""
     return build_llava_next(
         tile_pixels=56,
@@ -53,14 +53,6 @@ def build_host(seed: int = 0) -> DemoHost:
         text_init=0.5,
         seed=seed,
     )
-
-
-def hook_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, int, tuple[str, ...]]]:
-    """Per module: forward pre-hooks, forward hooks, and its attribute names (to see anything added)."""
-    return {
-        name: (len(module._forward_pre_hooks), len(module._forward_hooks), tuple(sorted(vars(module))))
-        for name, module in model.named_modules()
-    }
 
 
 class TinyHost:

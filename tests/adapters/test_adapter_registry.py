@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hero_adapters import LlavaNextAdapter, get_adapter, list_adapters, register_adapter
-from hero_adapters import _registry as registry
+from hero_adapters import adapter as registry
 from hero_core import HeroError
 
 

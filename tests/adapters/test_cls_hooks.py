@@ -9,6 +9,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from hero_adapters import LlavaNextAdapter, cls_attention_hooks
+from hero_adapters.towers import attention_modules
 from hero_core import HeroError
 
 
@@ -99,7 +100,7 @@ def test_llava_next_encode_matches_eager_tower(tiny, batch) -> None:  # type: ig
     adapter = LlavaNextAdapter(tiny.model)
     layers = (0, 1, 4, 5)
     with torch.inference_mode():
-        images = adapter.encode(inputs["pixel_values"], inputs["image_sizes"], layers)
+        images = adapter.encode(inputs, layers)
         eager = copy.deepcopy(tiny.model.model.vision_tower)
         eager.set_attn_implementation("eager")
         for i, image in enumerate(images):
@@ -109,3 +110,176 @@ def test_llava_next_encode_matches_eager_tower(tiny, batch) -> None:  # type: ig
             assert image.tiles.attention_layers == layers
             assert (image.tiles.cls_attention - expected).abs().max().item() <= 1e-6
             torch.testing.assert_close(image.tiles.cls_tokens, oracle.last_hidden_state[:, 0], rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ recipes by attention class
+def _internvit(qk_norm: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from transformers import InternVLVisionConfig, InternVLVisionModel
+
+    config = InternVLVisionConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=[56, 56],
+        patch_size=[14, 14],
+        use_qk_norm=qk_norm,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(2)
+    sdpa = InternVLVisionModel(config).eval()
+    with torch.no_grad():
+        for name, parameter in sdpa.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                parameter.copy_(0.5 + 2 * torch.rand(parameter.shape))
+            elif name.endswith("cls_token"):
+                parameter.copy_(torch.randn(parameter.shape))
+    eager = copy.deepcopy(sdpa)
+    eager.set_attn_implementation("eager")
+    return sdpa, eager
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk-norm"])
+def test_internvit_rows_equal_eager_with_and_without_qk_norm(qk_norm: bool) -> None:
+    sdpa, eager = _internvit(qk_norm)
+    pixels = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        oracle = eager(pixels, output_attentions=True).attentions
+        with cls_attention_hooks(sdpa, (0, 2, 3)) as record:
+            sdpa(pixels)
+    assert record.recipe is not None and record.recipe.name == "internvit"
+    expected = torch.stack([oracle[layer][:, :, 0] for layer in (0, 2, 3)])
+    assert (record.stacked() - expected).abs().max().item() <= 1e-6
+    assert not torch.allclose(record.stacked()[0], record.stacked()[1])
+
+
+def _siglip() -> torch.nn.Module:
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=56, patch_size=14
+    )
+    torch.manual_seed(3)
+    return SiglipVisionModel(config).eval()
+
+
+def test_a_cls_free_tower_asked_for_a_cls_row_names_the_stand_in() -> None:
+    tower = _siglip()
+    before = _hook_counts(tower)
+    with pytest.raises(HeroError, match=r"query='cls'.*siglip.*query='mean'"), cls_attention_hooks(tower, (1,)):
+        pass
+    assert _hook_counts(tower) == before
+
+
+def test_mean_token_stand_in_is_the_mean_query_row() -> None:
+    """SigLIP: the query is the mean of the layer's input tokens, projected; keys over every token."""
+    tower = _siglip()
+    pixels = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(5))
+    seen: dict[str, torch.Tensor] = {}
+    attention = attention_modules(tower)[0][1]
+
+    def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:  # type: ignore[type-arg]
+        seen["h"] = kwargs["hidden_states"]
+
+    handle = attention.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode(), cls_attention_hooks(tower, (1,), query="mean") as record:
+            tower(pixels)
+    finally:
+        handle.remove()
+    hidden = seen["h"].clone()  # (B, T, D)
+    heads, dim = attention.num_heads, attention.head_dim
+    with torch.no_grad():
+        query = attention.q_proj(hidden.mean(1, keepdim=True)).view(2, 1, heads, dim).transpose(1, 2)
+        keys = attention.k_proj(hidden).view(2, -1, heads, dim).transpose(1, 2)
+    expected = torch.softmax((query @ keys.transpose(-1, -2)).squeeze(-2) * attention.scale, dim=-1)
+    assert record.patch_attention().shape == (1, 2, 4, 16)  # no CLS column to drop
+    assert (record.stacked()[0] - expected).abs().max().item() <= 1e-6
+
+
+def test_boolean_and_additive_masks_give_the_same_rows(towers: tuple[CLIPVisionModel, CLIPVisionModel]) -> None:
+    sdpa, _ = towers
+    attention = attention_modules(sdpa)[0][2]
+    hidden = torch.randn(2, 17, 48, generator=torch.Generator().manual_seed(4))
+    allowed = torch.ones(2, 1, 17, 17, dtype=torch.bool)
+    allowed[1, :, :, 10:] = False  # the second image's last keys are padding
+    additive = torch.zeros(2, 1, 17, 17).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    rows = []
+    for mask in (allowed, additive):
+        with torch.inference_mode(), cls_attention_hooks(sdpa, (2,)) as record:
+            attention(hidden_states=hidden, attention_mask=mask)
+        rows.append(record.stacked()[0])
+    assert torch.allclose(rows[0], rows[1], atol=1e-7)
+    assert float(rows[0][1, :, 10:].abs().max()) == 0.0 and float(rows[0][0, :, 10:].min()) > 0
+
+
+def test_an_attention_class_no_recipe_knows_says_how_to_register_one() -> None:
+    class MyAttention(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    class MyTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([MyAttention(), MyAttention()])
+
+    with pytest.raises(HeroError, match=r"MyAttention.*register_tower_recipe"):
+        with cls_attention_hooks(MyTower(), (0,)):
+            pass
+
+
+def test_a_registered_recipe_serves_a_new_class() -> None:
+    from hero_adapters.towers import TowerRecipe, list_tower_recipes, register_tower_recipe
+    from hero_adapters.towers import recipes as table
+
+    class Fused(torch.nn.Module):  # one fused qkv projection, CLS last
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = torch.nn.Linear(8, 24)
+            self.heads, self.dim, self.scale = 2, 4, 0.5
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    def project(module: Fused, query: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return module.qkv(query)[..., :8], module.qkv(hidden)[..., 8:16]
+
+    recipe = TowerRecipe("fused-test", (Fused,), "last", project=project, geometry=lambda m: (m.heads, m.dim, m.scale))
+    register_tower_recipe(recipe)
+    try:
+        tower = torch.nn.Sequential(Fused(), Fused())
+        x = torch.randn(1, 5, 8)
+        with torch.inference_mode(), cls_attention_hooks(tower, (1,)) as record:
+            tower(x)
+        q, k = project(tower[1], x[:, -1:], x)
+        logits = (q.view(1, 1, 2, 4).transpose(1, 2) @ k.view(1, 5, 2, 4).transpose(1, 2).transpose(-1, -2)) * 0.5
+        assert torch.allclose(record.stacked()[0], logits.squeeze(-2).softmax(-1), atol=1e-6)
+        assert record.patch_attention().shape == (1, 1, 2, 4)  # the CLS key (last) dropped
+        assert list_tower_recipes()[-1] is recipe
+    finally:
+        table._RECIPES.remove(recipe)
+
+
+def test_internvl_aggregation_onto_llm_tokens_matches_a_slow_loop() -> None:
+    """Each LLM token's attention = the sum over the 2 x 2 patch block the host's pixel_shuffle merges."""
+    from hero_adapters import InternVLAdapter
+
+    from .hosts import host_row
+
+    host = host_row("internvl")
+    adapter = InternVLAdapter(host.model, processor=host.processor)
+    inputs = host.inputs([host.text("USER: {} describe ASSISTANT:")], [host.image(40, 100)])
+    with torch.inference_mode():
+        image = adapter.encode(inputs, (1, 4))[0]
+        with cls_attention_hooks(adapter.vision_tower, (1, 4)) as record:
+            adapter.vision_tower(pixel_values=inputs["pixel_values"])
+    patches = record.patch_attention()  # (L, V, H, 64): 8 x 8 patches per view
+    side = 8
+    slow = torch.zeros(*patches.shape[:3], 16)
+    for token in range(16):
+        row, col = divmod(token, 4)
+        for dr in (0, 1):
+            for dc in (0, 1):
+                slow[..., token] += patches[..., (2 * row + dr) * side + 2 * col + dc]
+    assert image.tiles.grid == (4, 4)
+    assert (image.tiles.cls_attention - slow).abs().max().item() <= 1e-6

@@ -86,7 +86,7 @@ def encoded(tiny: Any) -> list[tuple[Any, Any, torch.Tensor]]:
     inputs = tiny.inputs(["<image>" * len(images)], images)
     adapter = LlavaNextAdapter(tiny.model)
     with torch.inference_mode():
-        encoded = adapter.encode(inputs["pixel_values"], inputs["image_sizes"], tiny.low + tiny.high)
+        encoded = adapter.encode(inputs, tiny.low + tiny.high)
     feats = _tile_features(tiny, inputs, [image.tiles.num_views for image in encoded])
     return list(zip(SIZES, encoded, feats))
 
@@ -159,7 +159,7 @@ def test_views_are_unnormalised_rgb(tiny: Any, batch: dict[str, Any]) -> None:
     report = HeroVLM(tiny.model, tiny.pruner(0.5), processor=tiny.processor).plan(**inputs)
     adapter = LlavaNextAdapter(tiny.model)
     with torch.inference_mode():
-        images = adapter.encode(inputs["pixel_values"], inputs["image_sizes"], tiny.low)
+        images = adapter.encode(inputs, tiny.low)
     for i, image in enumerate(images):
         views = image.views
         assert views.shape == (report.images[i].views, 3, 56, 56)

@@ -171,7 +171,7 @@ def test_tokenizer_survives_save_and_reload(clip_tokenizer: Any, tmp_path: Path)
 
 
 def test_in_memory_tokenizer_from_an_explicit_bpe_path(tmp_path: Path) -> None:
-    from hero_adapters._clip_bpe import clip_bpe_path
+    from hero_adapters.text_scorers._clip_bpe import clip_bpe_path
 
     copy = tmp_path / "bpe.txt.gz"
     copy.write_bytes(clip_bpe_path().read_bytes())
@@ -188,7 +188,7 @@ def test_module_import_is_lazy_and_bpe_needs_no_open_clip_import() -> None:
     code = (
         "import sys\n"
         "import hero_adapters.text_scorers\n"
-        "from hero_adapters._clip_bpe import clip_vocab_and_merges\n"
+        "from hero_adapters.text_scorers._clip_bpe import clip_vocab_and_merges\n"
         "vocab, merges = clip_vocab_and_merges()\n"
         "assert len(vocab) == 49408 and len(merges) == 48894, (len(vocab), len(merges))\n"
         "assert vocab['<|endoftext|>'] == 49407 and vocab['!'] == 0 and vocab['!</w>'] == 256\n"
@@ -494,7 +494,7 @@ def test_missing_extras_name_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails, find_spec returns None
     with pytest.raises(HeroError, match=r"hero-prune\[openclip\]"):
         OpenClipTextScorer.create("ViT-L-14-336")
-    from hero_adapters import _clip_bpe
+    from hero_adapters.text_scorers import _clip_bpe
 
     _clip_bpe.clip_vocab_and_merges.cache_clear()
     try:

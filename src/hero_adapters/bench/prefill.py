@@ -67,7 +67,8 @@ def _llama(layers: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Mo
 
 def _token_counts(keep_ratios: Sequence[float]) -> tuple[dict[float, Any], Any]:
     """(ratio -> PruneReport, the demo host) for a 672 x 672 image through the real pipeline."""
-    from ..demo import build_llava_next, draw_test_card
+    from ..demo import draw_test_card
+    from ..testing import build_llava_next
     from ..vlm import HeroVLM
 
     host = build_llava_next(text_width=64, text_layers=1, text_heads=2)
@@ -90,9 +91,9 @@ def _overhead(
     device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str
 ) -> dict[str, float]:
     """Seconds of HERO's own work for one image of ``views`` views at real size."""
-    from .._hooks import cls_attention_hooks
     from .._sequence import placeholder_spans, rebuild
     from ..text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
+    from ..towers import cls_attention_hooks
 
     pruner = presets.hero(0.2)
     config = _clip_config()
@@ -149,7 +150,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
     """CUDA only: a full-depth LLaVA-NeXT-7B-shaped model (random bf16 weights); TTFT, decode speed, memory."""
     import transformers
 
-    from ..demo import LLAVA_NEXT_7B_PINPOINTS
+    from ..testing import LLAVA_NEXT_7B_PINPOINTS
     from ..vlm import HeroVLM
 
     host, inputs = host_inputs

@@ -13,23 +13,23 @@ it comes from (or that it is a newline). Layouts (HERO_SPEC.md, step 4):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from hero_core import EncodedTiles, HeroError
 
-from ._hooks import cls_attention_hooks
-from ._optional import require
-from ._pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
-from ._registry import register_adapter
-from ._types import AssembledImage, EncodedImage
+from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
+from ..extras import require
+from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..towers import attention_modules, cls_attention_hooks
+from ._shared import check_finite, check_pixels, meet_tower, normalisation, pad_token_id, unnormalise
 
-__all__ = ["LAYOUTS", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "LlavaNextAdapter"]
-
-LAYOUTS = ("vanilla", "reference")
+__all__ = ["LlavaNextAdapter"]
 
 
 @register_adapter("llava_next")
@@ -41,21 +41,29 @@ class LlavaNextAdapter:
         model: ``LlavaNextForConditionalGeneration`` (``LlavaNextModel`` works for ``encode`` / ``assemble`` and
             ``HeroVLM.plan``, not for generation).
         layout: ``"vanilla"`` (default) or ``"reference"``.
-        image_mean: per-channel mean the processor normalised with; default OpenAI CLIP's.
-        image_std: per-channel std the processor normalised with; default OpenAI CLIP's.
+        processor: optional ``LlavaNextProcessor``; its ``image_mean`` / ``image_std`` undo the normalisation.
+        image_mean: per-channel mean the processor normalised with; default the processor's, else OpenAI CLIP's.
+        image_std: per-channel std the processor normalised with; default the processor's, else OpenAI CLIP's.
 
     Raises:
         HeroError: on an unknown layout, bad mean/std, or a model without LLaVA-NeXT's methods.
     """
 
+    layouts: ClassVar[tuple[str, ...]] = ("vanilla", "reference")
+    input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
+    encoder_keys: ClassVar[tuple[str, ...]] = ("vision_feature_layer", "vision_feature_select_strategy")
+    refused_keys: ClassVar[Mapping[str, str]] = {}
+    query_source: ClassVar[str] = "cls"
+
     model: nn.Module = field(repr=False)
     layout: str = "vanilla"
+    processor: Any = field(default=None, repr=False)
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise HeroError.field("layout", self.layout, f"one of {LAYOUTS}")
+        if self.layout not in self.layouts:
+            raise HeroError.field("layout", self.layout, f"one of {self.layouts}")
         base = getattr(self.model, "base_model", None)
         needed = ("get_image_features", "pack_image_features", "vision_tower")
         if base is None or not all(hasattr(base, name) for name in needed):
@@ -65,9 +73,9 @@ class LlavaNextAdapter:
                 f"a transformers LLaVA-NeXT model whose base model has {list(needed)}",
                 "Load it with LlavaNextForConditionalGeneration.from_pretrained(...).",
             )
-        mean, std = self.image_mean or OPENAI_CLIP_MEAN, self.image_std or OPENAI_CLIP_STD
-        object.__setattr__(self, "image_mean", check_channels("image_mean", mean, positive=False))
-        object.__setattr__(self, "image_std", check_channels("image_std", std, positive=True))
+        mean, std = normalisation(self.processor, self.image_mean, self.image_std, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        object.__setattr__(self, "image_mean", mean)
+        object.__setattr__(self, "image_std", std)
 
     # ----------------------------------------------------------------------------------------- host facts
     @property
@@ -80,6 +88,11 @@ class LlavaNextAdapter:
         return self.model.config
 
     @property
+    def vision_tower(self) -> nn.Module:
+        """The host's vision encoder, which the CLS-attention hooks record."""
+        return self.base.vision_tower  # type: ignore[no-any-return]
+
+    @property
     def image_token_id(self) -> int:
         """The placeholder id the processor writes for every image token."""
         token = getattr(self.config, "image_token_id", None)
@@ -90,36 +103,49 @@ class LlavaNextAdapter:
     @property
     def pad_token_id(self) -> int:
         """The id written into new padding: generation config, then text config, then eos, then 0."""
-        for source in (getattr(self.model, "generation_config", None), self.config.text_config, self.config):
-            for name in ("pad_token_id", "eos_token_id"):
-                value = getattr(source, name, None)
-                if isinstance(value, (list, tuple)):
-                    value = value[0] if value else None
-                if isinstance(value, int):
-                    return value
-        return 0
+        return pad_token_id(self.model)
+
+    @cached_property
+    def num_layers(self) -> int:
+        """Depth of the CLIP tower (its attention modules, found by the tower recipe)."""
+        return len(attention_modules(self.vision_tower)[0])
 
     @property
     def _side(self) -> int:
         vision = self.config.vision_config
         return int(vision.image_size // vision.patch_size)
 
+    @property
+    def _mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return tuple(self.image_mean or ()), tuple(self.image_std or ())
+
     def _host(self) -> Any:
         return require("transformers.models.llava_next.modeling_llava_next")
 
+    def image_inputs(self, images: Sequence[Any]) -> dict[str, Any]:
+        """Nothing: the processor already returns ``image_sizes``."""
+        return {}
+
+    def feature_inputs(self, assembled: Sequence[AssembledImage]) -> dict[str, Any]:
+        """``mm_encoder_outputs`` with one (k_i, D) tensor per image, as ``LlavaNextModel.forward`` concatenates
+        them and ``generate`` expands them for beams by image."""
+        outputs = require("transformers.modeling_outputs")
+        kept = [out.features for out in assembled]
+        return {"mm_encoder_outputs": {"image": outputs.BaseModelOutputWithPooling(pooler_output=kept)}}
+
     # ----------------------------------------------------------------------------------------------- encode
     def encode(
-        self, pixel_values: Tensor, image_sizes: Tensor, layers: tuple[int, ...], **encoder_kwargs: Any
+        self, inputs: Mapping[str, Any], layers: tuple[int, ...], *, runs: Sequence[int] | None = None
     ) -> list[EncodedImage]:
         """Run the host's vision path once and describe every image.
 
         Args:
-            pixel_values: (I, T_max, 3, h, w) as the processor returns it (tile axis zero-padded), or the
-                tiles of all images concatenated, (sum T_i, 3, h, w).
-            image_sizes: (I, 2) original (height, width) of each image.
+            inputs: ``pixel_values`` (I, T_max, 3, h, w) as the processor returns it (tile axis zero-padded),
+                or the tiles of all images concatenated, (sum T_i, 3, h, w); ``image_sizes`` (I, 2) original
+                (height, width) of each image; optionally ``vision_feature_layer`` /
+                ``vision_feature_select_strategy``, passed to ``get_image_features`` as the host's forward would.
             layers: 0-based encoder layers whose CLS attention the planner needs.
-            encoder_kwargs: ``vision_feature_layer`` / ``vision_feature_select_strategy`` overrides, passed to
-                ``get_image_features`` as the host's forward would.
+            runs: not needed (the tile counts follow from ``image_sizes``).
 
         Returns:
             One ``EncodedImage`` per image, in order.
@@ -129,6 +155,15 @@ class LlavaNextAdapter:
                 ``"default"``, or non-finite encoder outputs.
         """
         host = self._host()
+        pixel_values, image_sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
+        encoder_kwargs = {key: inputs[key] for key in self.encoder_keys if key in inputs}
+        if image_sizes is None:
+            raise HeroError.field(
+                "image_sizes",
+                None,
+                "an (I, 2) tensor of each image's original (height, width) whenever pixel_values is given",
+                "Pass the processor's image_sizes along with pixel_values (**inputs).",
+            )
         sizes = _check_image_sizes(image_sizes)
         tiles_per_image = [
             int(
@@ -149,11 +184,8 @@ class LlavaNextAdapter:
                 strategy,
                 "'default' (the CLS token dropped, as every LLaVA-NeXT checkpoint does)",
             )
-        # The processor returns float32 pixels on the CPU; meet the tower where it is (what a user of a bf16 /
-        # CUDA model forgets most often), instead of failing inside the first convolution.
-        weight = next(self.base.vision_tower.parameters())
-        pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
-        with cls_attention_hooks(self.base.vision_tower, layers) as record:
+        pixel_values = meet_tower(inputs["pixel_values"], self.vision_tower)  # checked by _split_tiles
+        with cls_attention_hooks(self.vision_tower, layers) as record:
             output = self.base.get_image_features(
                 pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True, **encoder_kwargs
             )
@@ -162,7 +194,7 @@ class LlavaNextAdapter:
         heads = int(self.config.vision_config.num_attention_heads)
         total, n = sum(tiles_per_image), self._side**2
         # (L, sum T, H, N): the CLS key dropped; no layers hooked for selectors that read no attention
-        attention = record.stacked()[..., 1:] if record.layers else cls_all.new_zeros((0, total, heads, n))
+        attention = record.patch_attention() if record.layers else cls_all.new_zeros((0, total, heads, n))
         if len(packed) != len(sizes) or cls_all.shape[0] != total or attention.shape[1:] != (total, heads, n):
             raise HeroError.field(
                 "vision outputs",
@@ -170,15 +202,7 @@ class LlavaNextAdapter:
                 f"{len(sizes)} images, {total} tiles and attention (L, {total}, {heads}, {n})",
                 "The model does not look like a stock LLaVA-NeXT; check vision_config.",
             )
-        finite = torch.stack([torch.isfinite(f).all() for f in packed] + [torch.isfinite(cls_all).all()]).tolist()
-        if not all(finite):
-            bad = [i for i, ok in enumerate(finite[:-1]) if not ok] or "CLS tokens"
-            raise HeroError.field(
-                "pixel_values",
-                pixel_values,
-                f"pixels that encode to finite features (image(s) {bad} gave NaN/inf)",
-                "Check the images for NaN/inf and the model's dtype (fp16 can overflow; try bf16 or fp32).",
-            )
+        check_finite(packed, cls_all, pixel_values)
         sources = self._source_maps(tiles_per_image, image_sizes)
         images: list[EncodedImage] = []
         start = 0
@@ -210,8 +234,9 @@ class LlavaNextAdapter:
                     tiles=tiles,
                     features=packed[i],
                     source=source,
-                    views=self._unnormalise(views[i]),
+                    views=unnormalise(views[i], self._mean_std),
                     image_size=sizes[i],
+                    view_boxes=self._view_boxes(sizes[i], tile_grid),
                 )
             )
             start += count
@@ -229,11 +254,21 @@ class LlavaNextAdapter:
         maps, _ = self.base.pack_image_features(index, image_sizes, "default", image_newline=newline)
         return [m[:, 0].round().long() for m in maps]
 
-    def _unnormalise(self, tiles: Tensor) -> Tensor:
-        """(V, 3, h, w) normalised pixels -> RGB in [0, 1], float32."""
-        mean = torch.tensor(self.image_mean, device=tiles.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=tiles.device).view(1, 3, 1, 1)
-        return (tiles.float() * std + mean).clamp_(0.0, 1.0)
+    def _view_boxes(self, size: tuple[int, int], tile_grid: tuple[int, int] | None) -> tuple[Box, ...]:
+        """Thumbnail = the whole image; tile (r, c) = its crop of the pinpoint canvas, onto which the processor
+        resized the image with its aspect kept and centred it (padding outside [0, 1])."""
+        boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)]
+        if tile_grid is None:
+            return tuple(boxes)
+        height, width = size
+        rows, cols = tile_grid
+        fit = min(cols / width, rows / height)  # canvas tile units per image pixel
+        pad_x, pad_y = (cols - width * fit) / 2, (rows - height * fit) / 2
+        for r in range(rows):
+            for c in range(cols):
+                x0, y0 = (c - pad_x) / (width * fit), (r - pad_y) / (height * fit)
+                boxes.append((x0, y0, x0 + 1 / (width * fit), y0 + 1 / (height * fit)))
+        return tuple(boxes)
 
     # --------------------------------------------------------------------------------------------- assemble
     def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
@@ -309,18 +344,9 @@ def _check_image_sizes(image_sizes: object) -> list[tuple[int, int]]:
 
 def _split_tiles(pixel_values: object, tiles_per_image: list[int], view: tuple[int, int, int]) -> list[Tensor]:
     """Per image, its (T_i, 3, h, w) tiles (thumbnail first); ``view`` is the encoder's (3, h, w)."""
-    if (
-        not isinstance(pixel_values, Tensor)
-        or not pixel_values.dtype.is_floating_point
-        or pixel_values.dim() not in (4, 5)
-        or tuple(pixel_values.shape[-3:]) != view
-    ):
-        raise HeroError.field(
-            "pixel_values",
-            pixel_values,
-            f"a float tensor (I, T, {view[0]}, {view[1]}, {view[2]}) of views the vision tower takes",
-            "Pass the processor's pixel_values (its crop size must match vision_config.image_size).",
-        )
+    pixel_values = check_pixels(
+        pixel_values, view, "Pass the processor's pixel_values (its crop size must match vision_config.image_size)."
+    )
     if not tiles_per_image:
         raise HeroError.field("image_sizes", [], "at least one image")
     if pixel_values.dim() == 5:

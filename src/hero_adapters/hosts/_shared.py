@@ -1,0 +1,88 @@
+"""Helpers every host file uses: token ids, pixel normalisation, casting, finiteness and container checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hero_core import HeroError
+
+from ..pixels import check_channels
+
+__all__ = ["check_finite", "check_pixels", "meet_tower", "normalisation", "pad_token_id", "unnormalise"]
+
+
+def pad_token_id(model: Any) -> int:
+    """The id written into new padding: generation config, then text config, then the config; pad, then eos, then 0."""
+    config = model.config
+    for source in (getattr(model, "generation_config", None), getattr(config, "text_config", None), config):
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, name, None)
+            if isinstance(value, (list, tuple)):
+                value = value[0] if value else None
+            if isinstance(value, int):
+                return value
+    return 0
+
+
+def normalisation(
+    processor: Any,
+    image_mean: Sequence[float] | None,
+    image_std: Sequence[float] | None,
+    default: tuple[tuple[float, float, float], tuple[float, float, float]],
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) the processor normalised with: explicit values, else the processor's, else ``default``."""
+    image_processor = getattr(processor, "image_processor", processor)
+    mean = image_mean if image_mean is not None else getattr(image_processor, "image_mean", None)
+    std = image_std if image_std is not None else getattr(image_processor, "image_std", None)
+    return (
+        check_channels("image_mean", mean if mean is not None else default[0], positive=False),
+        check_channels("image_std", std if std is not None else default[1], positive=True),
+    )
+
+
+def unnormalise(views: Tensor, mean_std: tuple[Sequence[float], Sequence[float]]) -> Tensor:
+    """(V, 3, h, w) normalised pixels -> RGB in [0, 1], float32, given the processor's (mean, std)."""
+    m = torch.tensor(tuple(mean_std[0]), device=views.device).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(mean_std[1]), device=views.device).view(1, 3, 1, 1)
+    return (views.float() * s + m).clamp_(0.0, 1.0)
+
+
+def meet_tower(pixel_values: Tensor, tower: nn.Module) -> Tensor:
+    """The processor returns float32 CPU pixels; move them to the tower's device and dtype (what a user of a
+    bf16 / CUDA model forgets most often) instead of failing inside the first convolution."""
+    weight = next(tower.parameters())
+    return pixel_values.to(device=weight.device, dtype=weight.dtype)
+
+
+def check_finite(features: Sequence[Tensor], cls_tokens: Tensor, pixel_values: Tensor) -> None:
+    """HeroError naming the images whose features (or the CLS tokens) hold NaN/inf; one host sync."""
+    finite = torch.stack([torch.isfinite(f).all() for f in features] + [torch.isfinite(cls_tokens).all()]).tolist()
+    if not all(finite):
+        bad = [i for i, ok in enumerate(finite[:-1]) if not ok] or "CLS tokens"
+        raise HeroError.field(
+            "pixel_values",
+            pixel_values,
+            f"pixels that encode to finite features (image(s) {bad} gave NaN/inf)",
+            "Check the images for NaN/inf and the model's dtype (fp16 can overflow; try bf16 or fp32).",
+        )
+
+
+def check_pixels(pixel_values: object, view: tuple[int, int, int], fix: str) -> Tensor:
+    """``pixel_values`` as a float tensor whose last three dims are the encoder's (3, h, w) view."""
+    if (
+        not isinstance(pixel_values, Tensor)
+        or not pixel_values.dtype.is_floating_point
+        or pixel_values.dim() not in (4, 5)
+        or tuple(pixel_values.shape[-3:]) != view
+    ):
+        raise HeroError.field(
+            "pixel_values",
+            pixel_values,
+            f"a float tensor (..., {view[0]}, {view[1]}, {view[2]}) of views the vision tower takes",
+            fix,
+        )
+    return pixel_values

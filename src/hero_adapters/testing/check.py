@@ -1,0 +1,251 @@
+"""``check_adapter``: what someone writing an adapter for a new HR-LVLM runs on a tiny build of their model.
+
+Every check compares against the host itself (its own ``generate`` is the oracle) and compares **logits**,
+not only tokens: on a tiny random model the tokens rarely move when the features do.
+
+1. keep ratio 1 is the host: sequences equal and logits within ``atol``, greedy and with beams;
+2. below 1, kept counts are exact: each plan keeps exactly its budgets, only valid tokens, and the
+   assembled sequence holds exactly the report's counts;
+3. the LLM receives exactly the report's token count (placeholders of the host's first forward call);
+4. a batch equals its prompts run one by one, greedy and with beams (new tokens equal, logits close);
+5. hooks are gone (and no attribute added) after a normal call, a call whose scorer raises, and a call
+   whose vision tower raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..vlm import HeroVLM
+
+__all__ = ["AdapterCheckError", "AdapterCheckReport", "check_adapter", "hook_snapshot"]
+
+Prompt = tuple[str, Sequence[Any]]
+
+
+class AdapterCheckError(AssertionError):
+    """An adapter failed ``check_adapter``; the message lists every failed check with its measurements."""
+
+
+@dataclass
+class AdapterCheckReport:
+    """What ``check_adapter`` measured: per check, passed or not and a detail line (max logit differences ...)."""
+
+    results: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+    def add(self, name: str, passed: bool, detail: str) -> None:
+        self.results[name] = (passed, detail)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {name: detail for name, (ok, detail) in self.results.items() if not ok}
+
+    def __str__(self) -> str:
+        return "\n".join(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}" for name, (ok, detail) in self.results.items())
+
+
+def hook_snapshot(model: nn.Module) -> dict[str, tuple[int, int, tuple[str, ...]]]:
+    """Per module: forward pre-hooks, forward hooks, and its attribute names (to see anything added or left)."""
+    return {
+        name: (len(module._forward_pre_hooks), len(module._forward_hooks), tuple(sorted(vars(module))))
+        for name, module in model.named_modules()
+    }
+
+
+def check_adapter(
+    model: nn.Module,
+    make_inputs: Callable[[Sequence[str], Sequence[Any]], Mapping[str, Any]],
+    prompts: Sequence[Prompt],
+    pruner: Callable[[float], Any],
+    *,
+    adapter: Any = None,
+    keep_ratio: float = 0.5,
+    max_new_tokens: int = 4,
+    atol: float = 1e-5,
+    batch_atol: float = 1e-4,
+    vlm_options: Mapping[str, Any] | None = None,
+    raise_on_failure: bool = True,
+) -> AdapterCheckReport:
+    """Run the adapter checks on ``model`` (normally a tiny in-process build of the host).
+
+    Example:
+        >>> host = build_internvl(tile_pixels=56, vision_layers=4)                           # doctest: +SKIP
+        >>> make = lambda texts, images: host.processor(images=list(images) or None, text=list(texts),
+        ...                                             return_tensors="pt", padding=True)    # doctest: +SKIP
+        >>> check_adapter(host.model, make, [("user: <IMG_CONTEXT> describe", [img])],
+        ...               lambda r: presets.hero(r, low_layers=(1,), high_layers=(3,)))      # doctest: +SKIP
+
+    Args:
+        model: the host model (with ``generate``).
+        make_inputs: ``(texts, images) -> processor outputs`` (left padding, ``return_tensors="pt"``).
+        prompts: at least two ``(text, images)`` pairs; they are batched together and also run one by one.
+        pruner: ``keep_ratio -> Pruner`` whose layers the tower has (e.g. ``presets.hero(r, low_layers=...)``).
+        adapter: an adapter instance (for a model without a registered ``model_type``), or None.
+        keep_ratio: the ratio below 1 that the count and batch checks use.
+        max_new_tokens: tokens generated per check.
+        atol: allowed logit difference at keep ratio 1 (the same computation: normally 0).
+        batch_atol: allowed logit difference between a batch row and its prompt alone (padding changes the
+            floating-point order of sums).
+        vlm_options: more ``HeroVLM`` keywords (``processor=...``, ``layout=...``).
+        raise_on_failure: raise ``AdapterCheckError`` listing the failures (default), or only return the report.
+
+    Returns:
+        The report of every check.
+    """
+    options = dict(vlm_options or {})
+    if adapter is not None:
+        options["adapter"] = adapter
+    texts = [text for text, _ in prompts]
+    images = [image for _, group in prompts for image in group]
+    batch = dict(make_inputs(texts, images))
+    report = AdapterCheckReport()
+    greedy: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+    beams: dict[str, Any] = {**greedy, "num_beams": 2, "num_return_sequences": 2}
+    with torch.no_grad():  # warm-up: hosts install their own output-capturing hooks lazily, on a first call
+        model.generate(**batch, max_new_tokens=1, do_sample=False)  # type: ignore[operator]
+    before = hook_snapshot(model)
+
+    full = HeroVLM(model, pruner(1.0), **options)
+    for name, settings in (("greedy", greedy), ("beams", beams)):
+        with torch.no_grad():
+            host = model.generate(**batch, **settings, output_logits=True, return_dict_in_generate=True)  # type: ignore[operator]
+        hero = full.generate(**batch, **settings, output_logits=True, return_dict_in_generate=True)
+        same = torch.equal(host.sequences, hero.sequences)
+        diff = _logit_diff(host.logits, hero.logits)
+        report.add(
+            f"keep ratio 1 = host ({name})",
+            same and diff <= atol,
+            f"sequences {'equal' if same else 'DIFFER'}, max |logit diff| {diff:.2e} (atol {atol:g})",
+        )
+
+    pruned = HeroVLM(model, pruner(keep_ratio), **options)
+    plan = pruned.plan(**batch)
+    problems = []
+    for image in plan.images:
+        kept = int(image.plan.keep.sum())
+        budget = int(image.plan.budgets.sum())
+        outside = bool((image.plan.keep & ~image.encoded.valid_mask).any())
+        per_view = image.plan.keep.sum(-1).tolist() != image.plan.budgets.tolist()
+        if kept != budget or kept != image.kept_patch_tokens or outside or per_view:
+            problems.append(f"image {image.index}: kept {kept}, budgets {budget}, sent {image.kept_patch_tokens}")
+        if image.tokens_out != image.kept_patch_tokens + image.newline_tokens:
+            problems.append(f"image {image.index}: tokens_out {image.tokens_out} != patches + newlines")
+    report.add(
+        f"exact kept counts at keep ratio {keep_ratio:g}",
+        not problems and plan.tokens_out < plan.tokens_in,
+        "; ".join(problems) or f"{plan.tokens_out} of {plan.tokens_in} image tokens, every view at its budget",
+    )
+
+    image_token = int(pruned.adapter.image_token_id)
+    with _first_call_ids(model) as seen:
+        pruned.generate(**batch, **greedy)
+    last = pruned.last_report
+    expected = [0] * len(texts)
+    for image in last.images if last is not None else []:
+        if image.prompt is not None:
+            expected[image.prompt] += image.tokens_out
+    received = (seen[0] == image_token).sum(-1).tolist() if seen else None
+    report.add(
+        "the LLM receives the report's token count",
+        received == expected,
+        f"placeholders per prompt at the host's prefill {received}, report {expected}",
+    )
+
+    for name, settings in (("greedy", greedy), ("beams", beams)):
+        per_prompt = int(settings.get("num_return_sequences", 1))
+        beam_rows = int(settings.get("num_beams", 1))
+        together = pruned.generate(**batch, **settings, output_logits=True, return_dict_in_generate=True)
+        width = int(batch["input_ids"].shape[1])
+        worst, differ = 0.0, []
+        for row, (text, group) in enumerate(prompts):
+            alone_inputs = dict(make_inputs([text], list(group)))
+            alone = pruned.generate(**alone_inputs, **settings, output_logits=True, return_dict_in_generate=True)
+            start = int(alone_inputs["input_ids"].shape[1])
+            new_alone = alone.sequences[:, start:]  # (n, new)
+            rows = slice(row * per_prompt, (row + 1) * per_prompt)
+            new_batch = together.sequences[rows, width : width + new_alone.shape[1]]
+            if not torch.equal(new_alone, new_batch):
+                differ.append(row)
+            steps = min(len(alone.logits), len(together.logits))
+            for step in range(steps):  # logits rows: one per beam, prompts in order
+                mine = together.logits[step][row * beam_rows : (row + 1) * beam_rows].float()
+                delta = (alone.logits[step].float() - mine).abs().max()
+                worst = max(worst, float(delta))
+        report.add(
+            f"batch = prompts one by one at keep ratio {keep_ratio:g} ({name})",
+            not differ and worst <= batch_atol,
+            f"new tokens differ in rows {differ}, max |logit diff| {worst:.2e} (atol {batch_atol:g})",
+        )
+
+    after_normal = hook_snapshot(model)
+
+    def failing_scorer(views: Tensor, text: str, /) -> Tensor:
+        raise RuntimeError("hero check_adapter: a scorer that fails on purpose")
+
+    scoring = HeroVLM(model, pruner(keep_ratio), failing_scorer, **options)
+    reads_relevance = bool(getattr(scoring.pruner, "uses_relevance", False))
+    raised_scorer = _raises(lambda: scoring.generate(**batch, query="what is in the picture", **greedy))
+    after_scorer = hook_snapshot(model)
+    tower = pruned.adapter.vision_tower
+    raised_tower = False
+    if tower is not None:
+        handle = tower.register_forward_pre_hook(_fail)
+        try:
+            raised_tower = _raises(lambda: pruned.generate(**batch, **greedy))
+        finally:
+            handle.remove()
+    after_tower = hook_snapshot(model)
+    clean = after_normal == before and after_scorer == before and after_tower == before
+    report.add(
+        "hooks gone after normal and failing calls",
+        clean and (raised_scorer or not reads_relevance) and raised_tower,
+        f"normal {'clean' if after_normal == before else 'LEFT HOOKS'}, failing scorer "
+        f"{'raised, clean' if raised_scorer and after_scorer == before else 'NOT CLEAN or not run'}, failing tower "
+        f"{'raised, clean' if raised_tower and after_tower == before else 'NOT CLEAN'}",
+    )
+    if raise_on_failure and report.failures:
+        raise AdapterCheckError(f"adapter {type(pruned.adapter).__name__} failed check_adapter:\n{report}")
+    return report
+
+
+def _logit_diff(first: Sequence[Tensor] | None, second: Sequence[Tensor] | None) -> float:
+    if first is None or second is None or len(first) != len(second):
+        return float("inf")
+    if not first:
+        return 0.0
+    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(first, second, strict=True))
+
+
+@contextmanager
+def _first_call_ids(model: nn.Module) -> Iterator[list[Tensor]]:
+    """The ``input_ids`` of the model's first forward call inside the block (the host's prefill)."""
+    seen: list[Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not seen and isinstance(ids, Tensor):
+            seen.append(ids.detach().cpu())
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _fail(module: nn.Module, args: tuple[Any, ...]) -> None:
+    raise RuntimeError("hero check_adapter: a vision tower that fails on purpose")
+
+
+def _raises(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+    except RuntimeError:
+        return True
+    return False

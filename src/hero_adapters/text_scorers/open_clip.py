@@ -1,0 +1,170 @@
+"""The open_clip backend: :class:`OpenClipTextScorer`.
+
+open_clip is imported by :meth:`OpenClipTextScorer.create` (``require("open_clip")``, an absolute import
+of the real package, which this module's name does not shadow), not with this module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from hero_core import HeroError
+
+from ..extras import require
+from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ._core import ClipScorer, check_tokenizer, param_dtype_device, to_hw
+
+__all__ = ["OpenClipTextScorer"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class OpenClipTextScorer(ClipScorer[Tensor]):
+    """HERO's text relevance with an open_clip model: cosine(view embedding, text embedding).
+
+    Implements ``hero_core.TextScorer``. The model is used as given (device, dtype, eval mode).
+    Preprocessing follows the model's ``visual.preprocess_cfg`` (size, mean, std, resize mode) unless
+    the fields below override it.
+
+    Attributes:
+        model: an open_clip model (``encode_image``, ``encode_text``, ``visual``), e.g. ``open_clip.CLIP``.
+        tokenizer: its open_clip tokenizer (``open_clip.get_tokenizer(model_name)``): a callable
+            ``list[str] -> (B, context_length) int64`` that truncates by itself.
+        mean: per-channel mean; None reads ``preprocess_cfg["mean"]`` (OpenAI CLIP's if absent).
+        std: per-channel std; None reads ``preprocess_cfg["std"]`` (OpenAI CLIP's if absent).
+        resize_mode: None reads ``preprocess_cfg["resize_mode"]`` (``"shortest"`` if absent); see
+            :meth:`preprocess`.
+
+    Raises:
+        HeroError: on construction, if the model lacks the open_clip interface, or the fields are bad.
+    """
+
+    model: nn.Module
+    tokenizer: Callable[..., Tensor]
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    resize_mode: str | None = None
+    _size: tuple[int, int] = field(init=False, repr=False, default=(0, 0))
+    _fill: float = field(init=False, repr=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        model = self.model
+        visual = getattr(model, "visual", None)
+        if (
+            not isinstance(model, nn.Module)
+            or not callable(getattr(model, "encode_image", None))
+            or not callable(getattr(model, "encode_text", None))
+            or not isinstance(visual, nn.Module)
+        ):
+            raise HeroError.field(
+                "model",
+                type(model).__name__,
+                "an open_clip model with encode_image, encode_text and a .visual tower",
+                "Build it with `OpenClipTextScorer.create(model_name)` or `open_clip.create_model(...)`.",
+            )
+        check_tokenizer(
+            self.tokenizer,
+            "open_clip",
+            "Use open_clip.get_tokenizer.",
+            "Use the model's own tokenizer: `open_clip.get_tokenizer(model_name)`.",
+        )
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        size = cfg.get("size", getattr(visual, "image_size", None))
+        if size is None:
+            raise HeroError.field(
+                "model.visual",
+                type(visual).__name__,
+                "a vision tower with an image_size or preprocess_cfg['size']",
+                "Set it with open_clip.set_model_preprocess_cfg(model, cfg).",
+            )
+        object.__setattr__(self, "_size", to_hw("model.visual.image_size", size))
+        mean = self.mean if self.mean is not None else cfg.get("mean", getattr(visual, "image_mean", None))
+        std = self.std if self.std is not None else cfg.get("std", getattr(visual, "image_std", None))
+        resize_mode = self.resize_mode if self.resize_mode is not None else cfg.get("resize_mode", "shortest")
+        self._set_preprocessing(mean or OPENAI_CLIP_MEAN, std or OPENAI_CLIP_STD, resize_mode)
+        fill = cfg.get("fill_color", 0)
+        object.__setattr__(self, "_fill", float(fill) / 255.0 if isinstance(fill, (int, float)) else 0.0)
+
+    @classmethod
+    def create(
+        cls,
+        model_name: str = "ViT-L-14-336",
+        pretrained: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> OpenClipTextScorer:
+        """Build an open_clip model and its tokenizer by name.
+
+        Args:
+            model_name: an open_clip architecture (``open_clip.list_models()``), or a ``local-dir:``/``hf-hub:`` name.
+            pretrained: None for random weights (enough for speed benchmarks, meaningless scores), a local
+                checkpoint file, or a pretrained tag (e.g. ``"openai"``; downloads unless cached).
+            device: where to build the model (default CPU).
+            dtype: the model's dtype (default float32).
+
+        Returns:
+            The scorer, with the model in eval mode.
+
+        Raises:
+            HeroError: if open_clip is missing, the name is unknown, or the weights cannot be loaded.
+        """
+        open_clip = require("open_clip")
+        has_schema = model_name.startswith(("hf-hub:", "local-dir:"))
+        if not has_schema and model_name not in open_clip.list_models():
+            known = difflib.get_close_matches(model_name, open_clip.list_models(), n=8, cutoff=0.6)
+            raise HeroError.field(
+                "model_name",
+                model_name,
+                "an open_clip architecture name",
+                f"Similar names: {known}. See open_clip.list_models()." if known else "See open_clip.list_models().",
+            )
+        source = None if pretrained is None else os.fspath(pretrained)
+        try:
+            model = open_clip.create_model(model_name, pretrained=source, device=device or "cpu")
+        except RuntimeError as exc:
+            if source is None:
+                raise
+            raise HeroError.field(
+                "pretrained",
+                source,
+                "None (random weights), a local checkpoint file, or a tag whose weights are cached",
+                f"open_clip could not load it: {exc}",
+            ) from exc
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model=model.eval(), tokenizer=tokenizer)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The model's input resolution (height, width)."""
+        return self._size
+
+    def _tokens(self, text: str) -> Tensor:
+        tokens = self.tokenizer([text])
+        context = getattr(self.model, "context_length", None)
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.shape[0] != 1:
+            raise HeroError.field(
+                "tokenizer", type(self.tokenizer).__name__, "a tokenizer returning a (1, context_length) tensor"
+            )
+        if isinstance(context, int) and tokens.shape[1] != context:
+            raise HeroError.field(
+                "tokenizer",
+                type(self.tokenizer).__name__,
+                f"tokens padded to the model's context_length={context} (got {tokens.shape[1]})",
+                "Use open_clip.get_tokenizer(<the model's name>).",
+            )
+        _, device = param_dtype_device(self.model)
+        return tokens.to(device)
+
+    def _embed_image(self, pixels: Tensor) -> Tensor:
+        return cast(Tensor, self._host.encode_image(pixels))  # (V, E)
+
+    def _embed_text(self, tokens: Tensor) -> Tensor:
+        return cast(Tensor, self._host.encode_text(tokens))  # (1, E)

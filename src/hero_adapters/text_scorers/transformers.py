@@ -1,0 +1,285 @@
+"""The transformers backend: :class:`HFClipTextScorer` and the offline OpenAI CLIP tokenizer.
+
+transformers is imported when a scorer is loaded or a tokenizer built (``require``), not with this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hero_core import HeroError
+
+from ..extras import require
+from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
+from ._clip_bpe import clip_vocab_and_merges
+from ._core import ClipScorer, check_tokenizer, implausible_vocab_size, param_dtype_device, to_hw
+
+__all__ = ["HFClipTextScorer", "clip_tokenizer_from_open_clip"]
+
+_TOKENIZER_FIX = (
+    "Load the tokenizer from a local checkpoint directory that contains vocab.json and merges.txt (or "
+    "tokenizer.json), e.g. `CLIPTokenizer.from_pretrained('/path/to/clip-vit-large-patch14-336')`, or build the "
+    "OpenAI CLIP tokenizer offline with `hero_adapters.text_scorers.clip_tokenizer_from_open_clip()`. "
+    "(Offline, `CLIPTokenizer.from_pretrained('<hub id>')` silently returns a 2-token tokenizer.)"
+)
+
+
+def clip_tokenizer_from_open_clip(bpe_path: str | os.PathLike[str] | None = None, *, model_max_length: int = 77) -> Any:
+    """The OpenAI CLIP tokenizer as a transformers ``CLIPTokenizer``, built in memory (no download).
+
+    The vocabulary (49408 tokens) and the 48894 merge rules come from ``bpe_simple_vocab_16e6.txt.gz``,
+    which ships inside the open_clip_torch wheel (found without importing open_clip). The ids equal
+    those of ``open_clip.get_tokenizer("ViT-L-14-336")`` and of the hub's ``openai/clip-vit-*``
+    tokenizers for ordinary text, punctuation and unicode. open_clip cleans the text (``ftfy.fix_text``,
+    HTML unescaping) before its BPE; the transformers CLIP tokenizer (from the hub or from here) does not,
+    so the ids differ where that cleaning changes the text (HTML entities, curly quotes, ligatures,
+    full-width characters, mojibake).
+
+    Args:
+        bpe_path: the merges file; None uses the one inside the installed open_clip package.
+        model_max_length: the tokenizer's default maximum length (77, CLIP's context).
+
+    Returns:
+        A ``transformers.CLIPTokenizer`` with ``len(tokenizer) == 49408``.
+
+    Raises:
+        HeroError: if transformers is missing, or the BPE file cannot be found or read.
+    """
+    transformers = require("transformers")
+    vocab, merges = clip_vocab_and_merges(None if bpe_path is None else os.fspath(bpe_path))
+    return transformers.CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
+    """HERO's text relevance with a transformers ``CLIPModel``: cosine(view embedding, text embedding).
+
+    Implements ``hero_core.TextScorer``. The model is used as given (device, dtype, eval mode): views
+    are moved and cast to the model's parameters; the result comes back as float32 on the views'
+    device.
+
+    Attributes:
+        model: a ``transformers.CLIPModel`` (anything with ``get_image_features``, ``get_text_features``
+            and a ``config`` with ``vision_config.image_size`` and ``text_config.max_position_embeddings``).
+        tokenizer: its tokenizer (``CLIPTokenizer``/``CLIPTokenizerFast`` or any transformers tokenizer).
+        mean: per-channel mean of the normalisation (OpenAI CLIP's by default).
+        std: per-channel standard deviation of the normalisation (OpenAI CLIP's by default).
+        resize_mode: ``"shortest"`` (CLIP: shortest side then center crop), ``"squash"`` or ``"longest"``;
+            see :meth:`preprocess`.
+
+    Raises:
+        HeroError: on construction, if the model lacks the CLIP interface, the tokenizer's vocabulary is
+            implausibly small (< 1000 tokens: the offline hub-id trap), or mean/std/resize_mode are bad.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resize_mode: str = "shortest"
+
+    def __post_init__(self) -> None:
+        model = self.model
+        config = getattr(model, "config", None)
+        image_size = getattr(getattr(config, "vision_config", None), "image_size", None)
+        max_positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
+        if (
+            not isinstance(model, nn.Module)
+            or not callable(getattr(model, "get_image_features", None))
+            or not callable(getattr(model, "get_text_features", None))
+            or image_size is None
+            or not isinstance(max_positions, int)
+        ):
+            raise HeroError.field(
+                "model",
+                type(model).__name__,
+                "a transformers CLIPModel (get_image_features, get_text_features, config.vision_config.image_size, "
+                "config.text_config.max_position_embeddings)",
+                "Pass the dual-encoder `CLIPModel`, not `CLIPVisionModel`/`CLIPTextModel`, or use "
+                "`HFClipTextScorer.from_pretrained(path)`.",
+            )
+        to_hw("model.config.vision_config.image_size", image_size)
+        check_tokenizer(self.tokenizer, "transformers", "", _TOKENIZER_FIX)
+        self._set_preprocessing(self.mean, self.std, self.resize_mode)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        tokenizer: Any = None,
+    ) -> HFClipTextScorer:
+        """Load ``CLIPModel`` and its tokenizer from a checkpoint (a local directory, or a hub id in the cache).
+
+        A local directory is read with ``local_files_only=True`` (nothing is downloaded); a hub id
+        follows ``HF_HUB_OFFLINE``. If the directory has a ``preprocessor_config.json``, its
+        ``image_mean``/``image_std`` are used for the normalisation.
+
+        Args:
+            path_or_id: checkpoint directory (``config.json``, weights, tokenizer files) or hub id.
+            device: where to put the model (default: where transformers loads it, the CPU).
+            dtype: the model's dtype (default: the checkpoint's / float32).
+            tokenizer: a tokenizer to use instead of loading one, e.g. ``clip_tokenizer_from_open_clip()``
+                for a directory without tokenizer files.
+
+        Returns:
+            The scorer, with the model in eval mode.
+
+        Raises:
+            HeroError: if transformers is missing, the checkpoint cannot be loaded, or the loaded
+                tokenizer is degenerate (no vocabulary files found).
+        """
+        transformers = require("transformers")
+        local = Path(path_or_id).is_dir()
+        source = os.fspath(path_or_id)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        fix = (
+            "Pass a local checkpoint directory (config.json + model weights)."
+            if local or offline
+            else "Check the id, or download the checkpoint and pass its directory."
+        )
+        expected = "a CLIPModel checkpoint (directory or cached hub id)"
+        try:
+            config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as exc:
+            raise HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
+        if getattr(config, "model_type", None) != "clip":
+            raise HeroError.field(
+                "path_or_id model_type",
+                getattr(config, "model_type", None),
+                "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
+                f"{source} is not one; a VLM's own vision tower has no text tower, pass a separate CLIP checkpoint.",
+            )
+        try:
+            dtype_kwargs = {} if dtype is None else {"dtype": dtype}
+            model, info = transformers.CLIPModel.from_pretrained(
+                source, config=config, local_files_only=local, output_loading_info=True, **dtype_kwargs
+            )
+        except (OSError, ValueError) as exc:
+            raise HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
+        missing = list(info.get("missing_keys", []))
+        if missing:
+            raise HeroError.field(
+                "path_or_id",
+                source,
+                "a checkpoint holding every CLIPModel weight",
+                f"{len(missing)} weights are missing (e.g. {missing[:3]}); a partial checkpoint would score with "
+                "random weights.",
+            )
+        loaded = tokenizer is None
+        if loaded:
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
+            except (OSError, ValueError, TypeError) as exc:
+                raise HeroError.field(
+                    "path_or_id", source, "a checkpoint with tokenizer files", f"{_TOKENIZER_FIX} ({exc})"
+                ) from exc
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        preprocessor = Path(source) / "preprocessor_config.json"
+        if local and preprocessor.is_file():
+            mean, std = _mean_std_from_preprocessor(preprocessor, mean, std)
+        try:  # the checks run once, in __post_init__, before the model is moved to `device`
+            scorer = cls(model=model.eval(), tokenizer=tokenizer, mean=mean, std=std)
+        except HeroError as exc:
+            size = implausible_vocab_size(tokenizer) if loaded else None
+            if size is None:
+                raise
+            raise HeroError.field(
+                "path_or_id",
+                source,
+                "a checkpoint with tokenizer files (vocab.json + merges.txt, or tokenizer.json)",
+                f"Its tokenizer loaded with only {size} tokens, so the files are missing. Copy them into the "
+                "directory, or pass `tokenizer=clip_tokenizer_from_open_clip()` (the OpenAI CLIP tokenizer, "
+                "built offline).",
+            ) from exc
+        if device is not None:
+            scorer.model.to(device)  # in place: nn.Module.to moves the parameters and returns the module
+        return scorer
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The model's input resolution (height, width)."""
+        return to_hw("image_size", self._host.config.vision_config.image_size)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """How many tokens of the query reach the text encoder, start and end tokens included (77 for CLIP)."""
+        limit = int(self._host.config.text_config.max_position_embeddings)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 2 <= tokenizer_limit < limit:
+            limit = tokenizer_limit
+        return limit
+
+    def _tokens(self, text: str) -> dict[str, Tensor]:
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_text_tokens, return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        text_config = self._host.config.text_config
+        vocab_size = int(text_config.vocab_size)
+        if input_ids.numel() == 0 or int(input_ids.max()) >= vocab_size or int(input_ids.min()) < 0:
+            raise HeroError.field(
+                "tokenizer",
+                type(self.tokenizer).__name__,
+                f"ids in [0, {vocab_size}) (the model's text vocabulary), at least one token",
+                "The tokenizer does not belong to this model: load both from the same checkpoint.",
+            )
+        eos = getattr(text_config, "eos_token_id", None)
+        # CLIP pools the text at the first end-of-text token (legacy configs with eos_token_id == 2 use argmax).
+        if isinstance(eos, int) and eos != 2 and not bool((input_ids == eos).any()):
+            raise HeroError.field(
+                "tokenizer",
+                type(self.tokenizer).__name__,
+                f"a tokenizer that appends the model's end-of-text token (id {eos})",
+                "CLIP reads the text embedding at that token. " + _TOKENIZER_FIX,
+            )
+        _, device = param_dtype_device(self.model)
+        out = {"input_ids": input_ids.to(device)}
+        mask = encoded.get("attention_mask")
+        if mask is not None:
+            out["attention_mask"] = mask.to(device)
+        return out
+
+    def _embed_image(self, pixels: Tensor) -> Tensor:
+        return _embedding(self._host.get_image_features(pixel_values=pixels))  # (V, E)
+
+    def _embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
+        return _embedding(self._host.get_text_features(**tokens))  # (1, E)
+
+
+def _mean_std_from_preprocessor(
+    path: Path, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HeroError.field("preprocessor_config.json", str(path), "a readable JSON file", str(exc)) from exc
+    if not isinstance(cfg, dict):
+        return mean, std
+    image_mean, image_std = cfg.get("image_mean"), cfg.get("image_std")
+    return (
+        check_channels("image_mean", image_mean, positive=False) if image_mean is not None else mean,
+        check_channels("image_std", image_std, positive=True) if image_std is not None else std,
+    )
+
+
+def _embedding(output: Any) -> Tensor:
+    """The projected embedding from ``get_*_features``: a tensor (transformers 4.x) or ``.pooler_output`` (5.x)."""
+    if isinstance(output, Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, Tensor):
+        return pooled
+    raise HeroError.field(
+        "model output",
+        type(output).__name__,
+        "a tensor or an output with a tensor .pooler_output (the projected CLIP embedding)",
+        "Pass a transformers CLIPModel.",
+    )

@@ -1,0 +1,154 @@
+"""The shared host matrix: one row per host family, each a tiny real host built in-process.
+
+Adding a host = its file under ``hero_adapters/hosts/``, its builder in ``hero_adapters.testing`` and one
+row here; every test that takes the ``host`` fixture then runs on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hero_adapters.testing import BuiltHost, build_internvl, build_llava_next
+from hero_core import presets
+
+from .conftest import WORDS
+
+
+@dataclass
+class HostRow:
+    """A tiny host, the prompt markup its processor expects, and selector layers its tower has."""
+
+    name: str
+    build: Callable[[], BuiltHost]
+    image_tag: str
+    low: tuple[int, ...]
+    high: tuple[int, ...]
+    tokens_per_view: int
+    _built: list[BuiltHost] = field(default_factory=list, repr=False)
+
+    @property
+    def host(self) -> BuiltHost:
+        if not self._built:
+            self._built.append(self.build())
+        return self._built[0]
+
+    @property
+    def model(self) -> Any:
+        return self.host.model
+
+    @property
+    def processor(self) -> Any:
+        return self.host.processor
+
+    def image(self, height: int, width: int, seed: int = 0) -> Image.Image:
+        rng = np.random.default_rng(seed + 7919 * height + width)
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    def text(self, template: str) -> str:
+        """``template`` with ``{}`` for each image, in this host's image markup."""
+        return template.replace("{}", self.image_tag)
+
+    def inputs(self, texts: Sequence[str], images: Sequence[Image.Image], **options: Any) -> dict[str, Any]:
+        return dict(
+            self.processor(images=list(images) or None, text=list(texts), return_tensors="pt", padding=True, **options)
+        )
+
+    def pruner(self, keep_ratio: float, preset: str = "hero", **overrides: Any) -> Any:
+        overrides.setdefault("low_layers", self.low)
+        overrides.setdefault("high_layers", self.high)
+        return presets.get(preset, keep_ratio, **overrides)
+
+    def prompts(self) -> list[tuple[str, list[Image.Image]]]:
+        """Three prompts: one image (tiled), two images, and none; four image shapes in all."""
+        return [
+            (self.text("USER: {} describe the image ASSISTANT:"), [self.image(40, 100)]),
+            (self.text("USER: what is in {} this {} picture ASSISTANT:"), [self.image(90, 60), self.image(100, 30)]),
+            (self.text("USER: a b c ASSISTANT:"), []),
+        ]
+
+    def batch(self) -> dict[str, Any]:
+        prompts = self.prompts()
+        return self.inputs([t for t, _ in prompts], [i for _, group in prompts for i in group])
+
+
+LLAVA_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+INTERNVL_WORDS = (
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+    *WORDS[5:],
+)
+
+
+def _llava_next() -> BuiltHost:
+    return build_llava_next(
+        tile_pixels=56,
+        pinpoints=LLAVA_PINPOINTS,
+        vision_layers=6,
+        vision_width=32,
+        vision_heads=4,
+        vision_mlp=64,
+        text_width=32,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
+        text_mlp=64,
+        words=WORDS,
+        vision_init=5.0,
+        text_init=0.5,
+    )
+
+
+def _internvl() -> BuiltHost:
+    host = build_internvl(
+        tile_pixels=112,
+        patch_size=14,
+        max_patches=6,
+        vision_layers=6,
+        vision_width=32,
+        vision_heads=4,
+        vision_mlp=64,
+        use_qk_norm=True,
+        text_width=32,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
+        text_mlp=64,
+        words=INTERNVL_WORDS,
+        vision_init=1.0,
+        text_init=0.5,
+    )
+    with torch.no_grad():  # qk-norm weights away from 1, so a recipe that skips the norms is visibly wrong
+        generator = torch.Generator().manual_seed(3)
+        for name, parameter in host.model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator) * 2)
+    return host
+
+
+HOSTS: dict[str, HostRow] = {
+    "llava_next": HostRow("llava_next", _llava_next, "<image>", (1, 2), (4,), 16),
+    "internvl": HostRow("internvl", _internvl, "<IMG_CONTEXT>", (1, 2), (4,), 16),
+}
+
+
+@cache
+def host_row(name: str) -> HostRow:
+    row = HOSTS[name]
+    with torch.no_grad():  # warm-up: the host lazily installs its own output-capturing hooks
+        row.model.generate(
+            **row.inputs([row.text("USER: {} describe ASSISTANT:")], [row.image(40, 100)]), max_new_tokens=1
+        )
+    return row

@@ -1,0 +1,250 @@
+"""The shared host matrix: every host through ``check_adapter``, padding and masks, reloads, bad input."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from hero_adapters import HeroVLM, InternVLAdapter
+from hero_adapters.testing import AdapterCheckError, check_adapter, hook_snapshot
+from hero_core import HeroError, presets
+
+from .hosts import HOSTS, HostRow, host_row
+
+
+@pytest.fixture(scope="module", params=sorted(HOSTS))
+def host(request: pytest.FixtureRequest) -> HostRow:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return host_row(request.param)
+
+
+def _vlm(host: HostRow, keep_ratio: float, scorer: Any = None, **options: Any) -> HeroVLM:
+    return HeroVLM(host.model, host.pruner(keep_ratio), scorer, processor=host.processor, **options)
+
+
+def _generate(target: Any, inputs: dict[str, Any], **settings: Any) -> Any:
+    settings = {
+        "max_new_tokens": 4,
+        "do_sample": False,
+        "output_logits": True,
+        "return_dict_in_generate": True,
+        **settings,
+    }
+    with torch.no_grad():
+        return target.generate(**inputs, **settings)
+
+
+def _same(first: Any, second: Any, atol: float = 1e-5) -> None:
+    assert torch.equal(first.sequences, second.sequences)
+    worst = max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))
+    assert worst <= atol, worst
+
+
+def test_check_adapter_passes(host: HostRow) -> None:
+    report = check_adapter(
+        host.model,
+        host.inputs,
+        host.prompts(),
+        host.pruner,
+        vlm_options={"processor": host.processor},
+    )
+    assert not report.failures and len(report.results) == 7
+
+
+def test_check_adapter_catches_a_container_that_mixes_prompts_under_beams() -> None:
+    """A (1, N, D) feature tensor runs on InternVL but hands beams of one prompt another prompt's features."""
+    host = host_row("internvl")
+
+    @dataclass(frozen=True, eq=False)
+    class OneTensorAdapter(InternVLAdapter):
+        def feature_inputs(self, assembled: Any) -> dict[str, Any]:
+            inputs = super().feature_inputs(assembled)
+            image = inputs["mm_encoder_outputs"]["image"]
+            image.pooler_output = image.pooler_output.transpose(0, 1)  # (1, N, D)
+            return inputs
+
+    with pytest.raises(AdapterCheckError, match="beams"):
+        check_adapter(
+            host.model,
+            host.inputs,
+            host.prompts(),
+            host.pruner,
+            adapter=OneTensorAdapter(host.model, processor=host.processor),
+        )
+
+
+# ----------------------------------------------------------------------------------------- padding and masks
+def test_right_padding_is_refused_by_generate_and_kept_by_forward(host: HostRow) -> None:
+    prompts = host.prompts()
+    texts, images = [t for t, _ in prompts], [i for _, g in prompts for i in g]
+    inputs = host.inputs(texts, images, padding_side="right")
+    assert bool((inputs["attention_mask"][:, -1] == 0).any())
+    vlm = _vlm(host, 1.0)
+    before = hook_snapshot(host.model)
+    with pytest.raises(HeroError, match="padding_side = 'left'"):
+        vlm.generate(**inputs, max_new_tokens=2)
+    assert hook_snapshot(host.model) == before
+    with torch.no_grad():
+        expected = host.model(**inputs).logits
+    got = vlm.forward(**inputs).logits
+    assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-5
+
+
+def test_no_attention_mask_is_inferred_as_the_host_infers_it(host: HostRow) -> None:
+    inputs = host.batch()
+    inputs.pop("attention_mask")
+    _same(_generate(host.model, inputs), _generate(_vlm(host, 1.0), inputs))
+    pruned = _generate(_vlm(host, 0.5), inputs)
+    with_mask = _generate(_vlm(host, 0.5), host.batch())
+    _same(pruned, with_mask)
+
+
+def test_padding_in_every_row_keeps_lengths_and_max_length(host: HostRow) -> None:
+    """pad_to_multiple_of leaves padding columns in every row; the host counts them in max_length."""
+    prompts = host.prompts()
+    texts, images = [t for t, _ in prompts], [i for _, g in prompts for i in g]
+    inputs = host.inputs(texts, images, pad_to_multiple_of=64)
+    assert bool((inputs["attention_mask"] == 0).any(dim=1).all())
+    config = copy.deepcopy(host.model.generation_config)
+    config.max_length = inputs["input_ids"].shape[1] + 3
+    config.do_sample = False
+    host_out = _generate(host.model, inputs, generation_config=config, max_new_tokens=None)
+    hero_out = _generate(_vlm(host, 1.0), inputs, generation_config=config, max_new_tokens=None)
+    _same(host_out, hero_out)
+    assert hero_out.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
+    pruned = _generate(_vlm(host, 0.5), inputs, generation_config=config, max_new_tokens=None)
+    assert pruned.sequences.shape[1] == inputs["input_ids"].shape[1] + 3  # 3 new tokens, as the host would give
+
+
+def test_placeholders_under_padding_name_the_padding(host: HostRow) -> None:
+    inputs = host.batch()
+    mask = inputs["attention_mask"].clone()
+    row = 0
+    token = _vlm(host, 1.0).adapter.image_token_id
+    mask[row, : int((inputs["input_ids"][row] == token).nonzero()[0]) + 1] = 0
+    inputs["attention_mask"] = mask
+    with pytest.raises(HeroError, match="under attention_mask 0"):
+        _vlm(host, 0.5).generate(**inputs, max_new_tokens=2)
+
+
+def test_past_key_values_is_refused_with_what_to_do(host: HostRow) -> None:
+    with pytest.raises(HeroError, match="whole conversation"):
+        _vlm(host, 0.5).generate(**host.batch(), past_key_values=object(), max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------------------------- reload
+def test_saved_and_reloaded_checkpoint_prunes_identically(host: HostRow, tmp_path: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    host.model.save_pretrained(tmp_path)
+    host.processor.save_pretrained(tmp_path)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path)
+    assert type(model) is type(host.model) and type(processor) is type(host.processor)
+    prompts = host.prompts()
+    texts, images = [t for t, _ in prompts], [i for _, g in prompts for i in g]
+    inputs = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    reloaded = HeroVLM(model, host.pruner(1.0), processor=processor)
+    _same(_generate(model, inputs), _generate(reloaded, inputs))
+    pruned = HeroVLM(model, host.pruner(0.5), processor=processor)
+    _same(_generate(pruned, inputs), _generate(_vlm(host, 0.5), inputs))
+
+
+# ---------------------------------------------------------------------------------------------- threads
+def test_two_wrappers_in_two_threads_each_get_their_own_result(host: HostRow) -> None:
+    inputs = host.batch()
+    wrappers = [
+        _vlm(host, 0.5),
+        HeroVLM(host.model, presets.get("cls-attention", 0.3, layer=4), processor=host.processor),
+    ]
+    alone = [w.plan(**inputs).to_dict()["images"] for w in wrappers]
+    before = hook_snapshot(host.model)
+    results: dict[int, list[Any]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for _ in range(3):
+                results[index].append(wrappers[index].plan(**inputs).to_dict()["images"])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for index in (0, 1):
+        assert all(result == alone[index] for result in results[index])
+    assert hook_snapshot(host.model) == before
+
+
+# -------------------------------------------------------------------------------------------- bad input
+def test_internvl_run_not_a_multiple_of_the_view_tokens() -> None:
+    host = host_row("internvl")
+    inputs = host.batch()
+    vlm = _vlm(host, 0.5)
+    token = vlm.adapter.image_token_id
+    ids = inputs["input_ids"].clone()
+    first = int((ids[0] == token).nonzero()[0])
+    ids[0, first] = host.processor.tokenizer.convert_tokens_to_ids("a")
+    before = hook_snapshot(host.model)
+    with pytest.raises(HeroError, match="multiples of 16 tokens"):
+        vlm.generate(**{**inputs, "input_ids": ids}, max_new_tokens=2)
+    assert hook_snapshot(host.model) == before
+
+
+def test_internvl_tiles_disagreeing_with_the_runs() -> None:
+    host = host_row("internvl")
+    inputs = host.batch()
+    before = hook_snapshot(host.model)
+    with pytest.raises(HeroError, match="as the placeholder runs"):
+        _vlm(host, 0.5).generate(**{**inputs, "pixel_values": inputs["pixel_values"][1:]}, max_new_tokens=2)
+    assert hook_snapshot(host.model) == before
+
+
+def test_an_adapter_that_is_not_a_host_adapter() -> None:
+    host = host_row("internvl")
+
+    class Half:
+        model = host.model
+
+        def encode(self, *args: Any) -> None: ...
+
+    with pytest.raises(HeroError, match="HostAdapter") as raised:
+        HeroVLM(host.model, host.pruner(0.5), adapter=Half())  # type: ignore[arg-type]
+    assert "assemble" in str(raised.value) and "feature_inputs" in str(raised.value)
+
+
+def test_an_adapter_instance_wraps_a_model_without_a_registered_type() -> None:
+    host = host_row("internvl")
+    model = copy.deepcopy(host.model)
+    model.config.model_type = "my_internvl_fork"
+    with pytest.raises(HeroError, match="adapter=MyAdapter"):
+        HeroVLM(model, host.pruner(0.5))
+    vlm = HeroVLM(model, host.pruner(1.0), adapter=InternVLAdapter(model, processor=host.processor))
+    _same(_generate(model, host.batch()), _generate(vlm, host.batch()))
+
+
+def test_selector_layers_the_tower_lacks_are_refused_at_construction(host: HostRow) -> None:
+    with pytest.raises(HeroError, match="this vision encoder has 6 layers"):
+        HeroVLM(host.model, host.pruner(0.5, high_layers=(21,)), processor=host.processor)
+
+
+def test_the_picture_draws_every_host(host: HostRow, tmp_path: Any) -> None:
+    from hero_adapters.visualize import render_plan
+
+    picture = host.image(90, 200, seed=4)
+    vlm = _vlm(host, 0.3)
+    inputs = host.inputs([host.text("USER: {} describe ASSISTANT:")], [picture])
+    report = vlm.plan(**inputs, **vlm.adapter.image_inputs([picture]))
+    image = report.images[0]
+    assert image.view_boxes is not None and len(image.view_boxes) == image.views
+    assert image.view_boxes[image.encoded.thumbnail_index] == (0.0, 0.0, 1.0, 1.0)
+    out = render_plan(picture, image, tmp_path / "kept.png")
+    assert (tmp_path / "kept.png").is_file() and out.size[0] > out.size[1] > 100
