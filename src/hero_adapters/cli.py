@@ -29,6 +29,7 @@ examples:
            --image photo.jpg --prompt "What is written on the sign?" --keep-ratio 0.2 --show kept.png
   hero run --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --compare
   hero show --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --out kept.png --layers
+  hero show --model ./InternVL3-1B-hf --image photo.jpg --prompt "Describe it." --out kept.png
   hero flops --shape vicuna-7b --tokens 2673 1105 583
   hero bench core
 """
@@ -74,8 +75,20 @@ def _override(text: str) -> tuple[str, Any]:
     return key, {"true": True, "false": False}.get(raw.lower(), raw)
 
 
+def _layouts() -> list[str]:
+    """Every layout some host adapter offers (the adapters are the one source)."""
+    from . import hosts  # noqa: F401  (registers the host adapters)
+    from .adapter import all_layouts
+
+    return list(all_layouts())
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="LLaVA-NeXT checkpoint directory or hub id (in the cache)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL)",
+    )
     parser.add_argument("--clip", default=None, help="CLIP checkpoint directory or hub id, for task relevance")
     parser.add_argument("--image", required=True, type=Path, help="the image file")
     parser.add_argument("--prompt", required=True, help="the question / instruction")
@@ -90,7 +103,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a preset field, e.g. --set alpha=0.7 --set low_layers=4,5,6",
     )
-    parser.add_argument("--layout", default="vanilla", choices=["vanilla", "reference"])
+    parser.add_argument(
+        "--layout", default=None, choices=_layouts(), help="token layout (default: the host's own, 'vanilla')"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
@@ -297,8 +312,9 @@ class _Loaded:
             self.scorer = HFClipTextScorer.from_pretrained(args.clip, device=self.device, dtype=self.dtype)
         steps.update()
         self.prompt = args.prompt
-        self.layout: str = args.layout
+        self.layout: str | None = args.layout
         self.inputs = self._inputs(args.prompt)
+        self.extra: dict[str, Any] = {}  # inputs the processor does not return (the adapter's image_inputs)
         self.shape = ModelShape.from_config(self.model.config.to_dict())
 
     def _inputs(self, prompt: str) -> dict[str, Any]:
@@ -307,14 +323,17 @@ class _Loaded:
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
             text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         if text is None:
-            text = f"USER: <image>\n{prompt} ASSISTANT:"
+            tag = getattr(self.processor, "image_token", None) or "<image>"
+            text = f"USER: {tag}\n{prompt} ASSISTANT:"
         inputs = self.processor(images=[self.image], text=[text], return_tensors="pt")
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     def vlm(self) -> Any:
         from .vlm import HeroVLM
 
-        return HeroVLM(self.model, self.pruner, self.scorer, layout=self.layout, processor=self.processor)
+        vlm = HeroVLM(self.model, self.pruner, self.scorer, layout=self.layout, processor=self.processor)
+        self.extra = vlm.adapter.image_inputs([self.image])
+        return vlm
 
 
 def _steps(total: int, desc: str) -> Any:
@@ -397,7 +416,9 @@ def _run(args: argparse.Namespace) -> None:
     loaded, steps = _load(args, extra_steps=2 if args.compare else 1)
     vlm = loaded.vlm()
     steps.set_description("generating (pruned)")
-    sequences = vlm.generate(**loaded.inputs, query=loaded.prompt, max_new_tokens=args.max_new_tokens, do_sample=False)
+    sequences = vlm.generate(
+        **loaded.inputs, **loaded.extra, query=loaded.prompt, max_new_tokens=args.max_new_tokens, do_sample=False
+    )
     report = vlm.last_report
     steps.update()
     baseline = None
@@ -437,7 +458,7 @@ def _show(args: argparse.Namespace) -> None:
     loaded, steps = _load(args, extra_steps=1)
     vlm = loaded.vlm()
     steps.set_description("encoding + planning")
-    report = vlm.plan(**loaded.inputs, query=loaded.prompt)
+    report = vlm.plan(**loaded.inputs, **loaded.extra, query=loaded.prompt)
     steps.update()
     steps.close()
     print(_table(report, loaded))
@@ -446,8 +467,8 @@ def _show(args: argparse.Namespace) -> None:
     if args.layers is not None:
         encoded = report.images[0].encoded
         view = encoded.thumbnail_index if args.layers == "thumbnail" else _tile_view(args.layers, encoded)
-        layers = tuple(range(int(loaded.model.config.vision_config.num_hidden_layers)))
-        images = vlm.adapter.encode(loaded.inputs, layers)
+        layers = tuple(range(int(vlm.adapter.num_layers)))
+        images = vlm.adapter.encode({**loaded.inputs, **loaded.extra}, layers)
         strip_path = args.out.with_name(args.out.stem + "_layers.png")
         name = "thumbnail" if view == encoded.thumbnail_index else f"tile {view}"
         render_layer_strip(images[0].tiles.cls_attention[:, view], layers, encoded.grid, strip_path, view_name=name)

@@ -178,3 +178,24 @@ def test_bench_core_subcommand_writes_json_and_table(tmp_path):
     assert row["views"] == 2 and row["plan_ms"] > 0 and row["forward_ms"] > 0
     assert row["ratio"] == pytest.approx(row["plan_ms"] / row["forward_ms"])
     assert "| V | plan (ms)" in (tmp_path / "core.md").read_text()
+
+
+def test_show_and_run_on_an_internvl_checkpoint(tmp_path: Path) -> None:
+    """The CLI names no host key: an InternVL checkpoint (no image_sizes from its processor) works the same."""
+    from .hosts import host_row
+
+    host = host_row("internvl")
+    host.model.save_pretrained(tmp_path / "model")
+    host.processor.save_pretrained(tmp_path / "model")
+    draw_test_card(300, 140).save(tmp_path / "card.png")
+    out_png, out_json = tmp_path / "kept.png", tmp_path / "show.json"
+    common = ["--model", str(tmp_path / "model"), "--image", str(tmp_path / "card.png"), "--prompt", "what is it ?"]
+    result = hero("show", *common, "--keep-ratio", "0.5", "--out", str(out_png), "--json", str(out_json), *LAYERS)
+    assert result.returncode == 0, result.stderr
+    image = json.loads(out_json.read_text())["report"]["images"][0]
+    assert image["thumbnail_index"] == image["views"] - 1 and image["views"] > 2  # tiles, then the thumbnail
+    assert image["kept_patch_tokens"] == sum(image["budgets"]) and image["newline_tokens"] == 0
+    assert out_png.is_file()
+    result = hero("run", *common, "--keep-ratio", "0.5", "--max-new-tokens", "2", "--compare", *LAYERS)
+    assert result.returncode == 0, result.stderr
+    assert "answer (unpruned):" in result.stdout

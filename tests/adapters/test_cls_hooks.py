@@ -223,9 +223,8 @@ def test_an_attention_class_no_recipe_knows_says_how_to_register_one() -> None:
             super().__init__()
             self.blocks = torch.nn.ModuleList([MyAttention(), MyAttention()])
 
-    with pytest.raises(HeroError, match=r"MyAttention.*register_tower_recipe"):
-        with cls_attention_hooks(MyTower(), (0,)):
-            pass
+    with pytest.raises(HeroError, match=r"MyAttention.*register_tower_recipe"), cls_attention_hooks(MyTower(), (0,)):
+        pass
 
 
 def test_a_registered_recipe_serves_a_new_class() -> None:
