@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench docs clean
+.PHONY: install demo test test-slow gpu bench docs clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# On a machine with CUDA (under 8 minutes): the gpu-marked tests, then the encoder and full-model prefill
+# benchmarks on the device; their records land in benchmarks/results/ with the machine named.
+gpu: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make gpu: no CUDA device')"
+	$(PY) -m pytest -q -m gpu
+	$(VENV)/bin/hero bench encode --device cuda --repeats 3
+	$(VENV)/bin/hero bench prefill --device cuda --full-model
 
 bench: $(STAMP)
 	$(VENV)/bin/hero bench all

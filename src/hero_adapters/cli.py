@@ -20,6 +20,8 @@ import torch
 
 from hero_core import VICUNA_7B, VICUNA_13B, HeroError, ModelShape, presets
 
+from .bench import BENCHMARKS
+
 __all__ = ["main"]
 
 EXAMPLES = """\
@@ -35,7 +37,6 @@ examples:
 """
 
 SHAPES = {"vicuna-7b": VICUNA_7B, "vicuna-13b": VICUNA_13B}
-BENCHMARKS = ("core", "encode", "prefill")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,12 +218,12 @@ def _flops(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------ bench
 def _bench(args: argparse.Namespace) -> None:
-    names = BENCHMARKS if args.which == "all" else (args.which,)
+    names = list(BENCHMARKS) if args.which == "all" else [args.which]
     for name in names:
         try:
-            module = importlib.import_module(f"hero_adapters.bench.{name}")
+            module = importlib.import_module(f"hero_adapters.bench.{BENCHMARKS[name]}")
         except ImportError as error:
-            raise HeroError.field("bench", name, f"one of {BENCHMARKS}", str(error)) from error
+            raise HeroError.field("bench", name, f"one of {list(BENCHMARKS)}", str(error)) from error
         module.main(list(args.rest))
 
 
@@ -255,7 +256,7 @@ def _open_image(path: Path) -> Any:
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    from .bench._common import pick_device
+    from .bench import pick_device
 
     chosen = pick_device(device)
     if dtype == "auto":

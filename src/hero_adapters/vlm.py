@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from hero_core import HeroError, TextScorer
 from hero_core.allocators import tile_views
 
-from ._sequence import (
+from ._timing import StageTimer
+from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
+from .report import ImageReport, PruneReport
+from .sequence import (
     Rebuilt,
     Span,
     check_prompt,
@@ -31,9 +34,6 @@ from ._sequence import (
     rebuild,
     splice,
 )
-from ._timing import StageTimer
-from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
-from .report import ImageReport, PruneReport
 
 __all__ = ["POSITIONS", "REFUSED", "HeroVLM"]
 

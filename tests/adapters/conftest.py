@@ -24,35 +24,17 @@ pytest.importorskip("transformers")
 
 from PIL import Image
 
-from hero_adapters.testing import BuiltHost, build_llava_next, hook_snapshot
+from hero_adapters.testing import BuiltHost, hook_snapshot
 from hero_core import presets
 
-SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:")
-TEXT = ("describe", "the", "image", "what", "is", "in", "this", "picture", "compare", "two")
-WORDS = (*SPECIAL, *TEXT, *"abcdefghijklmnop")  # ids: the position in this tuple
-PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+from .hosts import build_tiny_llava_next
+
 LOW, HIGH = (1, 2), (4,)  # selector layers that the 6-layer tower has
 
 
 def build_host(seed: int = 0) -> BuiltHost:
-    """The tiny host: the demo's builder with a 6-layer, 4 x 4-patch tower and large weight scales."""
-    return build_llava_next(
-        tile_pixels=56,
-        pinpoints=PINPOINTS,
-        vision_layers=6,
-        vision_width=32,
-        vision_heads=4,
-        vision_mlp=64,
-        text_width=32,
-        text_layers=2,
-        text_heads=4,
-        text_kv_heads=2,
-        text_mlp=64,
-        words=WORDS,
-        vision_init=5.0,
-        text_init=0.5,
-        seed=seed,
-    )
+    """The tiny LLaVA-NeXT of the shared host matrix (tests/adapters/hosts.py)."""
+    return build_tiny_llava_next(seed)
 
 
 class TinyHost:

@@ -18,8 +18,6 @@ from PIL import Image
 from hero_adapters.testing import BuiltHost, build_internvl, build_llava_next
 from hero_core import presets
 
-from .conftest import WORDS
-
 
 @dataclass
 class HostRow:
@@ -78,57 +76,28 @@ class HostRow:
         return self.inputs([t for t, _ in prompts], [i for _, group in prompts for i in group])
 
 
+SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:")
+TEXT = ("describe", "the", "image", "what", "is", "in", "this", "picture", "compare", "two")
+WORDS = (*SPECIAL, *TEXT, *"abcdefghijklmnop")  # the tiny LLaVA-NeXT's ids: the position in this tuple
 LLAVA_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
-INTERNVL_WORDS = (
-    "<pad>",
-    "<s>",
-    "</s>",
-    "<unk>",
-    "<img>",
-    "</img>",
-    "<IMG_CONTEXT>",
-    "<video>",
-    *WORDS[5:],
-)
+#: The LLM side of every tiny host: 2 Llama / Qwen2 layers of width 32, weights drawn large.
+TINY_TEXT = {"text_width": 32, "text_layers": 2, "text_heads": 4, "text_kv_heads": 2, "text_mlp": 64, "text_init": 0.5}
+#: Every tiny tower: 6 layers of width 32, 4 heads.
+TINY_VISION = {"vision_layers": 6, "vision_width": 32, "vision_heads": 4, "vision_mlp": 64}
 
 
-def _llava_next() -> BuiltHost:
+def build_tiny_llava_next(seed: int = 0) -> BuiltHost:
+    """4 x 4 patches per 56-px view (N = 16), weights drawn with large scales so that CLS attention is peaked
+    and the generated tokens depend on the image features (an identity test on sequences can then fail)."""
     return build_llava_next(
-        tile_pixels=56,
-        pinpoints=LLAVA_PINPOINTS,
-        vision_layers=6,
-        vision_width=32,
-        vision_heads=4,
-        vision_mlp=64,
-        text_width=32,
-        text_layers=2,
-        text_heads=4,
-        text_kv_heads=2,
-        text_mlp=64,
-        words=WORDS,
-        vision_init=5.0,
-        text_init=0.5,
+        tile_pixels=56, pinpoints=LLAVA_PINPOINTS, words=WORDS, vision_init=5.0, seed=seed, **TINY_VISION, **TINY_TEXT
     )
 
 
 def _internvl() -> BuiltHost:
+    """8 x 8 patches per 112-px view, 2 x 2 shuffled into N = 16 LLM tokens; qk-norm on."""
     host = build_internvl(
-        tile_pixels=112,
-        patch_size=14,
-        max_patches=6,
-        vision_layers=6,
-        vision_width=32,
-        vision_heads=4,
-        vision_mlp=64,
-        use_qk_norm=True,
-        text_width=32,
-        text_layers=2,
-        text_heads=4,
-        text_kv_heads=2,
-        text_mlp=64,
-        words=INTERNVL_WORDS,
-        vision_init=1.0,
-        text_init=0.5,
+        tile_pixels=112, patch_size=14, max_patches=6, use_qk_norm=True, vision_init=1.0, **TINY_VISION, **TINY_TEXT
     )
     with torch.no_grad():  # qk-norm weights away from 1, so a recipe that skips the norms is visibly wrong
         generator = torch.Generator().manual_seed(3)
@@ -139,7 +108,7 @@ def _internvl() -> BuiltHost:
 
 
 HOSTS: dict[str, HostRow] = {
-    "llava_next": HostRow("llava_next", _llava_next, "<image>", (1, 2), (4,), 16),
+    "llava_next": HostRow("llava_next", build_tiny_llava_next, "<image>", (1, 2), (4,), 16),
     "internvl": HostRow("internvl", _internvl, "<IMG_CONTEXT>", (1, 2), (4,), 16),
 }
 

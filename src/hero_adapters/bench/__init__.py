@@ -1,6 +1,10 @@
 """Benchmarks behind ``hero bench`` and ``benchmarks/bench_*.py``: each module has a ``main(argv)``."""
 
-__all__ = ["BENCHMARKS"]
+from __future__ import annotations
 
-#: name -> module under hero_adapters.bench
+from ._common import pick_device
+
+__all__ = ["BENCHMARKS", "pick_device"]
+
+#: name -> module under hero_adapters.bench (the one list of benchmarks; ``hero bench all`` runs them in order)
 BENCHMARKS = {"core": "core", "encode": "encode", "prefill": "prefill"}

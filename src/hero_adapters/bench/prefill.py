@@ -91,7 +91,7 @@ def _overhead(
     device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str
 ) -> dict[str, float]:
     """Seconds of HERO's own work for one image of ``views`` views at real size."""
-    from .._sequence import placeholder_spans, rebuild
+    from ..sequence import placeholder_spans, rebuild
     from ..text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
     from ..towers import cls_attention_hooks
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +13,104 @@ from torch import Tensor, nn
 from hero_core import HeroError
 
 from ..pixels import check_channels
+from ..towers import attention_modules
 
-__all__ = ["check_finite", "check_pixels", "meet_tower", "normalisation", "pad_token_id", "unnormalise"]
+__all__ = [
+    "TransformersHost",
+    "check_finite",
+    "check_pixels",
+    "meet_tower",
+    "normalisation",
+    "pad_token_id",
+    "unnormalise",
+]
+
+Channels = tuple[float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class TransformersHost:
+    """The fields and host facts every transformers host adapter shares; a host file sets the class facts.
+
+    Args:
+        model: the host's ``...ForConditionalGeneration`` (its base model works for ``HeroVLM.plan``).
+        layout: one of the subclass's ``layouts``.
+        processor: optional host processor; its image processor's ``image_mean`` / ``image_std`` undo the
+            pixel normalisation (and hosts may read more of it).
+        image_mean: per-channel mean override (default: the processor's, else the family's ``normalisation``).
+        image_std: per-channel std override (default: the processor's, else the family's).
+
+    Raises:
+        HeroError: on an unknown layout, bad mean/std, or a model whose base model lacks the family's methods.
+    """
+
+    family: ClassVar[str] = "transformers"
+    model_class: ClassVar[str] = "AutoModelForImageTextToText"
+    required: ClassVar[tuple[str, ...]] = ("get_image_features", "vision_tower")
+    default_normalisation: ClassVar[tuple[Channels, Channels]]
+    layouts: ClassVar[tuple[str, ...]] = ("vanilla",)
+    input_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    encoder_keys: ClassVar[tuple[str, ...]] = ()
+    refused_keys: ClassVar[Mapping[str, str]] = {}
+    query_source: ClassVar[str] = "cls"
+
+    model: nn.Module = field(repr=False)
+    layout: str = "vanilla"
+    processor: Any = field(default=None, repr=False)
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in self.layouts:
+            raise HeroError.field("layout", self.layout, f"one of {self.layouts} ({self.family})")
+        base = getattr(self.model, "base_model", None)
+        if base is None or not all(hasattr(base, name) for name in self.required):
+            raise HeroError.field(
+                "model",
+                type(self.model).__name__,
+                f"a transformers {self.family} model whose base model has {list(self.required)}",
+                f"Load it with {self.model_class}.from_pretrained(...).",
+            )
+        mean, std = normalisation(self.processor, self.image_mean, self.image_std, self.default_normalisation)
+        object.__setattr__(self, "image_mean", mean)
+        object.__setattr__(self, "image_std", std)
+
+    @property
+    def base(self) -> Any:
+        """The host's base model: owns the vision tower, the projector and the language model."""
+        return self.model.base_model
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The host's vision encoder, which the CLS-attention hooks record."""
+        return self.base.vision_tower  # type: ignore[no-any-return]
+
+    @property
+    def image_token_id(self) -> int:
+        """The placeholder id the processor writes for every image token."""
+        token = getattr(self.config, "image_token_id", None)
+        if token is None:
+            token = self.config.image_token_index
+        return int(token)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id written into new padding: generation config, then text config, then eos, then 0."""
+        return pad_token_id(self.model)
+
+    @cached_property
+    def num_layers(self) -> int:
+        """Depth of the vision tower (its attention modules, found by the tower recipe)."""
+        return len(attention_modules(self.vision_tower)[0])
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the processor normalised pixels with."""
+        return tuple(self.image_mean or ()), tuple(self.image_std or ())
 
 
 def pad_token_id(model: Any) -> int:

@@ -15,27 +15,27 @@ pruned tokens removed, identical to the host at R = 1.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hero_core import EncodedTiles, HeroError
 
 from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
 from ..extras import require
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD
-from ..towers import attention_modules, cls_attention_hooks
-from ._shared import check_finite, check_pixels, meet_tower, normalisation, pad_token_id, unnormalise
+from ..towers import cls_attention_hooks
+from ._shared import TransformersHost, check_finite, check_pixels, meet_tower, unnormalise
 
 __all__ = ["InternVLAdapter"]
 
 
 @register_adapter("internvl")
 @dataclass(frozen=True, eq=False)
-class InternVLAdapter:
+class InternVLAdapter(TransformersHost):
     """Binds ``hero_core`` to a transformers InternVL model (V = K tiles + 1 thumbnail last, N = 256 LLM tokens).
 
     Args:
@@ -57,62 +57,10 @@ class InternVLAdapter:
     refused_keys: ClassVar[Mapping[str, str]] = {
         "pixel_values_videos": "Video frames are not pruned by HeroVLM; call model.generate directly for videos.",
     }
-    query_source: ClassVar[str] = "cls"
-
-    model: nn.Module = field(repr=False)
-    layout: str = "vanilla"
-    processor: Any = field(default=None, repr=False)
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.layout not in self.layouts:
-            raise HeroError.field("layout", self.layout, f"one of {self.layouts} (InternVL has no newline tokens)")
-        base = getattr(self.model, "base_model", None)
-        needed = ("get_image_features", "pixel_shuffle", "vision_tower")
-        if base is None or not all(hasattr(base, name) for name in needed):
-            raise HeroError.field(
-                "model",
-                type(self.model).__name__,
-                f"a transformers InternVL model whose base model has {list(needed)}",
-                "Load it with InternVLForConditionalGeneration.from_pretrained(...).",
-            )
-        mean, std = normalisation(self.processor, self.image_mean, self.image_std, (IMAGENET_MEAN, IMAGENET_STD))
-        object.__setattr__(self, "image_mean", mean)
-        object.__setattr__(self, "image_std", std)
-
-    # ----------------------------------------------------------------------------------------- host facts
-    @property
-    def base(self) -> Any:
-        """``InternVLModel``: owns the vision tower, ``pixel_shuffle``, the projector and the language model."""
-        return self.model.base_model
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        """The host's vision encoder, which the CLS-attention hooks record."""
-        return self.base.vision_tower  # type: ignore[no-any-return]
-
-    @property
-    def image_token_id(self) -> int:
-        """``<IMG_CONTEXT>``: the placeholder of every image token (``<img>`` / ``</img>`` are kept as text)."""
-        return int(self.config.image_token_id)
-
-    @property
-    def pad_token_id(self) -> int:
-        return pad_token_id(self.model)
-
-    @cached_property
-    def num_layers(self) -> int:
-        """Depth of InternViT (its attention modules, found by the tower recipe)."""
-        return len(attention_modules(self.vision_tower)[0])
-
-    @property
-    def _mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return tuple(self.image_mean or ()), tuple(self.image_std or ())
+    default_normalisation = (IMAGENET_MEAN, IMAGENET_STD)
+    family: ClassVar[str] = "InternVL"
+    model_class: ClassVar[str] = "InternVLForConditionalGeneration"
+    required: ClassVar[tuple[str, ...]] = ("get_image_features", "pixel_shuffle", "vision_tower")
 
     @property
     def _view(self) -> tuple[int, int, int]:
@@ -223,7 +171,7 @@ class InternVLAdapter:
                     tiles=tiles,
                     features=features[start : start + count].reshape(count * n, -1),
                     source=torch.arange(count * n, device=features.device),
-                    views=unnormalise(pixel_values[start : start + count], self._mean_std),
+                    views=unnormalise(pixel_values[start : start + count], self.mean_std),
                     image_size=None,
                     view_boxes=_view_boxes(count, grids[i]),
                 )

@@ -14,27 +14,26 @@ it comes from (or that it is a newline). Layouts (HERO_SPEC.md, step 4):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hero_core import EncodedTiles, HeroError
 
 from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ..towers import attention_modules, cls_attention_hooks
-from ._shared import check_finite, check_pixels, meet_tower, normalisation, pad_token_id, unnormalise
+from ..towers import cls_attention_hooks
+from ._shared import TransformersHost, check_finite, check_pixels, meet_tower, unnormalise
 
 __all__ = ["LlavaNextAdapter"]
 
 
 @register_adapter("llava_next")
 @dataclass(frozen=True, eq=False)
-class LlavaNextAdapter:
+class LlavaNextAdapter(TransformersHost):
     """Binds ``hero_core`` to a transformers LLaVA-NeXT model (V = 1 thumbnail + K tiles, N = s * s patches).
 
     Args:
@@ -53,71 +52,15 @@ class LlavaNextAdapter:
     input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
     encoder_keys: ClassVar[tuple[str, ...]] = ("vision_feature_layer", "vision_feature_select_strategy")
     refused_keys: ClassVar[Mapping[str, str]] = {}
-    query_source: ClassVar[str] = "cls"
-
-    model: nn.Module = field(repr=False)
-    layout: str = "vanilla"
-    processor: Any = field(default=None, repr=False)
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.layout not in self.layouts:
-            raise HeroError.field("layout", self.layout, f"one of {self.layouts}")
-        base = getattr(self.model, "base_model", None)
-        needed = ("get_image_features", "pack_image_features", "vision_tower")
-        if base is None or not all(hasattr(base, name) for name in needed):
-            raise HeroError.field(
-                "model",
-                type(self.model).__name__,
-                f"a transformers LLaVA-NeXT model whose base model has {list(needed)}",
-                "Load it with LlavaNextForConditionalGeneration.from_pretrained(...).",
-            )
-        mean, std = normalisation(self.processor, self.image_mean, self.image_std, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
-        object.__setattr__(self, "image_mean", mean)
-        object.__setattr__(self, "image_std", std)
-
-    # ----------------------------------------------------------------------------------------- host facts
-    @property
-    def base(self) -> Any:
-        """``LlavaNextModel``: owns the vision tower, the projector, packing and the language model."""
-        return self.model.base_model
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        """The host's vision encoder, which the CLS-attention hooks record."""
-        return self.base.vision_tower  # type: ignore[no-any-return]
-
-    @property
-    def image_token_id(self) -> int:
-        """The placeholder id the processor writes for every image token."""
-        token = getattr(self.config, "image_token_id", None)
-        if token is None:
-            token = self.config.image_token_index
-        return int(token)
-
-    @property
-    def pad_token_id(self) -> int:
-        """The id written into new padding: generation config, then text config, then eos, then 0."""
-        return pad_token_id(self.model)
-
-    @cached_property
-    def num_layers(self) -> int:
-        """Depth of the CLIP tower (its attention modules, found by the tower recipe)."""
-        return len(attention_modules(self.vision_tower)[0])
+    default_normalisation = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    family: ClassVar[str] = "LLaVA-NeXT"
+    model_class: ClassVar[str] = "LlavaNextForConditionalGeneration"
+    required: ClassVar[tuple[str, ...]] = ("get_image_features", "pack_image_features", "vision_tower")
 
     @property
     def _side(self) -> int:
         vision = self.config.vision_config
         return int(vision.image_size // vision.patch_size)
-
-    @property
-    def _mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return tuple(self.image_mean or ()), tuple(self.image_std or ())
 
     def _host(self) -> Any:
         return require("transformers.models.llava_next.modeling_llava_next")
@@ -234,7 +177,7 @@ class LlavaNextAdapter:
                     tiles=tiles,
                     features=packed[i],
                     source=source,
-                    views=unnormalise(views[i], self._mean_std),
+                    views=unnormalise(views[i], self.mean_std),
                     image_size=sizes[i],
                     view_boxes=self._view_boxes(sizes[i], tile_grid),
                 )

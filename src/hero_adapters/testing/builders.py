@@ -41,6 +41,33 @@ DEMO_WORDS = tuple(
 )
 
 
+def _text_config(
+    config_class: Any,
+    vocab: dict[str, int],
+    *,
+    width: int,
+    mlp: int,
+    layers: int,
+    heads: int,
+    kv_heads: int | None,
+    init: float,
+) -> Any:
+    """The LLM's config over the word-level vocabulary (special ids from ``<pad> <s> </s>``)."""
+    return config_class(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=8192,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        initializer_range=init,
+    )
+
+
 @dataclass(frozen=True)
 class BuiltHost:
     """A host model, its processor, and the options it was built with."""
@@ -125,18 +152,15 @@ def build_llava_next(
         hidden_act="quick_gelu",
         initializer_factor=vision_init,
     )
-    text = transformers.LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=text_width,
-        intermediate_size=text_mlp or (text_width * 11008) // 4096,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=text_kv_heads or text_heads,
-        max_position_embeddings=8192,
-        pad_token_id=vocab["<pad>"],
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        initializer_range=text_init,
+    text = _text_config(
+        transformers.LlamaConfig,
+        vocab,
+        width=text_width,
+        mlp=text_mlp or (text_width * 11008) // 4096,
+        layers=text_layers,
+        heads=text_heads,
+        kv_heads=text_kv_heads,
+        init=text_init,
     )
     config = transformers.LlavaNextConfig(
         vision_config=vision,
@@ -277,18 +301,15 @@ def build_internvl(
         use_qk_norm=use_qk_norm,
         initializer_range=vision_init,
     )
-    text = transformers.Qwen2Config(
-        vocab_size=len(words),
-        hidden_size=text_width,
-        intermediate_size=text_mlp or 4 * text_width,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=text_kv_heads or text_heads,
-        max_position_embeddings=8192,
-        pad_token_id=vocab["<pad>"],
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        initializer_range=text_init,
+    text = _text_config(
+        transformers.Qwen2Config,
+        vocab,
+        width=text_width,
+        mlp=text_mlp or 4 * text_width,
+        layers=text_layers,
+        heads=text_heads,
+        kv_heads=text_kv_heads,
+        init=text_init,
     )
     config = transformers.InternVLConfig(
         vision_config=vision,
