@@ -243,7 +243,7 @@ class HeroVLM:
                     f"padding on the right or inside prompts (rows {_unleft_rows(mask)})",
                     "left padding, as generation with a decoder-only LLM needs",
                     "Pad on the left: processor.tokenizer.padding_side = 'left' (the host would generate after the "
-                    "padding).",
+                    "padding); pass attention_mask if pad_token_id also occurs inside a prompt.",
                 )
             run = self._run(ids, mask, image_inputs, query, timer)
             rebuilt = self._rebuild(run, ids, mask, side="left")
