@@ -6,8 +6,13 @@ Needs local checkpoint directories (nothing is downloaded: the Hugging Face hub 
 - ``--clip`` (optional): a transformers CLIP checkpoint for HERO's task relevance, e.g. a copy of
   ``openai/clip-vit-large-patch14-336``. Without it the tile budgets follow visual saliency alone.
 
+or ``--tiny``: the demo's in-process LLaVA-NeXT (``hero_adapters.testing.build_llava_next``: LLaVA-NeXT-7B's
+geometry, narrow widths, random weights). It needs no download; its answer is noise, while the token
+accounting and the plan are real.
+
 Run::
 
+    python examples/quickstart_llava_next.py --tiny
     python examples/quickstart_llava_next.py --model /models/llava-v1.6-vicuna-7b-hf \\
         --clip /models/clip-vit-large-patch14-336 --image photo.jpg --prompt "What is written on the sign?"
 
@@ -26,9 +31,11 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from hero_adapters import LlavaNextAdapter
 from hero_core import HeroError, ModelShape, presets
 
 
@@ -36,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Answer a question about an image with a HERO-pruned LLaVA-NeXT (local checkpoints only).",
     )
-    parser.add_argument("--model", type=Path, metavar="DIR", help="LLaVA-NeXT checkpoint directory (required)")
-    parser.add_argument("--image", type=Path, metavar="FILE", help="the image file (required)")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="LLaVA-NeXT checkpoint directory")
+    parser.add_argument("--tiny", action="store_true", help="build a tiny random LLaVA-NeXT in-process instead")
+    parser.add_argument("--image", type=Path, metavar="FILE", help="the image file (--tiny: default a test card)")
     parser.add_argument(
         "--prompt", default="Describe the image in detail.", help="the question (default: describe the image)"
     )
@@ -47,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset", default="hero", choices=sorted(presets.PRESETS), help="pruning method (default hero)"
     )
     parser.add_argument(
-        "--layout", default="vanilla", choices=["vanilla", "reference"], help="sequence layout (default vanilla)"
+        "--layout", default="vanilla", choices=LlavaNextAdapter.layouts, help="sequence layout (default vanilla)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if any")
@@ -56,16 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the report as JSON")
     args = parser.parse_args(argv)
-    if args.model is None:
+    if args.tiny == (args.model is not None):
         parser.error(
-            "--model DIR is required: a local LLaVA-NeXT checkpoint directory (config.json, weights, processor "
-            "files), e.g. a download of llava-hf/llava-v1.6-vicuna-7b-hf. This example never downloads anything."
+            "pass either --model DIR (a local LLaVA-NeXT checkpoint directory: config.json, weights, processor "
+            "files, e.g. a download of llava-hf/llava-v1.6-vicuna-7b-hf) or --tiny (a tiny random model, no "
+            "download). This example never downloads anything."
         )
-    if not (args.model / "config.json").is_file():
+    if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: not a checkpoint directory (no config.json there)")
     if args.clip is not None and not (args.clip / "config.json").is_file():
         parser.error(f"--clip {args.clip}: not a checkpoint directory (no config.json there)")
-    if args.image is None or not args.image.is_file():
+    if args.image is None and not args.tiny:
+        parser.error("--image FILE is required with --model")
+    if args.image is not None and not args.image.is_file():
         parser.error(f"--image: expected an image file that exists, got {args.image}")
     return args
 
@@ -105,17 +116,28 @@ def print_report(report: Any, prompt_tokens: int, shape: ModelShape) -> None:
     print("time: " + ", ".join(f"{stage} {1e3 * seconds:.0f} ms" for stage, seconds in report.timings.items()))
 
 
+def load(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, processor): a local checkpoint, or the tiny in-process build."""
+    if args.tiny:
+        from hero_adapters.testing import build_llava_next
+
+        host = build_llava_next()  # 336-px tiles, 24 x 24 patches, 24 CLIP layers, the 7B pinpoints; random weights
+        return host.model.to(device=device, dtype=dtype).eval(), host.processor
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(args.model, local_files_only=True)
+    model = LlavaNextForConditionalGeneration.from_pretrained(args.model, dtype=dtype, local_files_only=True)
+    return model.to(device).eval(), processor
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from PIL import Image
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
     from hero_adapters import HeroVLM, HFClipTextScorer
 
     device, dtype = device_and_dtype(args.device, args.dtype)
-    processor = AutoProcessor.from_pretrained(args.model, local_files_only=True)
-    model = LlavaNextForConditionalGeneration.from_pretrained(args.model, dtype=dtype, local_files_only=True)
-    model = model.to(device).eval()
+    model, processor = load(args, device, dtype)
     scorer = None
     if args.clip is not None:
         scorer = HFClipTextScorer.from_pretrained(args.clip, device=device, dtype=dtype)
@@ -123,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     pruner = presets.get(args.preset, args.keep_ratio)
     vlm = HeroVLM(model, pruner, scorer, layout=args.layout, processor=processor)
 
-    with Image.open(args.image) as file:
-        image = file.convert("RGB")
+    if args.image is not None:
+        with Image.open(args.image) as file:
+            image = file.convert("RGB")
+    else:
+        from hero_adapters.demo import draw_test_card
+
+        image = draw_test_card()  # 960 x 640: a 2 x 2 grid of 336-px tiles + the thumbnail
     inputs = processor(images=[image], text=[build_prompt(processor, args.prompt)], return_tensors="pt").to(device)
     prompt_tokens = int(inputs["input_ids"].shape[1])
 
@@ -132,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     out = vlm.generate(**inputs, query=args.prompt, max_new_tokens=args.max_new_tokens, do_sample=False)
     answer = processor.decode(out[0, prompt_tokens:], skip_special_tokens=True).strip()
     print(f"answer ({args.preset}, keep ratio {args.keep_ratio:g}, {'with' if scorer else 'without'} relevance):")
-    print(answer)
+    print(answer if not args.tiny else f"{answer!r}  (random weights: noise)")
     print()
     report = vlm.last_report
     print_report(report, prompt_tokens, ModelShape.from_config(model.config.to_dict()))
