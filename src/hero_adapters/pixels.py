@@ -8,13 +8,24 @@ from typing import Any
 
 from hero_core import HeroError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "check_channels"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "SIGLIP_MEAN",
+    "SIGLIP_STD",
+    "check_channels",
+]
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 #: ImageNet statistics, which InternVL's processors normalise with.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: SigLIP's (LLaVA-OneVision's checkpoints normalise to [-1, 1]).
+SIGLIP_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+SIGLIP_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 def check_channels(name: str, value: Any, *, positive: bool) -> tuple[float, float, float]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hero_adapters.testing import BuiltHost, build_internvl, build_llava_next
+from hero_adapters.testing import BuiltHost, build_internvl, build_llava_next, build_llava_onevision
 from hero_core import presets
 
 
@@ -29,6 +29,7 @@ class HostRow:
     low: tuple[int, ...]
     high: tuple[int, ...]
     tokens_per_view: int
+    nested: bool = False  # the processor wants images grouped per prompt (it then reports batch_num_images)
     _built: list[BuiltHost] = field(default_factory=list, repr=False)
 
     @property
@@ -54,9 +55,15 @@ class HostRow:
         return template.replace("{}", self.image_tag)
 
     def inputs(self, texts: Sequence[str], images: Sequence[Image.Image], **options: Any) -> dict[str, Any]:
-        return dict(
-            self.processor(images=list(images) or None, text=list(texts), return_tensors="pt", padding=True, **options)
-        )
+        given: Any = list(images) or None
+        if self.nested and given is not None:  # one list of images per prompt, in prompt order
+            groups, cursor = [], 0
+            for text in texts:
+                count = text.count(self.image_tag)
+                groups.append(given[cursor : cursor + count])
+                cursor += count
+            given = groups
+        return dict(self.processor(images=given, text=list(texts), return_tensors="pt", padding=True, **options))
 
     def pruner(self, keep_ratio: float, preset: str = "hero", **overrides: Any) -> Any:
         overrides.setdefault("low_layers", self.low)
@@ -107,9 +114,26 @@ def _internvl() -> BuiltHost:
     return host
 
 
+def build_tiny_llava_onevision(vision_aspect_ratio: str = "anyres_max_9") -> BuiltHost:
+    """SigLIP (no CLS) with 4 x 4 patches per 56-px view; ``anyres_max_1`` makes the host downsample grids."""
+    return build_llava_onevision(
+        tile_pixels=56, words=WORDS, vision_aspect_ratio=vision_aspect_ratio, **TINY_VISION, **TINY_TEXT
+    )
+
+
 HOSTS: dict[str, HostRow] = {
     "llava_next": HostRow("llava_next", build_tiny_llava_next, "<image>", (1, 2), (4,), 16),
     "internvl": HostRow("internvl", _internvl, "<IMG_CONTEXT>", (1, 2), (4,), 16),
+    "llava_onevision": HostRow("llava_onevision", build_tiny_llava_onevision, "<image>", (1, 2), (4,), 16, True),
+    "llava_onevision-downsampled": HostRow(
+        "llava_onevision-downsampled",
+        lambda: build_tiny_llava_onevision("anyres_max_1"),
+        "<image>",
+        (1, 2),
+        (4,),
+        16,
+        True,
+    ),
 }
 
 

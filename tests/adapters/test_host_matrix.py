@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from hero_adapters import HeroVLM, InternVLAdapter
+from hero_adapters import HeroVLM, InternVLAdapter, cls_attention_hooks
 from hero_adapters.testing import AdapterCheckError, check_adapter, hook_snapshot
 from hero_core import HeroError, presets
 
@@ -248,3 +248,58 @@ def test_the_picture_draws_every_host(host: HostRow, tmp_path: Any) -> None:
     assert image.view_boxes[image.encoded.thumbnail_index] == (0.0, 0.0, 1.0, 1.0)
     out = render_plan(picture, image, tmp_path / "kept.png")
     assert (tmp_path / "kept.png").is_file() and out.size[0] > out.size[1] > 100
+
+
+# -------------------------------------------------------------------------------------------- OneVision
+def test_onevision_images_of_multi_image_prompts_are_single_views() -> None:
+    host = host_row("llava_onevision")
+    report = _vlm(host, 0.5).plan(**host.batch())
+    assert [image.views for image in report.images] == [3, 1, 1]  # prompt 0 tiled (1 x 2 + base), prompt 1 not
+    assert all(image.encoded.query_source == "mean-token" for image in report.images)
+    assert [image.prompt for image in report.images] == [0, 1, 1]
+
+
+def test_onevision_downsampled_scores_follow_the_host_packing() -> None:
+    """anyres_max_1: the stitched grid is shrunk bilinearly; each LLM token carries the host's own blend."""
+    host, plain = host_row("llava_onevision-downsampled"), host_row("llava_onevision")
+    picture = host.image(60, 200, seed=2)
+    inputs = host.inputs([host.text("USER: {} describe ASSISTANT:")], [picture])
+    vlm = _vlm(host, 1.0)
+    image = vlm.plan(**inputs).images[0]
+    full = _vlm(plain, 1.0).plan(**plain.inputs([plain.text("USER: {} describe ASSISTANT:")], [picture])).images[0]
+    assert image.tokens_in < full.tokens_in  # the host really downsampled this image
+    adapter = vlm.adapter
+    layers = vlm.pruner.layers
+    with torch.inference_mode():
+        encoded = adapter.encode(inputs, layers)[0]
+        with cls_attention_hooks(adapter.vision_tower, layers, query="mean") as record:
+            adapter.vision_tower(inputs["pixel_values"][0, : encoded.tiles.num_views])
+        raw = record.patch_attention()  # (L, V, H, n)
+        count, n = encoded.tiles.num_views, encoded.tiles.num_tokens
+        maps = raw.permute(1, 3, 0, 2).reshape(count, n, -1).double()
+        packed, _ = adapter.base.pack_image_features(
+            [maps], inputs["image_sizes"], image_newline=torch.zeros(maps.shape[-1], dtype=torch.float64),
+            vision_aspect_ratio="anyres_max_1",
+        )  # fmt: skip
+    packed = packed[0]
+    source = encoded.source.cpu()
+    patches = (source >= 0).nonzero().flatten()
+    view, slot = source[patches] // n, source[patches] % n
+    got = encoded.tiles.cls_attention[:, view, :, slot].reshape(len(patches), -1)  # (P, L H): advanced dims first
+    assert float((got.double() - packed[patches]).abs().max()) <= 1e-6
+    assert int(encoded.tiles.valid_mask.sum()) == len(patches)  # every LLM patch token has one slot
+
+
+def test_onevision_image_count_disagreeing_with_batch_num_images() -> None:
+    host = host_row("llava_onevision")
+    inputs = host.batch()
+    before = hook_snapshot(host.model)
+    with pytest.raises(HeroError, match="batch_num_images"):
+        _vlm(host, 0.5).generate(**{**inputs, "batch_num_images": torch.tensor([1, 1])}, max_new_tokens=2)
+    assert hook_snapshot(host.model) == before
+
+
+def test_onevision_videos_are_refused_with_what_to_do() -> None:
+    host = host_row("llava_onevision")
+    with pytest.raises(HeroError, match=r"model\.generate directly for videos"):
+        _vlm(host, 0.5).generate(**host.batch(), pixel_values_videos=torch.zeros(1, 2, 3, 56, 56), max_new_tokens=2)

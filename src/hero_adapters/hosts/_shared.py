@@ -12,16 +12,21 @@ from torch import Tensor, nn
 
 from hero_core import HeroError
 
+from ..adapter import AssembledImage, Box, EncodedImage
 from ..pixels import check_channels
 from ..towers import attention_modules
 
 __all__ = [
     "TransformersHost",
+    "assemble_source",
+    "canvas_boxes",
     "check_finite",
+    "check_image_sizes",
     "check_pixels",
     "meet_tower",
     "normalisation",
     "pad_token_id",
+    "split_tiles",
     "unnormalise",
 ]
 
@@ -184,3 +189,82 @@ def check_pixels(pixel_values: object, view: tuple[int, int, int], fix: str) -> 
             fix,
         )
     return pixel_values
+
+
+def check_image_sizes(image_sizes: object) -> list[tuple[int, int]]:
+    """(height, width) per image from an (I, 2) integer tensor or a list of pairs; HeroError otherwise."""
+    if isinstance(image_sizes, Tensor):
+        ok = image_sizes.dim() == 2 and image_sizes.shape[1] == 2 and not image_sizes.dtype.is_floating_point
+        values = image_sizes.tolist() if ok else None
+    elif isinstance(image_sizes, (list, tuple)):
+        values = [list(size) for size in image_sizes if isinstance(size, (list, tuple))]
+        ok = len(values) == len(image_sizes) and all(len(v) == 2 for v in values)
+    else:
+        ok, values = False, None
+    if not ok or values is None or not all(isinstance(x, int) and x > 0 for v in values for x in v):
+        raise HeroError.field(
+            "image_sizes", image_sizes, "an (I, 2) integer tensor of (height, width), one row per image"
+        )
+    return [(int(h), int(w)) for h, w in values]
+
+
+def split_tiles(pixel_values: object, tiles_per_image: list[int], view: tuple[int, int, int]) -> list[Tensor]:
+    """Per image, its (T_i, 3, h, w) tiles (thumbnail first); ``view`` is the encoder's (3, h, w)."""
+    pixel_values = check_pixels(
+        pixel_values, view, "Pass the processor's pixel_values (its crop size must match vision_config.image_size)."
+    )
+    if not tiles_per_image:
+        raise HeroError.field("image_sizes", [], "at least one image")
+    if pixel_values.dim() == 5:
+        if pixel_values.shape[0] != len(tiles_per_image) or pixel_values.shape[1] < max(tiles_per_image):
+            raise HeroError.field(
+                "pixel_values",
+                pixel_values,
+                f"{len(tiles_per_image)} images (one per row of image_sizes) with at least {max(tiles_per_image)} "
+                "tiles each",
+                "Pass pixel_values and image_sizes from the same processor call.",
+            )
+        return [pixel_values[i, :t] for i, t in enumerate(tiles_per_image)]
+    if pixel_values.dim() == 4 and pixel_values.shape[0] == sum(tiles_per_image):
+        return list(torch.split(pixel_values, tiles_per_image))
+    raise HeroError.field(
+        "pixel_values",
+        pixel_values,
+        f"(I, T, 3, h, w) or ({sum(tiles_per_image)}, 3, h, w) for the tiles of the {len(tiles_per_image)} images",
+        "Pass pixel_values and image_sizes from the same processor call.",
+    )
+
+
+def assemble_source(image: EncodedImage, keep: Tensor) -> AssembledImage:
+    """The kept tokens of one image in the host's own order: every position of ``image.source`` whose
+    (view, token) is kept (``keep`` (V, N) bool), and every newline (-1)."""
+    flat = keep.reshape(-1).to(image.source.device)  # (V * N,)
+    is_newline = image.source < 0
+    sent = is_newline | flat[image.source.clamp(min=0)]  # (T,)
+    offsets = sent.nonzero().squeeze(1)  # one host sync: the kept count
+    newlines = int(is_newline.sum())
+    return AssembledImage(
+        features=image.features.index_select(0, offsets.to(image.features.device)),
+        offsets=offsets,
+        layout_length=int(image.source.shape[0]),
+        kept_patch_tokens=int(offsets.shape[0]) - newlines,
+        newline_tokens=newlines,
+    )
+
+
+def canvas_boxes(size: tuple[int, int], tile_grid: tuple[int, int] | None) -> tuple[Box, ...]:
+    """AnyRes view boxes: the base view (first) is the whole image; tile (r, c) is its crop of the pinpoint
+    canvas, onto which the processor resized the image with its aspect kept and centred it (padding lies
+    outside [0, 1])."""
+    boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)]
+    if tile_grid is None:
+        return tuple(boxes)
+    height, width = size
+    rows, cols = tile_grid
+    fit = min(cols / width, rows / height)  # canvas tile units per image pixel
+    pad_x, pad_y = (cols - width * fit) / 2, (rows - height * fit) / 2
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = (c - pad_x) / (width * fit), (r - pad_y) / (height * fit)
+            boxes.append((x0, y0, x0 + 1 / (width * fit), y0 + 1 / (height * fit)))
+    return tuple(boxes)

@@ -28,7 +28,7 @@ from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
 from ..extras import require
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD
 from ..towers import cls_attention_hooks
-from ._shared import TransformersHost, check_finite, check_pixels, meet_tower, unnormalise
+from ._shared import TransformersHost, assemble_source, check_finite, check_pixels, meet_tower, unnormalise
 
 __all__ = ["InternVLAdapter"]
 
@@ -241,14 +241,7 @@ class InternVLAdapter(TransformersHost):
             image: what ``encode`` returned for the image.
             keep: (V, N) bool, the plan's keep mask.
         """
-        offsets = keep.reshape(-1).to(image.features.device).nonzero().squeeze(1)  # one host sync: the count
-        return AssembledImage(
-            features=image.features.index_select(0, offsets),
-            offsets=offsets,
-            layout_length=int(image.features.shape[0]),
-            kept_patch_tokens=int(offsets.shape[0]),
-            newline_tokens=0,
-        )
+        return assemble_source(image, keep)
 
 
 def _pair(value: Any) -> tuple[int, int]:

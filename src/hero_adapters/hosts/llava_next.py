@@ -22,11 +22,19 @@ from torch import Tensor
 
 from hero_core import EncodedTiles, HeroError
 
-from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
+from ..adapter import AssembledImage, EncodedImage, register_adapter
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..towers import cls_attention_hooks
-from ._shared import TransformersHost, check_finite, check_pixels, meet_tower, unnormalise
+from ._shared import (
+    TransformersHost,
+    canvas_boxes,
+    check_finite,
+    check_image_sizes,
+    meet_tower,
+    split_tiles,
+    unnormalise,
+)
 
 __all__ = ["LlavaNextAdapter"]
 
@@ -107,7 +115,7 @@ class LlavaNextAdapter(TransformersHost):
                 "an (I, 2) tensor of each image's original (height, width) whenever pixel_values is given",
                 "Pass the processor's image_sizes along with pixel_values (**inputs).",
             )
-        sizes = _check_image_sizes(image_sizes)
+        sizes = check_image_sizes(image_sizes)
         tiles_per_image = [
             int(
                 host.image_size_to_num_patches(
@@ -119,7 +127,7 @@ class LlavaNextAdapter(TransformersHost):
             for size in sizes
         ]
         vision = self.config.vision_config
-        views = _split_tiles(pixel_values, tiles_per_image, (vision.num_channels, vision.image_size, vision.image_size))
+        views = split_tiles(pixel_values, tiles_per_image, (vision.num_channels, vision.image_size, vision.image_size))
         strategy = encoder_kwargs.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
         if strategy != "default":
             raise HeroError.field(
@@ -179,7 +187,7 @@ class LlavaNextAdapter(TransformersHost):
                     source=source,
                     views=unnormalise(views[i], self.mean_std),
                     image_size=sizes[i],
-                    view_boxes=self._view_boxes(sizes[i], tile_grid),
+                    view_boxes=canvas_boxes(sizes[i], tile_grid),
                 )
             )
             start += count
@@ -196,22 +204,6 @@ class LlavaNextAdapter(TransformersHost):
         newline = torch.tensor([-1.0], dtype=torch.float64)
         maps, _ = self.base.pack_image_features(index, image_sizes, "default", image_newline=newline)
         return [m[:, 0].round().long() for m in maps]
-
-    def _view_boxes(self, size: tuple[int, int], tile_grid: tuple[int, int] | None) -> tuple[Box, ...]:
-        """Thumbnail = the whole image; tile (r, c) = its crop of the pinpoint canvas, onto which the processor
-        resized the image with its aspect kept and centred it (padding outside [0, 1])."""
-        boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)]
-        if tile_grid is None:
-            return tuple(boxes)
-        height, width = size
-        rows, cols = tile_grid
-        fit = min(cols / width, rows / height)  # canvas tile units per image pixel
-        pad_x, pad_y = (cols - width * fit) / 2, (rows - height * fit) / 2
-        for r in range(rows):
-            for c in range(cols):
-                x0, y0 = (c - pad_x) / (width * fit), (r - pad_y) / (height * fit)
-                boxes.append((x0, y0, x0 + 1 / (width * fit), y0 + 1 / (height * fit)))
-        return tuple(boxes)
 
     # --------------------------------------------------------------------------------------------- assemble
     def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
@@ -267,46 +259,3 @@ class LlavaNextAdapter(TransformersHost):
         ids = view * n + (r % side) * side + c % side  # (s n_h, s n_w)
         ids = torch.cat([ids, torch.full((side * rows, 1), -1)], dim=1)
         return torch.cat([torch.arange(n), ids.flatten()])
-
-
-def _check_image_sizes(image_sizes: object) -> list[tuple[int, int]]:
-    if isinstance(image_sizes, Tensor):
-        ok = image_sizes.dim() == 2 and image_sizes.shape[1] == 2 and not image_sizes.dtype.is_floating_point
-        values = image_sizes.tolist() if ok else None
-    elif isinstance(image_sizes, (list, tuple)):
-        values = [list(size) for size in image_sizes if isinstance(size, (list, tuple))]
-        ok = len(values) == len(image_sizes) and all(len(v) == 2 for v in values)
-    else:
-        ok, values = False, None
-    if not ok or values is None or not all(isinstance(x, int) and x > 0 for v in values for x in v):
-        raise HeroError.field(
-            "image_sizes", image_sizes, "an (I, 2) integer tensor of (height, width), one row per image"
-        )
-    return [(int(h), int(w)) for h, w in values]
-
-
-def _split_tiles(pixel_values: object, tiles_per_image: list[int], view: tuple[int, int, int]) -> list[Tensor]:
-    """Per image, its (T_i, 3, h, w) tiles (thumbnail first); ``view`` is the encoder's (3, h, w)."""
-    pixel_values = check_pixels(
-        pixel_values, view, "Pass the processor's pixel_values (its crop size must match vision_config.image_size)."
-    )
-    if not tiles_per_image:
-        raise HeroError.field("image_sizes", [], "at least one image")
-    if pixel_values.dim() == 5:
-        if pixel_values.shape[0] != len(tiles_per_image) or pixel_values.shape[1] < max(tiles_per_image):
-            raise HeroError.field(
-                "pixel_values",
-                pixel_values,
-                f"{len(tiles_per_image)} images (one per row of image_sizes) with at least {max(tiles_per_image)} "
-                "tiles each",
-                "Pass pixel_values and image_sizes from the same processor call.",
-            )
-        return [pixel_values[i, :t] for i, t in enumerate(tiles_per_image)]
-    if pixel_values.dim() == 4 and pixel_values.shape[0] == sum(tiles_per_image):
-        return list(torch.split(pixel_values, tiles_per_image))
-    raise HeroError.field(
-        "pixel_values",
-        pixel_values,
-        f"(I, T, 3, h, w) or ({sum(tiles_per_image)}, 3, h, w) for the tiles of the {len(tiles_per_image)} images",
-        "Pass pixel_values and image_sizes from the same processor call.",
-    )

@@ -13,6 +13,7 @@ from .builders import (
     BuiltHost,
     build_internvl,
     build_llava_next,
+    build_llava_onevision,
     build_tiny_clip,
     word_tokenizer,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "BuiltHost",
     "build_internvl",
     "build_llava_next",
+    "build_llava_onevision",
     "build_tiny_clip",
     "check_adapter",
     "hook_snapshot",

@@ -22,6 +22,7 @@ __all__ = [
     "BuiltHost",
     "build_internvl",
     "build_llava_next",
+    "build_llava_onevision",
     "build_tiny_clip",
     "word_tokenizer",
 ]
@@ -321,4 +322,90 @@ def build_internvl(
     )
     torch.manual_seed(seed)
     model = transformers.InternVLForConditionalGeneration(config).eval()
+    return BuiltHost(model=model, processor=processor, tile_pixels=tile_pixels, patch_size=patch_size)
+
+
+def build_llava_onevision(
+    *,
+    tile_pixels: int = 384,
+    patch_size: int = 14,
+    pinpoints: Sequence[Sequence[int]] | None = None,
+    vision_aspect_ratio: str = "anyres_max_9",
+    vision_layers: int = 26,
+    vision_width: int = 64,
+    vision_heads: int = 4,
+    vision_mlp: int | None = None,
+    text_width: int = 256,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int | None = None,
+    text_mlp: int | None = None,
+    words: Sequence[str] = DEMO_WORDS,
+    text_init: float = 0.02,
+    seed: int = 0,
+) -> BuiltHost:
+    """A transformers ``LlavaOnevisionForConditionalGeneration`` + ``LlavaOnevisionProcessor`` (random weights).
+
+    The tower is a SigLIP (no CLS token) with ``vision_layers`` layers, strategy ``full``, feature layer -1;
+    ``pinpoints`` default to multiples of ``tile_pixels`` up to 3 x 3 tiles; ``vision_aspect_ratio``
+    ``anyres_max_N`` makes the host downsample the stitched grid above N tiles' worth. The tokenizer is
+    word-level, built in memory from ``words`` (which must contain ``<pad> <s> </s> <unk> <image>``).
+    """
+    transformers = require("transformers")
+    vocab = {word: i for i, word in enumerate(words)}
+    if "<video>" not in vocab:
+        words = (*words, "<video>")
+        vocab["<video>"] = len(vocab)
+    tokenizer = word_tokenizer(words, image_token="<image>", video_token="<video>")
+    pins = (
+        [list(p) for p in pinpoints]
+        if pinpoints is not None
+        else [[tile_pixels * r, tile_pixels * c] for r in range(1, 4) for c in range(1, 4)]
+    )
+    side = tile_pixels // patch_size
+    image_processor = transformers.LlavaOnevisionImageProcessorPil(
+        size={"height": tile_pixels, "width": tile_pixels},
+        image_grid_pinpoints=pins,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = transformers.LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=transformers.LlavaOnevisionVideoProcessor(),
+        num_image_tokens=side * side,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio,
+    )
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=vision_width,
+        intermediate_size=vision_mlp or 4 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=tile_pixels,
+        patch_size=patch_size,
+        vision_use_head=False,
+    )
+    text = _text_config(
+        transformers.Qwen2Config,
+        vocab,
+        width=text_width,
+        mlp=text_mlp or 4 * text_width,
+        layers=text_layers,
+        heads=text_heads,
+        kv_heads=text_kv_heads,
+        init=text_init,
+    )
+    config = transformers.LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=vocab["<image>"],
+        video_token_id=vocab["<video>"],
+        image_grid_pinpoints=pins,
+        vision_aspect_ratio=vision_aspect_ratio,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
     return BuiltHost(model=model, processor=processor, tile_pixels=tile_pixels, patch_size=patch_size)
