@@ -1,4 +1,5 @@
-"""The ``hero`` command: answer with pruning, draw the plan, run the demo, the FLOPs model and benchmarks.
+"""The ``hero`` command: answer with pruning, draw the plan, profile the encoder's layers, run the demo, the
+FLOPs model and benchmarks.
 
 Every bad argument or input ends with one line on stderr (``hero: error: ...``) and exit code 2.
 """
@@ -32,11 +33,14 @@ examples:
   hero run --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --compare
   hero show --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --out kept.png --layers
   hero show --model ./InternVL3-1B-hf --image photo.jpg --prompt "Describe it." --out kept.png
+  hero layers --model ./InternVL3-1B-hf --images photos/ extra.jpg --json layers.json
   hero flops --shape vicuna-7b --tokens 2673 1105 583
   hero bench core
 """
 
 SHAPES = {"vicuna-7b": VICUNA_7B, "vicuna-13b": VICUNA_13B}
+#: What ``hero layers --images FOLDER`` takes from a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,6 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--json", type=Path, default=None, metavar="OUT.json")
 
+    layers = commands.add_parser(
+        "layers",
+        help="profile every encoder layer's CLS attention and suggest HERO's low / high layers",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    layers.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
+    )
+    layers.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="IMG",
+        help=f"image files and/or folders (every image directly inside: {', '.join(IMAGE_SUFFIXES)})",
+    )
+    layers.add_argument(
+        "--prompt",
+        default="Describe the image.",
+        help="text the processor formats with each image (the vision encoder does not read it)",
+    )
+    layers.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the profile as JSON")
+    layers.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    layers.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
     demo = commands.add_parser("demo", help="the embedded demo (no download; random weights)")
     demo.add_argument("--image", type=Path, default=None, help="use this image instead of the drawn test card")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -172,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {
         "run": _run,
         "show": _show,
+        "layers": _layers,
         "demo": _demo,
         "flops": _flops,
         "bench": _bench,
@@ -476,6 +509,88 @@ def _show(args: argparse.Namespace) -> None:
         print(f"wrote {strip_path}")
     if args.json is not None:
         args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+# ----------------------------------------------------------------------------------------------- layers
+def _image_paths(paths: Sequence[Path]) -> list[Path]:
+    """The image files named, and those directly inside the folders named, each checked to be an image."""
+    from .extras import require
+
+    image_module = require("PIL.Image")
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise HeroError.field(
+                    "--images", str(path), f"image files or a folder with images in it ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise HeroError.field("--images", str(path), "image files or folders that exist", "Check the path.")
+    for path in found:
+        try:
+            with image_module.open(path) as image:
+                image.verify()
+        except (OSError, ValueError, SyntaxError) as error:
+            raise HeroError.field("--images", str(path), "readable images (PNG, JPEG, ...)", str(error)) from error
+    return found
+
+
+def _layers(args: argparse.Namespace) -> None:
+    from .adapter import get_adapter
+    from .layers import layer_profile
+
+    _check_outputs(args, "json")
+    paths = _image_paths(args.images)  # every image checked before the model loads
+    steps = _steps(3 + len(paths), "loading")
+    options: dict[str, Any] = {
+        "image": paths[0],
+        "clip": None,
+        "preset": "hero",
+        "keep_ratio": 1.0,
+        "overrides": [],
+        "layout": None,
+    }
+    loaded = _Loaded(argparse.Namespace(**{**vars(args), **options}), steps)
+    adapter = get_adapter(loaded.model, processor=loaded.processor)
+
+    def batches() -> Any:
+        for path in paths:
+            steps.set_description(f"encoding {path.name}")
+            loaded.image = _open_image(path)
+            yield {**loaded._inputs(args.prompt), **adapter.image_inputs([loaded.image])}
+            steps.update()
+
+    profile = layer_profile(adapter, batches())
+    steps.close()
+    low, high = profile.suggest()
+    print(
+        f"{args.model}: {loaded.model.config.model_type}, vision encoder of {profile.depth} layers, query "
+        f"{profile.query_source!r}; {profile.num_images} image(s), {profile.num_views} views of {profile.num_tokens} "
+        f"tokens, top-k = {profile.top_k_fraction:.0%} of a view's valid tokens"
+    )
+    print(profile.table())
+    if profile.high_norm_tokens is not None:
+        print(f"high-norm tokens: {profile.high_norm_tokens:.1f} per view (feature norm > median + 3 scaled MADs)")
+    if profile.boundary is not None and profile.stage_entropy is not None:
+        before, after = profile.stage_entropy
+        print(
+            f"two-stage boundary: layer {profile.boundary} (mean entropy {before:.3f} before it, {after:.3f} "
+            "from it on)"
+        )
+    else:
+        print(f"no entropy drop found: suggesting the paper's layers scaled to {profile.depth} layers")
+    print(
+        f"suggested: --set low_layers={','.join(map(str, low))} --set high_layers={','.join(map(str, high))}"
+        "  (a heuristic from the paper's finding 2; docs/presets.md)"
+    )
+    if args.json is not None:
+        payload = {"model": str(args.model), "images": [str(p) for p in paths], "profile": profile.to_dict()}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
