@@ -17,13 +17,14 @@ from typing import Any
 from .adapter import (
     AssembledImage,
     EncodedImage,
+    EncoderFacts,
     HostAdapter,
     check_host_adapter,
     get_adapter,
     list_adapters,
     register_adapter,
 )
-from .hosts import InternVLAdapter, LlavaNextAdapter
+from .hosts import InternVLAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
 from .report import ImageReport, PruneReport
 from .towers import ClsAttentionRecord, TowerRecipe, cls_attention_hooks, register_tower_recipe
 from .vlm import HeroVLM
@@ -32,12 +33,14 @@ __all__ = [
     "AssembledImage",
     "ClsAttentionRecord",
     "EncodedImage",
+    "EncoderFacts",
     "HFClipTextScorer",
     "HeroVLM",
     "HostAdapter",
     "ImageReport",
     "InternVLAdapter",
     "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "OpenClipTextScorer",
     "PruneReport",
     "TowerRecipe",

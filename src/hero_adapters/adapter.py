@@ -22,6 +22,7 @@ __all__ = [
     "AssembledImage",
     "Box",
     "EncodedImage",
+    "EncoderFacts",
     "HostAdapter",
     "all_layouts",
     "check_host_adapter",
@@ -86,6 +87,26 @@ class AssembledImage:
     def tokens_out(self) -> int:
         """Tokens sent to the LLM for this image."""
         return self.kept_patch_tokens + self.newline_tokens
+
+
+@dataclass(frozen=True)
+class EncoderFacts:
+    """What a host's vision encoder is, as data (``TransformersHost.encoder`` gives them for the library's hosts).
+
+    Attributes:
+        depth: encoder layers (selector layers must lie in ``[0, depth)``; ``presets.hero(r, depth=depth)``
+            scales the paper's layers to it).
+        cls_position: where the tower's CLS token sits: ``"first"``, ``"last"`` or ``"none"`` (its tower recipe).
+        query_source: what the query row is: ``"cls"`` or a stand-in (``"mean-token"``).
+        feature_layer: the encoder layer(s) whose output the host sends on to the LLM (``vision_feature_layer``).
+        tower: the tower recipe's name.
+    """
+
+    depth: int
+    cls_position: str
+    query_source: str
+    feature_layer: int | tuple[int, ...]
+    tower: str
 
 
 @runtime_checkable

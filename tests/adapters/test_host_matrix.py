@@ -303,3 +303,12 @@ def test_onevision_videos_are_refused_with_what_to_do() -> None:
     host = host_row("llava_onevision")
     with pytest.raises(HeroError, match=r"model\.generate directly for videos"):
         _vlm(host, 0.5).generate(**host.batch(), pixel_values_videos=torch.zeros(1, 2, 3, 56, 56), max_new_tokens=2)
+
+
+def test_encoder_facts_are_data(host: HostRow) -> None:
+    facts = _vlm(host, 0.5).adapter.encoder
+    assert facts.depth == 6 and facts.feature_layer in (-1, -2)
+    if host.name.startswith("llava_onevision"):
+        assert (facts.cls_position, facts.query_source, facts.tower) == ("none", "mean-token", "siglip")
+    else:
+        assert (facts.cls_position, facts.query_source) == ("first", "cls")

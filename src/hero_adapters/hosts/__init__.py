@@ -11,8 +11,9 @@ import pkgutil
 
 from .internvl import InternVLAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 
-__all__ = ["InternVLAdapter", "LlavaNextAdapter"]
+__all__ = ["InternVLAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

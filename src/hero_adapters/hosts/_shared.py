@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from hero_core import HeroError
 
-from ..adapter import AssembledImage, Box, EncodedImage
+from ..adapter import AssembledImage, Box, EncodedImage, EncoderFacts
 from ..pixels import check_channels
-from ..towers import attention_modules
+from ..towers import attention_modules, tower_recipe
 
 __all__ = [
     "TransformersHost",
@@ -111,6 +111,19 @@ class TransformersHost:
     def num_layers(self) -> int:
         """Depth of the vision tower (its attention modules, found by the tower recipe)."""
         return len(attention_modules(self.vision_tower)[0])
+
+    @property
+    def encoder(self) -> EncoderFacts:
+        """The encoder's facts as data: depth, CLS position, query source, feature layer, tower recipe."""
+        recipe = tower_recipe(self.vision_tower)
+        layer = getattr(self.config, "vision_feature_layer", -1)
+        return EncoderFacts(
+            depth=self.num_layers,
+            cls_position=recipe.cls_position,
+            query_source=self.query_source,
+            feature_layer=tuple(int(x) for x in layer) if isinstance(layer, (list, tuple)) else int(layer),
+            tower=recipe.name,
+        )
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
