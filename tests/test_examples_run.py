@@ -51,3 +51,15 @@ def test_check_my_adapter_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert _run("check_my_adapter.py", monkeypatch=monkeypatch) == 0
     out = capsys.readouterr().out
     assert "FAIL" in out.split("OneTensorAdapter")[1] and "FAIL" not in out.split("OneTensorAdapter")[0]
+
+
+def test_custom_hr_lvlm_runs_and_passes_check_adapter(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    assert _run("custom_hr_lvlm.py", monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "image tokens to the LLM" in out
+    checks = out.split("check_adapter:")[1].strip().splitlines()
+    assert len(checks) == 7 and all(line.startswith("ok ") for line in checks)

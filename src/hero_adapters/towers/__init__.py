@@ -2,12 +2,21 @@
 
 ``cls_attention_hooks(tower, layers)`` is the public entry point. A tower is served when its attention
 modules are instances of a class in the recipe table (``list_tower_recipes()``): transformers' CLIP, SigLIP
-and InternViT come registered; ``register_tower_recipe`` adds a class of your own.
+and InternViT, timm's ViT ``Attention``, and ``torch.nn.MultiheadAttention`` (open_clip's ViT) come
+registered, in that order (the generic torch class last); ``register_tower_recipe`` adds a class of your own.
+The recipes name their classes as import paths (or, for torch's own class, stand-ins), so importing this
+package imports neither transformers nor timm nor open_clip.
 """
 
 from __future__ import annotations
 
+# Import order is the table order: the framework-specific classes first, nn.MultiheadAttention last.
+# isort: off
 from . import transformers as _transformers_recipes  # noqa: F401  (registers the transformers recipes)
+from . import timm as _timm_recipes  # noqa: F401  (registers the timm recipe)
+from . import open_clip as _open_clip_recipes  # noqa: F401  (registers the nn.MultiheadAttention recipes)
+
+# isort: on
 from .hooks import QUERIES, ClsAttentionRecord, attention_modules, cls_attention_hooks, tower_recipe
 from .recipes import CLS_POSITIONS, TowerRecipe, list_tower_recipes, register_tower_recipe, split_call
 

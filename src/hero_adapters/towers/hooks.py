@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hero_core import HeroError
 
-from .recipes import TowerRecipe, find_recipe, list_tower_recipes
+from .recipes import TowerRecipe, list_tower_recipes
 
 __all__ = ["QUERIES", "ClsAttentionRecord", "attention_modules", "cls_attention_hooks", "tower_recipe"]
 
@@ -181,18 +181,25 @@ def _key_mask(mask: Any, query: str, position: str, batch: int, tokens: int, dev
 def attention_modules(tower: nn.Module) -> tuple[list[nn.Module], TowerRecipe]:
     """The tower's attention modules in layer order (module order), and the recipe that serves them.
 
+    When the tower's modules match several recipes (a SigLIP tower's ``SiglipAttention`` layers and the
+    ``nn.MultiheadAttention`` of its pooling head), the recipe matching the most modules serves the tower
+    and the others' modules are not layers; ties go to table order (``list_tower_recipes()``), so a recipe
+    registered with ``first=True`` for the same class overrides the built-in one.
+
     Raises:
         HeroError: if no module of the tower has a recipe (the message lists the tower's attention-like
-            classes and how to register a recipe), or its layers need different recipes.
+            classes and how to register a recipe), or the tower declares prefix tokens
+            (``num_prefix_tokens``, timm's name) other than the recipe's CLS token, such as register tokens.
     """
-    found: list[tuple[nn.Module, TowerRecipe]] = []
+    table = [(recipe, recipe.resolved()) for recipe in list_tower_recipes()]
+    matched: list[list[nn.Module]] = [[] for _ in table]
     for module in tower.modules():
-        recipe = find_recipe(module)
-        if recipe is not None:
-            found.append((module, recipe))
-    if not found:
+        for found, (_, classes) in zip(matched, table, strict=True):
+            if classes and isinstance(module, classes):
+                found.append(module)
+    if not any(matched):
         candidates = sorted({type(m).__name__ for m in tower.modules() if "attention" in type(m).__name__.lower()})
-        known = {r.name: r.class_names() for r in list_tower_recipes()}
+        known = {r.name: r.class_names() for r, _ in table}
         raise HeroError.field(
             "vision tower",
             type(tower).__name__,
@@ -201,10 +208,30 @@ def attention_modules(tower: nn.Module) -> tuple[list[nn.Module], TowerRecipe]:
             "hero_adapters.towers.register_tower_recipe(TowerRecipe(name, (YourAttention,), cls_position=...)) "
             "(docs/adapters.md, 'Tower recipes').",
         )
-    recipes = {recipe.name for _, recipe in found}
-    if len(recipes) > 1:
-        raise HeroError.field("vision tower", type(tower).__name__, "one attention class for all layers", str(recipes))
-    return [module for module, _ in found], found[0][1]
+    best = max(range(len(table)), key=lambda i: (len(matched[i]), -i))  # most modules; ties: table order
+    modules, recipe = matched[best], table[best][0]
+    expected = 0 if recipe.cls_position == "none" else 1
+    for owner in tower.modules():  # a tower (or the ViT inside it) that says how many tokens precede the patches
+        prefix = getattr(owner, "num_prefix_tokens", None)
+        if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix == expected:
+            continue
+        if not any(sub is modules[0] for sub in owner.modules()):
+            continue
+        fix = (
+            "HERO's patch_attention() drops only the CLS column, so the extra prefix tokens (register tokens) "
+            "would be planned as patches: build the tower without them (timm: reg_tokens=0)."
+            if prefix > expected
+            else "Its first token is a patch: register a CLS-free variant of the recipe before it, "
+            f"register_tower_recipe(dataclasses.replace(<recipe {recipe.name!r}>, name=..., cls_position='none'), "
+            "first=True), and record with query='mean'."
+        )
+        raise HeroError.field(
+            f"vision tower {type(owner).__name__}.num_prefix_tokens",
+            prefix,
+            f"{expected} (recipe {recipe.name!r}: CLS token {recipe.cls_position!r}, then the patches)",
+            fix,
+        )
+    return modules, recipe
 
 
 def tower_recipe(tower: nn.Module) -> TowerRecipe:
