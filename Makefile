@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 gpu: $(STAMP)
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make gpu: no CUDA device')"
 	$(PY) -m pytest -q -m gpu
-	$(VENV)/bin/hero bench encode --device cuda --repeats 3
+	$(VENV)/bin/hero bench encode --device cuda --repeats 3 --write-results
 	$(VENV)/bin/hero bench prefill --device cuda --full-model
 
 bench: $(STAMP)

@@ -61,6 +61,19 @@ def results_dir() -> Path:
     return here / "results" if here.is_dir() else Path.cwd() / "hero-bench-results"
 
 
+def output_folder(out: Path | None, write_results: bool) -> Path:
+    """Where a benchmark writes: ``out`` when given; else, asked with ``write_results``, ``results_dir()``
+    (a checkout's tracked ``benchmarks/results``, whose README is then rewritten); else a folder no checkout
+    tracks: ``build/bench-results`` inside a checkout (``build/`` is git-ignored), ``./hero-bench-results``
+    elsewhere."""
+    if out is not None:
+        return out
+    folder = results_dir()
+    if write_results or folder.name != "results":
+        return folder
+    return Path.cwd() / "build" / "bench-results"
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     info: dict[str, Any] = {

@@ -1,0 +1,125 @@
+"""`hero bench encode` on test-size towers: the library's path (adapter.encode + plan) against the host's call.
+
+The real-size run (`hero bench encode`) takes minutes; these run the same code with ``--tiny`` hosts (both
+towers, 56-px views) in seconds, so CI exercises every mode, the checks, the table and the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from hero_adapters.bench import encode
+from hero_adapters.bench._common import output_folder
+from hero_core import HeroError
+
+TINY = ["--tiny", "--device", "cpu", "--repeats", "1", "--plan-repeats", "2"]
+
+
+def _in_process_memory(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Memory measured in this process instead of a fresh subprocess per mode (each costs an import)."""
+    calls: list[tuple[str, str]] = []
+
+    def measure(tower: encode.Tower, mode: str, args: Any) -> dict[str, Any]:
+        calls.append((tower.name, mode))
+        return encode.measure_memory(tower, mode, args)
+
+    monkeypatch.setattr(encode, "memory_in_subprocess", measure)
+    return calls
+
+
+def test_tiny_run_times_the_library_path_for_both_towers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _in_process_memory(monkeypatch)
+    assert encode.main([*TINY, "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "encode-tiny.json").read_text())
+    assert set(record["towers"]) == {"clip-l14-336", "internvit-300m"}
+    assert calls == [(tower, mode) for tower in record["towers"] for mode in encode.MODES]
+    assert record["machine"]["device"] == "cpu" and record["machine"]["cpu"]
+    for name, tokens in (("clip-l14-336", 16), ("internvit-300m", 4)):
+        tower = record["towers"][name]
+        assert (tower["views"], tower["tokens_per_view"], tower["tile_grid"]) == (5, tokens, [2, 2])
+        assert tower["hooked_layers"] == [5, 6, 7, 8, 21] and tower["encoder_layers"] == 24
+        assert set(tower["modes"]) == set(encode.MODES) and tower["eager"].startswith("measured")
+        modes, ratios = tower["modes"], tower["ratios"]
+        # ratios and verdicts are the measured values, never constants
+        assert ratios["b/a_time"] == pytest.approx(modes["b_hero"]["median_s"] / modes["a_host"]["median_s"])
+        assert ratios["c/a_peak_memory"] == pytest.approx(
+            modes["c_eager"]["peak_bytes"] / modes["a_host"]["peak_bytes"]
+        )
+        assert tower["met"]["b/a_time"] == (ratios["b/a_time"] <= encode.TIME_TARGET)
+        assert tower["met"]["b/a_peak_memory"] == (ratios["b/a_peak_memory"] <= encode.MEMORY_TARGET)
+        assert tower["plan"]["plan/a_host"] == pytest.approx(tower["plan"]["plan_ms"] / tower["plan"]["a_host_ms"])
+        assert tower["meets_targets"] == all(tower["met"].values())
+        # (b) hands the LLM exactly the host's features, and its CLS rows are the eager maps' rows
+        checks = tower["checks"]
+        assert checks["max_abs_diff_features_b_vs_a"] == 0.0
+        assert checks["max_abs_diff_hooks_vs_eager"] < 1e-5
+        assert sum(checks["kept_tokens_b"]) < sum(checks["tokens_in"])
+    assert record["meets_targets"] == all(t["meets_targets"] for t in record["towers"].values())
+    table = (tmp_path / "encode-tiny.md").read_text()
+    assert "tiny test towers" in table and "target <= 1.05" in table and "target <= 1.1" in table
+    assert "Planning alone" in table and "InternViT-300M-shaped | 5 x 4" in table
+
+
+def test_one_tower_without_eager_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _in_process_memory(monkeypatch)
+    argv = [*TINY, "--tower", "internvit-300m", "--eager", "off", "--views", "3", "--out", str(tmp_path)]
+    assert encode.main(argv) == 0
+    record = json.loads((tmp_path / "encode-internvit-300m-tiny.json").read_text())
+    tower = record["towers"]["internvit-300m"]
+    assert calls == [("internvit-300m", "a_host"), ("internvit-300m", "b_hero")]
+    assert set(tower["modes"]) == {"a_host", "b_hero"} and "c/a_time" not in tower["ratios"]
+    assert (tower["views"], tower["tile_grid"]) == (3, [1, 2])
+    assert "max_abs_diff_hooks_vs_eager" not in tower["checks"]
+
+
+def test_memory_runs_in_a_fresh_subprocess() -> None:
+    args = encode.parse(["--tiny", "--device", "cpu", "--tower", "clip-l14-336"])
+    result = encode.memory_in_subprocess(encode.TOWERS["clip-l14-336"], "b_hero", args)
+    assert result["peak_bytes"] >= result["baseline_bytes"] > 0
+    assert result["kind"].startswith("process RSS")
+
+
+def test_default_output_is_untracked_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert output_folder(None, False) == tmp_path / "hero-bench-results"  # not a checkout
+    (tmp_path / "benchmarks").mkdir()
+    assert output_folder(None, False) == tmp_path / "build" / "bench-results"  # git-ignored build/
+    assert output_folder(None, True) == tmp_path / "benchmarks" / "results"
+    assert output_folder(tmp_path / "x", True) == tmp_path / "x"
+
+
+def test_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        encode.parse(["--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--tower" in help_text and "--write-results" in help_text and "--tiny" not in help_text
+    with pytest.raises(SystemExit):
+        encode.parse(["--tower", "vit-h"])
+    with pytest.raises(SystemExit):
+        encode.parse(["--memory-mode", "a_host"])  # needs one tower
+    if torch.cuda.is_available():
+        assert encode.parse(["--device", "cuda"]).device == "cuda"
+    else:
+        with pytest.raises(HeroError, match="CUDA"):
+            encode.parse(["--device", "cuda"])
+
+
+def test_real_towers_geometry() -> None:
+    args = SimpleNamespace(tiny=False, views=5, dtype="float32")
+    # every layer's (V, H, P + 1, P + 1) float32 map: 577 tokens for CLIP-L/14-336, 1025 for InternViT at 448 px
+    assert encode.eager_maps_bytes(encode.TOWERS["clip-l14-336"], args) == 24 * 5 * 16 * 577**2 * 4
+    assert encode.eager_maps_bytes(encode.TOWERS["internvit-300m"], args) == 24 * 5 * 16 * 1025**2 * 4
+    assert encode.image_size(5, 336) == (672, 672) and encode.image_size(5, 448) == (896, 896)
+    wrong = SimpleNamespace(**{**encode.INTERNVIT_300M, "use_qk_norm": True})
+    with pytest.raises(HeroError, match="use_qk_norm"):
+        encode._check_spec(encode.TOWERS["internvit-300m"], wrong)
+    encode._check_spec(encode.TOWERS["internvit-300m"], SimpleNamespace(**encode.INTERNVIT_300M))
