@@ -378,6 +378,15 @@ class HeroVLM:
             plans = [self.pruner.plan(image.tiles, rel) for image, rel in zip(encoded, relevance, strict=True)]
         with timer.stage("assemble"):
             assembled = [self.adapter.assemble(image, plan.keep) for image, plan in zip(encoded, plans, strict=True)]
+        for i, out in enumerate(assembled):
+            if int(out.features.shape[0]) != out.tokens_out or int(out.offsets.shape[0]) != out.tokens_out:
+                raise HeroError.field(
+                    f"{type(self.adapter).__name__}.assemble output for image {i}",
+                    f"{int(out.features.shape[0])} features, {int(out.offsets.shape[0])} offsets",
+                    f"{out.tokens_out} of each (kept_patch_tokens + newline_tokens): what the placeholder run is "
+                    "shrunk to",
+                    "Fix the adapter's assemble: one feature row and one offset per token it reports.",
+                )
 
         images = [
             ImageReport(

@@ -312,3 +312,36 @@ def test_encoder_facts_are_data(host: HostRow) -> None:
         assert (facts.cls_position, facts.query_source, facts.tower) == ("none", "mean-token", "siglip")
     else:
         assert (facts.cls_position, facts.query_source) == ("first", "cls")
+
+
+def test_an_adapter_whose_feature_count_disagrees_with_its_report_is_refused() -> None:
+    host = host_row("internvl")
+
+    @dataclass(frozen=True, eq=False)
+    class Miscounting(InternVLAdapter):
+        def assemble(self, image: Any, keep: Any) -> Any:
+            out = super().assemble(image, keep)
+            return type(out)(out.features[1:], out.offsets[1:], out.layout_length, out.kept_patch_tokens, 0)
+
+    vlm = HeroVLM(host.model, host.pruner(0.5), adapter=Miscounting(host.model, processor=host.processor))
+    before = hook_snapshot(host.model)
+    with pytest.raises(HeroError, match=r"Miscounting\.assemble output for image 0"):
+        vlm.generate(**host.batch(), max_new_tokens=2)
+    assert hook_snapshot(host.model) == before
+
+
+def test_an_encode_whose_token_count_disagrees_with_the_placeholder_run_is_refused() -> None:
+    host = host_row("internvl")
+
+    @dataclass(frozen=True, eq=False)
+    class ShortEncode(InternVLAdapter):
+        def encode(self, inputs: Any, layers: Any, *, runs: Any = None) -> Any:
+            images = super().encode(inputs, layers, runs=runs)
+            first = images[0]
+            return [type(first)(first.tiles, first.features, first.source, first.views, None, None)] + [
+                type(image)(image.tiles, image.features[:-1], image.source[:-1], image.views) for image in images[1:]
+            ]
+
+    vlm = HeroVLM(host.model, host.pruner(0.5), adapter=ShortEncode(host.model, processor=host.processor))
+    with pytest.raises(HeroError, match="input_ids"):
+        vlm.generate(**host.batch(), max_new_tokens=2)
