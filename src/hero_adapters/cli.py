@@ -337,7 +337,11 @@ class _Loaded:
             raise HeroError.field("--model", source, "loadable weights", str(error)) from error
         self.model = model.to(self.device).eval()
         steps.update()
-        self.pruner = presets.get(args.preset, args.keep_ratio, **dict(args.overrides))
+        # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit --set layers are kept).
+        from .adapter import get_adapter
+
+        depth = int(get_adapter(self.model, processor=self.processor).num_layers)
+        self.pruner = presets.get(args.preset, args.keep_ratio, depth=depth, **dict(args.overrides))
         self.scorer = None
         if args.clip is not None and self.pruner.uses_relevance:
             steps.set_description("loading CLIP")

@@ -282,3 +282,30 @@ def test_internvl_aggregation_onto_llm_tokens_matches_a_slow_loop() -> None:
                 slow[..., token] += patches[..., (2 * row + dr) * side + 2 * col + dc]
     assert image.tiles.grid == (4, 4)
     assert (image.tiles.cls_attention - slow).abs().max().item() <= 1e-6
+
+
+def test_a_non_int_layer_is_a_hero_error(towers: tuple[CLIPVisionModel, CLIPVisionModel]) -> None:
+    sdpa, _ = towers
+    with pytest.raises(HeroError, match=r"attention layers=\[1, '2'\]"), cls_attention_hooks(sdpa, (1, "2")):  # type: ignore[arg-type]
+        pass
+
+
+def test_mean_stand_in_ignores_padded_tokens_under_bool_and_additive_masks() -> None:
+    """Idefics3-style towers get a bool mask under SDPA and an additive one under eager: same stand-in rows."""
+    tower = _siglip()
+    attention = attention_modules(tower)[0][1]
+    hidden = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(6))
+    allowed = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    allowed[1, :, :, 12:] = False
+    additive = torch.zeros(2, 1, 16, 16).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    rows = []
+    for mask in (allowed, additive):
+        with torch.inference_mode(), cls_attention_hooks(tower, (1,), query="mean") as record:
+            attention(hidden_states=hidden, attention_mask=mask)
+        rows.append(record.stacked()[0])
+    assert torch.allclose(rows[0], rows[1], atol=1e-7)
+    changed = hidden.clone()
+    changed[1, 12:] = 100.0  # padded tokens must not move the mean query
+    with torch.inference_mode(), cls_attention_hooks(tower, (1,), query="mean") as record:
+        attention(hidden_states=changed, attention_mask=additive)
+    assert torch.allclose(record.stacked()[0][1], rows[1][1], atol=1e-6)

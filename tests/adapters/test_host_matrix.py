@@ -53,7 +53,7 @@ def test_check_adapter_passes(host: HostRow) -> None:
         host.pruner,
         vlm_options={"processor": host.processor},
     )
-    assert not report.failures and len(report.results) == 7
+    assert not report.failures and len(report.results) == 8
 
 
 def test_check_adapter_catches_a_container_that_mixes_prompts_under_beams() -> None:

@@ -27,6 +27,7 @@ from hero_core import EncodedTiles, HeroError
 from ..adapter import AssembledImage, Box, EncodedImage, register_adapter
 from ..extras import require
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD
+from ..sequence import placeholder_runs
 from ..towers import cls_attention_hooks
 from ._shared import TransformersHost, assemble_source, check_finite, check_pixels, meet_tower, unnormalise
 
@@ -112,8 +113,8 @@ class InternVLAdapter(TransformersHost):
                 ``image_sizes`` (I, 2) original (height, width) for the tile grids, and
                 ``vision_feature_layer`` / ``vision_feature_select_strategy``.
             layers: 0-based encoder layers whose CLS attention the planner needs.
-            runs: the placeholder run lengths of the prompt, one per image; without them every tile belongs
-                to one image.
+            runs: the placeholder run lengths of the prompt, one per image. Without them, ``input_ids`` in
+                ``inputs`` give them, else ``image_sizes`` with the processor's tiling; a single tile is one image.
 
         Raises:
             HeroError: on a run that is not a whole number of views, tiles that disagree with the runs,
@@ -125,6 +126,14 @@ class InternVLAdapter(TransformersHost):
             pixel_values = pixel_values.flatten(0, 1)
         n = int(self._token_groups.shape[0])
         total = int(pixel_values.shape[0])
+        if runs is None and isinstance(inputs.get("input_ids"), Tensor):  # a prompt in the inputs tells the runs
+            mask = inputs.get("attention_mask")
+            ids = inputs["input_ids"]
+            runs = placeholder_runs(
+                ids, mask if isinstance(mask, Tensor) else torch.ones_like(ids), self.image_token_id
+            )
+        if runs is None:
+            runs = self._runs_from_sizes(inputs.get("image_sizes"), total, n)
         tiles_per_image = self._tiles_per_image(runs, total, n)
         strategy = inputs.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
         if strategy != "default":
@@ -179,9 +188,23 @@ class InternVLAdapter(TransformersHost):
             start += count
         return images
 
-    def _tiles_per_image(self, runs: Sequence[int] | None, total: int, n: int) -> list[int]:
-        if runs is None:
-            return [total]
+    def _runs_from_sizes(self, image_sizes: Any, total: int, n: int) -> list[int]:
+        """Without a prompt: the tile counts the processor's tiling gives each image size (one tile: one image)."""
+        if total == 1:
+            return [n]
+        if image_sizes is None or self.processor is None:
+            raise HeroError.field(
+                "input_ids",
+                None,
+                f"the prompt (its placeholder runs tell how the {total} tiles split into images)",
+                "Pass input_ids, or image_sizes (adapter.image_inputs(images)) with HeroVLM(..., processor=...).",
+            )
+        image_processor = getattr(self.processor, "image_processor", self.processor)
+        sizes = image_sizes.tolist() if isinstance(image_sizes, Tensor) else list(image_sizes)
+        counts = [int(image_processor.get_number_of_image_patches(int(h), int(w))) for h, w in sizes]
+        return [count * n for count in counts]
+
+    def _tiles_per_image(self, runs: Sequence[int], total: int, n: int) -> list[int]:
         bad = [length for length in runs if length % n or length == 0]
         if bad:
             raise HeroError.field(

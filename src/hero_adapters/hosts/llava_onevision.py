@@ -137,8 +137,13 @@ class LlavaOnevisionAdapter(TransformersHost):
             )
         packed = list(output.pooler_output)  # I x (T_i, D), base view first, newlines included
         last = output.hidden_states[-1] if output.hidden_states is not None else None
-        if last is None:  # the host kept another feature layer only: fall back to the post-LN output
-            last = output.last_hidden_state
+        if last is None:  # the host kept another feature layer only; last_hidden_state is after post_layernorm
+            raise HeroError.field(
+                "vision_feature_layer",
+                inputs.get("vision_feature_layer", self.config.vision_feature_layer),
+                "-1 (LLaVA-OneVision's): the saliency embedding is the mean of the last layer before post_layernorm",
+                "Use the checkpoint's vision_feature_layer; another layer is not supported by this adapter yet.",
+            )
         embeddings = last.float().mean(dim=1)  # (sum T, D_vision): the mean token of each view
         total, n = sum(tiles_per_image), self._side**2
         heads = int(vision.num_attention_heads)
@@ -195,6 +200,8 @@ class LlavaOnevisionAdapter(TransformersHost):
         a one-hot of its view, then the L * H attention values. After packing (unpad, maybe bilinear
         downsampling, newline columns), each LLM token is assigned to the view with the largest share and
         to the slot of the patch nearest its position; the attention it carries is the host's own blend.
+        Counts are exact either way; when blended tokens round onto one patch, the view's slots are assigned
+        in packed order instead, so slot positions (the picture, spatial selectors) are approximate there.
         """
         layers, _, heads, n = scores.shape
         side = self._side
@@ -215,13 +222,13 @@ class LlavaOnevisionAdapter(TransformersHost):
         view = packed[:, 3 : 3 + count].argmax(dim=1)
         slot = packed[:, 1].round().clamp(0, side - 1).long() * side + packed[:, 2].round().clamp(0, side - 1).long()
         source = torch.where(is_patch, view * n + slot, torch.full_like(slot, -1))
-        taken = source[is_patch]
-        if len(set(taken.tolist())) != taken.numel():  # blended tokens rounding onto one patch: slots in order
-            order = torch.zeros_like(slot)
-            for v in range(count):
-                mine = is_patch & (view == v)
-                order[mine] = torch.arange(int(mine.sum()))
-            source = torch.where(is_patch, view * n + order, torch.full_like(slot, -1))
+        per_view = torch.bincount(view[is_patch], minlength=count)
+        if bool((per_view > n).any()):  # pragma: no cover - bilinear shrinking never adds tokens
+            raise HeroError.field("packed score maps", per_view.tolist(), f"at most {n} LLM tokens per view")
+        for v in range(count):  # blended tokens rounding onto one patch: that view's slots in packed order
+            mine = is_patch & (view == v)
+            if len(set(source[mine].tolist())) != int(mine.sum()):
+                source[mine] = v * n + torch.arange(int(mine.sum()))
         valid = torch.zeros(count * n, dtype=torch.bool)
         valid[source[is_patch]] = True
         attention = torch.zeros(count * n, layers * heads, dtype=torch.float64)

@@ -8,8 +8,9 @@ not only tokens: on a tiny random model the tokens rarely move when the features
    assembled sequence holds exactly the report's counts;
 3. the LLM receives exactly the report's token count (placeholders of the host's first forward call);
 4. a batch equals its prompts run one by one, greedy and with beams (new tokens equal, logits close);
-5. hooks are gone (and no attribute added) after a normal call, a call whose scorer raises, and a call
-   whose vision tower raises.
+5. hooks are gone (and no attribute added) after normal calls, a call whose text scorer raises (when the
+   pruner reads relevance; otherwise reported as skipped), and a call that raises inside the vision tower
+   after HERO's hooks on earlier layers have recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..towers import attention_modules
 from ..vlm import HeroVLM
 
 __all__ = ["AdapterCheckError", "AdapterCheckReport", "check_adapter", "hook_snapshot"]
@@ -189,25 +191,30 @@ def check_adapter(
         raise RuntimeError("hero check_adapter: a scorer that fails on purpose")
 
     scoring = HeroVLM(model, pruner(keep_ratio), failing_scorer, **options)
-    reads_relevance = bool(getattr(scoring.pruner, "uses_relevance", False))
-    raised_scorer = _raises(lambda: scoring.generate(**batch, query="what is in the picture", **greedy))
-    after_scorer = hook_snapshot(model)
-    tower = pruned.adapter.vision_tower
-    raised_tower = False
-    if tower is not None:
-        handle = tower.register_forward_pre_hook(_fail)
-        try:
-            raised_tower = _raises(lambda: pruned.generate(**batch, **greedy))
-        finally:
-            handle.remove()
+    if bool(getattr(scoring.pruner, "uses_relevance", False)):
+        raised_scorer = _raises(lambda: scoring.generate(**batch, query="what is in the picture", **greedy))
+        after_scorer = hook_snapshot(model)
+        report.add(
+            "hooks gone after a failing text scorer",
+            raised_scorer and after_scorer == before,
+            "raised, model as before" if raised_scorer and after_scorer == before else "NOT CLEAN or did not raise",
+        )
+    else:
+        report.add("hooks gone after a failing text scorer (skipped: the pruner reads no relevance)", True, "not run")
+    # A failure inside the tower, after HERO's hooks on the earlier layers have recorded: a pre-hook that
+    # raises on the attention module of the last layer the pruner reads.
+    modules, _ = attention_modules(pruned.adapter.vision_tower)
+    handle = modules[max(pruned.pruner.layers)].register_forward_pre_hook(_fail)
+    try:
+        raised_tower = _raises(lambda: pruned.generate(**batch, **greedy))
+    finally:
+        handle.remove()
     after_tower = hook_snapshot(model)
-    clean = after_normal == before and after_scorer == before and after_tower == before
     report.add(
-        "hooks gone after normal and failing calls",
-        clean and (raised_scorer or not reads_relevance) and raised_tower,
-        f"normal {'clean' if after_normal == before else 'LEFT HOOKS'}, failing scorer "
-        f"{'raised, clean' if raised_scorer and after_scorer == before else 'NOT CLEAN or not run'}, failing tower "
-        f"{'raised, clean' if raised_tower and after_tower == before else 'NOT CLEAN'}",
+        "hooks gone after normal calls and a call failing inside the tower",
+        after_normal == before and raised_tower and after_tower == before,
+        f"normal {'clean' if after_normal == before else 'LEFT HOOKS'}, failing tower "
+        f"{'raised, clean' if raised_tower and after_tower == before else 'NOT CLEAN or did not raise'}",
     )
     if raise_on_failure and report.failures:
         raise AdapterCheckError(f"adapter {type(pruned.adapter).__name__} failed check_adapter:\n{report}")

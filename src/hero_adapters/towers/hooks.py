@@ -167,14 +167,21 @@ def _additive_row(mask: Any, query: str, position: str, tokens: int) -> Tensor |
 
 
 def _key_mask(mask: Any, query: str, position: str, batch: int, tokens: int, device: torch.device) -> Tensor | None:
-    """(B, T) bool of attendable keys from a boolean mask (True = attend), or None."""
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+    """(B, T) bool of attendable keys for the recorded query, from a boolean mask (True = attend) or an additive
+    one (a key is blocked where the mask holds a large negative value), or None without a mask."""
+    if not isinstance(mask, Tensor):
         return None
-    if mask.dim() == 2 and mask.shape[-1] == tokens:  # (B, T) key padding mask
-        return mask.to(device).expand(batch, tokens)
-    if mask.dim() != 4 or mask.shape[-1] != tokens:
+    if mask.dtype == torch.bool:
+        allowed = mask
+    elif mask.dtype.is_floating_point:
+        allowed = mask > torch.finfo(mask.dtype).min / 2
+    else:
+        return None
+    if allowed.dim() == 2 and allowed.shape[-1] == tokens:  # (B, T) key padding mask
+        return allowed.to(device).expand(batch, tokens)
+    if allowed.dim() != 4 or allowed.shape[-1] != tokens:
         raise HeroError.field("attention_mask", mask, f"None or a (B, 1 | H, T, {tokens}) float or bool mask")
-    rows = mask.any(dim=-2) if query == "mean" else mask[:, :, 0 if position == "first" else -1, :]
+    rows = allowed.any(dim=-2) if query == "mean" else allowed[:, :, 0 if position == "first" else -1, :]
     return rows.any(dim=1).to(device).expand(batch, tokens)  # over heads
 
 
@@ -272,15 +279,17 @@ def cls_attention_hooks(
             f"Use a stand-in query: one of {[q for q in QUERIES if q != 'cls']} (cls_attention_hooks(..., "
             "query='mean'); adapters set it for CLS-free towers).",
         )
-    wanted = tuple(sorted(set(layers)))
-    bad = [x for x in wanted if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < len(modules)]
+    given: list[Any] = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
+    bad = [x for x in given if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < len(modules)]
     if bad:
         raise HeroError.field(
             "attention layers",
             list(layers),
             f"0-based encoder layers in [0, {len(modules) - 1}] (this vision encoder has {len(modules)} layers)",
-            "Choose selector layers the encoder has, e.g. presets.hero(r, low_layers=(...), high_layers=(...)).",
+            "Choose selector layers the encoder has: presets.hero(r, depth=<encoder layers>) scales the paper's, "
+            "or pass low_layers=(...), high_layers=(...).",
         )
+    wanted = tuple(sorted({int(x) for x in given}))
     record = ClsAttentionRecord(layers=wanted, recipe=recipe, query=query)
     slots = {id(modules[layer]): _Slot(record, layer, recipe) for layer in wanted}
     acquired: list[nn.Module] = []
