@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from hero_core import HeroError
 
 from ..adapter import AssembledImage, Box, EncodedImage, EncoderFacts
+from ..extras import require
 from ..pixels import check_channels
 from ..towers import attention_modules, tower_recipe
 
@@ -26,6 +27,7 @@ __all__ = [
     "meet_tower",
     "normalisation",
     "pad_token_id",
+    "per_image_features",
     "split_tiles",
     "unnormalise",
 ]
@@ -281,3 +283,11 @@ def canvas_boxes(size: tuple[int, int], tile_grid: tuple[int, int] | None) -> tu
             x0, y0 = (c - pad_x) / (width * fit), (r - pad_y) / (height * fit)
             boxes.append((x0, y0, x0 + 1 / (width * fit), y0 + 1 / (height * fit)))
     return tuple(boxes)
+
+
+def per_image_features(assembled: Sequence[AssembledImage]) -> dict[str, Any]:
+    """``mm_encoder_outputs`` with one (k_i, D) tensor per image: the container of the LLaVA family, whose
+    forward concatenates the list and whose ``generate`` expands it for beams image by image."""
+    outputs = require("transformers.modeling_outputs")
+    kept = [out.features for out in assembled]
+    return {"mm_encoder_outputs": {"image": outputs.BaseModelOutputWithPooling(pooler_output=kept)}}

@@ -32,6 +32,7 @@ from ._shared import (
     check_finite,
     check_image_sizes,
     meet_tower,
+    per_image_features,
     split_tiles,
     unnormalise,
 )
@@ -80,9 +81,7 @@ class LlavaNextAdapter(TransformersHost):
     def feature_inputs(self, assembled: Sequence[AssembledImage]) -> dict[str, Any]:
         """``mm_encoder_outputs`` with one (k_i, D) tensor per image, as ``LlavaNextModel.forward`` concatenates
         them and ``generate`` expands them for beams by image."""
-        outputs = require("transformers.modeling_outputs")
-        kept = [out.features for out in assembled]
-        return {"mm_encoder_outputs": {"image": outputs.BaseModelOutputWithPooling(pooler_output=kept)}}
+        return per_image_features(assembled)
 
     # ----------------------------------------------------------------------------------------------- encode
     def encode(

@@ -36,6 +36,7 @@ from ._shared import (
     check_finite,
     check_image_sizes,
     meet_tower,
+    per_image_features,
     split_tiles,
     unnormalise,
 )
@@ -87,9 +88,7 @@ class LlavaOnevisionAdapter(TransformersHost):
 
     def feature_inputs(self, assembled: Sequence[AssembledImage]) -> dict[str, Any]:
         """``mm_encoder_outputs`` with one (k_i, D) tensor per image (the host concatenates them)."""
-        outputs = require("transformers.modeling_outputs")
-        kept = [out.features for out in assembled]
-        return {"mm_encoder_outputs": {"image": outputs.BaseModelOutputWithPooling(pooler_output=kept)}}
+        return per_image_features(assembled)
 
     # ----------------------------------------------------------------------------------------------- encode
     def encode(
