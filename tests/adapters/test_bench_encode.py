@@ -1,7 +1,8 @@
 """`hero bench encode` on test-size towers: the library's path (adapter.encode + plan) against the host's call.
 
-The real-size run (`hero bench encode`) takes minutes; these run the same code with ``--tiny`` hosts (both
-towers, 56-px views) in seconds, so CI exercises every mode, the checks, the table and the output folder.
+The real-size run (`hero bench encode`) takes minutes; these run the same code with ``--tiny`` hosts (every
+tower: CLIP-L in LLaVA-NeXT, InternViT in InternVL, SigLIP in LLaVA-OneVision; 56-px views) in seconds,
+so CI exercises every mode, the checks, the table and the output folder.
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ def _in_process_memory(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]
     return calls
 
 
-def test_tiny_run_times_the_library_path_for_both_towers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_run_times_the_library_path_for_every_tower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _in_process_memory(monkeypatch)
     assert encode.main([*TINY, "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "encode-tiny.json").read_text())
-    assert set(record["towers"]) == {"clip-l14-336", "internvit-300m"}
+    assert set(record["towers"]) == {"clip-l14-336", "internvit-300m", "siglip-so400m"}
     assert calls == [(tower, mode) for tower in record["towers"] for mode in encode.MODES]
     assert record["machine"]["device"] == "cpu" and record["machine"]["cpu"]
-    for name, tokens in (("clip-l14-336", 16), ("internvit-300m", 4)):
+    paper, scaled = [5, 6, 7, 8, 21], [6, 7, 8, 9, 24]  # presets.hero(0.2, depth=27): scale_layers' rule
+    for name, tokens, layers, depth in (
+        ("clip-l14-336", 16, paper, 24),
+        ("internvit-300m", 4, paper, 24),
+        ("siglip-so400m", 16, scaled, 27),
+    ):
         tower = record["towers"][name]
         assert (tower["views"], tower["tokens_per_view"], tower["tile_grid"]) == (5, tokens, [2, 2])
-        assert tower["hooked_layers"] == [5, 6, 7, 8, 21] and tower["encoder_layers"] == 24
+        assert tower["hooked_layers"] == layers and tower["encoder_layers"] == depth
         assert set(tower["modes"]) == set(encode.MODES) and tower["eager"].startswith("measured")
         modes, ratios = tower["modes"], tower["ratios"]
         # ratios and verdicts are the measured values, never constants
@@ -59,6 +65,8 @@ def test_tiny_run_times_the_library_path_for_both_towers(tmp_path: Path, monkeyp
         assert tower["meets_targets"] == all(tower["met"].values())
         # (b) hands the LLM exactly the host's features, and its CLS rows are the eager maps' rows
         checks = tower["checks"]
+        # SigLIP has no CLS: the stand-in is recomputed from the eager run's layer inputs instead
+        assert checks["eager_oracle"].startswith("the mean-token" if name == "siglip-so400m" else "the CLS rows")
         assert checks["max_abs_diff_features_b_vs_a"] == 0.0
         assert checks["max_abs_diff_hooks_vs_eager"] < 1e-5
         assert sum(checks["kept_tokens_b"]) < sum(checks["tokens_in"])
@@ -66,6 +74,7 @@ def test_tiny_run_times_the_library_path_for_both_towers(tmp_path: Path, monkeyp
     table = (tmp_path / "encode-tiny.md").read_text()
     assert "tiny test towers" in table and "target <= 1.05" in table and "target <= 1.1" in table
     assert "Planning alone" in table and "InternViT-300M-shaped | 5 x 4" in table
+    assert "SigLIP-so400m in LLaVA-OneVision" in table and "scaled to 27 layers" in table
 
 
 def test_one_tower_without_eager_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,8 +127,26 @@ def test_real_towers_geometry() -> None:
     # every layer's (V, H, P + 1, P + 1) float32 map: 577 tokens for CLIP-L/14-336, 1025 for InternViT at 448 px
     assert encode.eager_maps_bytes(encode.TOWERS["clip-l14-336"], args) == 24 * 5 * 16 * 577**2 * 4
     assert encode.eager_maps_bytes(encode.TOWERS["internvit-300m"], args) == 24 * 5 * 16 * 1025**2 * 4
+    # SigLIP has no CLS: (V, H, P, P), 729 tokens at 384 px
+    assert encode.eager_maps_bytes(encode.TOWERS["siglip-so400m"], args) == 27 * 5 * 16 * 729**2 * 4
     assert encode.image_size(5, 336) == (672, 672) and encode.image_size(5, 448) == (896, 896)
+    assert encode.image_size(5, 384) == (768, 768)
     wrong = SimpleNamespace(**{**encode.INTERNVIT_300M, "use_qk_norm": True})
     with pytest.raises(HeroError, match="use_qk_norm"):
         encode._check_spec(encode.TOWERS["internvit-300m"], wrong)
     encode._check_spec(encode.TOWERS["internvit-300m"], SimpleNamespace(**encode.INTERNVIT_300M))
+
+
+def test_siglip_tower_is_so400m_in_llava_onevision() -> None:
+    siglip = encode.TOWERS["siglip-so400m"]
+    assert (siglip.host, siglip.tile, siglip.layers, siglip.has_cls) == ("LLaVA-OneVision", 384, 27, False)
+    assert encode.parse(["--tower", "siglip-so400m"]).tower == "siglip-so400m"
+    encode._check_spec(siglip, SimpleNamespace(**encode.SIGLIP_SO400M))
+    with pytest.raises(HeroError, match="intermediate_size"):
+        encode._check_spec(siglip, SimpleNamespace(**{**encode.SIGLIP_SO400M, "intermediate_size": 4608}))
+    encode._check_host(siglip, SimpleNamespace(vision_feature_layer=-1, vision_feature_select_strategy="full"))
+    with pytest.raises(HeroError, match="vision_feature_layer"):
+        encode._check_host(siglip, SimpleNamespace(vision_feature_layer=-2, vision_feature_select_strategy="full"))
+    # the tiny build is the real tower's depth, so the tiny run hooks the real run's layers
+    built = encode.build_host(siglip, tiny=True)
+    assert built.model.config.vision_config.num_hidden_layers == 27 and built.tile_pixels == 56

@@ -10,6 +10,10 @@ is downloaded):
 - ``internvit-300m``: InternVL with an InternViT-300M-shaped tower (InternVL 2.5 / 3: 24 layers, width
   1024, 16 heads, MLP 4096, 448 px, patch 14, LayerNorm, no q/k norm). V = 5 views: an 896 x 896 image
   (4 tiles) plus the thumbnail; N = 256 LLM tokens per view after the 2 x 2 pixel shuffle.
+- ``siglip-so400m``: LLaVA-OneVision with SigLIP-so400m (27 layers, width 1152, 16 heads, MLP 4304, 384 px,
+  patch 14, ``vision_use_head=False``; feature layer -1, strategy ``full``). V = 5 views: a 768 x 768 image
+  (a 2 x 2 anyres grid of the builder's pinpoints, multiples of 384 up to 3 x 3) plus the base view; N = 729
+  tokens per view. SigLIP has no CLS: HERO records the mean-token stand-in query.
 
 Three modes per tower, on the same pixels:
 
@@ -17,13 +21,15 @@ Three modes per tower, on the same pixels:
 - ``b_hero``:  ``adapter.encode(...)``, which runs that same host call under HERO's scoped CLS-attention
                hooks and describes every image, then ``Pruner.plan`` per image (``presets.hero(0.2)``, the
                paper's layers: low 5-8, high 21; on InternViT these are CLIP-L's defaults applied to a
-               24-layer tower). A fixed relevance vector stands in for the text scorer, which is not timed
-               here (``hero bench prefill`` times it).
+               24-layer tower; on SigLIP-so400m ``presets.hero(0.2, depth=27)``, the paper's layers scaled
+               to 27 layers by ``hero_core.presets.scale_layers``: low 6-9, high 24). A fixed relevance
+               vector stands in for the text scorer, which is not timed here (``hero bench prefill`` times it).
 - ``c_eager``: the peers' route: the host call with eager attention and ``output_attentions=True`` (every
                layer's full map). ``--eager auto`` skips it when the maps would not fit in memory.
 
 Time: one process per run builds the hosts and runs the modes round-robin after a warm-up (which also
-checks that (b)'s features are (a)'s and its CLS rows are the eager maps' rows), so load drift hits all
+checks that (b)'s features are (a)'s and its CLS rows are the eager maps' rows; SigLIP's stand-in rows are
+recomputed from the eager run's hidden states), so load drift hits all
 modes alike; the median of ``--repeats`` is reported. Peak memory: one fresh subprocess per mode (process
 peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA), because allocator caches make in-process
 numbers unfair. Planning alone (``Pruner.plan`` on the encoded views) is timed against (a)'s median.
@@ -34,7 +40,7 @@ chosen). They go to ``--out DIR``; with ``--write-results`` to the checkout's ``
 README is then rewritten); by default to ``build/bench-results`` in a checkout (git-ignored), else
 ``./hero-bench-results``.
 
-Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m] [--device auto|cpu|cuda]
+Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m|siglip-so400m] [--device auto|cpu|cuda]
 [--dtype float32|bfloat16] [--repeats 3] [--write-results | --out DIR]``
    or: ``python benchmarks/bench_encode.py [...]``
 """
@@ -80,10 +86,21 @@ INTERNVIT_300M: dict[str, Any] = {
     "norm_type": "layer_norm",
     "use_qk_norm": False,
 }
+#: SigLIP-so400m (LLaVA-OneVision), as transformers ``SiglipVisionConfig`` fields.
+SIGLIP_SO400M: dict[str, Any] = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
 #: The tiny LLM behind every real-size tower (the bench times the vision path only).
 TINY_LLM: dict[str, Any] = {"text_width": 64, "text_layers": 1, "text_heads": 2}
-#: Test-size towers (``--tiny``): the same code path in seconds; 24 layers so the preset's layers exist.
-TINY_VISION: dict[str, int] = {"vision_layers": 24, "vision_width": 32, "vision_heads": 2, "vision_mlp": 64}
+#: Test-size towers (``--tiny``): the same code path in seconds; the real tower's depth (``Tower.layers``), so
+#: the preset's layers are the real run's.
+TINY_VISION: dict[str, int] = {"vision_width": 32, "vision_heads": 2, "vision_mlp": 64}
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,17 @@ class Tower:
     tiny_tile: int  # ... with --tiny
     spec: dict[str, Any]  # vision_config fields the real-size build must have
     layers_note: str
+    host_spec: tuple[tuple[str, Any], ...] = ()  # model.config fields the build must have (any size)
+
+    @property
+    def layers(self) -> int:
+        """The encoder's depth (tiny builds keep it, so HERO's layers are the same)."""
+        return int(self.spec["num_hidden_layers"])
+
+    @property
+    def has_cls(self) -> bool:
+        """False for SigLIP: no CLS token; HERO records the mean-token stand-in query."""
+        return self.host != "LLaVA-OneVision"
 
 
 TOWERS: dict[str, Tower] = {
@@ -120,18 +148,29 @@ TOWERS: dict[str, Tower] = {
             INTERNVIT_300M,
             "CLIP-L's default layers applied to a 24-layer tower",
         ),
+        Tower(
+            "siglip-so400m",
+            "SigLIP-so400m",
+            "LLaVA-OneVision",
+            384,
+            56,
+            SIGLIP_SO400M,
+            "the paper's layers scaled to 27 layers by hero_core.presets.scale_layers "
+            "(round(l * 26 / 23)); mean-token stand-in query, SigLIP has no CLS",
+            (("vision_feature_layer", -1), ("vision_feature_select_strategy", "full")),
+        ),
     )
 }
 
 
 def build_host(tower: Tower, tiny: bool) -> Any:
     """The tower's host (``BuiltHost``), real vision size and a tiny LLM, or everything tiny; seeded."""
-    from ..testing import LLAVA_NEXT_7B_PINPOINTS, build_internvl, build_llava_next
+    from ..testing import LLAVA_NEXT_7B_PINPOINTS, build_internvl, build_llava_next, build_llava_onevision
 
-    vision: dict[str, Any] = dict(TINY_VISION)
+    vision: dict[str, Any] = {"vision_layers": tower.layers, **TINY_VISION}
     if not tiny:
         vision = {
-            "vision_layers": int(tower.spec["num_hidden_layers"]),
+            "vision_layers": tower.layers,
             "vision_width": int(tower.spec["hidden_size"]),
             "vision_heads": int(tower.spec["num_attention_heads"]),
             "vision_mlp": int(tower.spec["intermediate_size"]),
@@ -140,10 +179,13 @@ def build_host(tower: Tower, tiny: bool) -> Any:
     if tower.name == "clip-l14-336":
         pinpoints = [[tile * p // 336 for p in pin] for pin in LLAVA_NEXT_7B_PINPOINTS]
         built = build_llava_next(tile_pixels=tile, patch_size=14, pinpoints=pinpoints, **vision, **TINY_LLM, seed=0)
+    elif tower.name == "siglip-so400m":  # the builder's pinpoints: multiples of the tile up to 3 x 3
+        built = build_llava_onevision(tile_pixels=tile, patch_size=14, **vision, **TINY_LLM, seed=0)
     else:
         built = build_internvl(tile_pixels=tile, patch_size=14, use_qk_norm=False, **vision, **TINY_LLM, seed=0)
     if not tiny:
         _check_spec(tower, built.model.config.vision_config)
+    _check_host(tower, built.model.config)
     return built
 
 
@@ -156,6 +198,13 @@ def _check_spec(tower: Tower, config: Any) -> None:
     }
     if wrong:
         raise HeroError.field(f"{tower.name} vision_config", wrong, f"the real tower's fields {tower.spec}")
+
+
+def _check_host(tower: Tower, config: Any) -> None:
+    """The host's own fields the bench relies on (e.g. LLaVA-OneVision's feature layer and strategy)."""
+    wrong = {key: getattr(config, key, None) for key, value in tower.host_spec if getattr(config, key, None) != value}
+    if wrong:
+        raise HeroError.field(f"{tower.name} config", wrong, f"the host's fields {dict(tower.host_spec)}")
 
 
 def _plain(value: Any) -> Any:
@@ -196,7 +245,7 @@ def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
     generator = torch.Generator().manual_seed(1)
     pixels = torch.randn(views, 3, tile, tile, generator=generator).to(device=device, dtype=dtype)
     sizes = torch.tensor([image_size(views, tile)], dtype=torch.long, device=device)
-    if tower.host == "LLaVA-NeXT":
+    if tower.host in ("LLaVA-NeXT", "LLaVA-OneVision"):
         host_inputs = {"pixel_values": pixels[None], "image_sizes": sizes}  # (I, T, 3, h, w), as the processor
         hero_inputs, runs, thumbnail = dict(host_inputs), None, 0
     else:
@@ -208,7 +257,8 @@ def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
     adapter = get_adapter(model, processor=built.processor)
     relevance = torch.linspace(0.1, 0.3, views, device=device)
     relevance[thumbnail] = 0.0
-    return Case(tower, model, adapter, presets.hero(KEEP_RATIO), host_inputs, hero_inputs, runs, relevance)
+    pruner = presets.hero(KEEP_RATIO, depth=tower.layers)
+    return Case(tower, model, adapter, pruner, host_inputs, hero_inputs, runs, relevance)
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -277,14 +327,12 @@ def available_bytes(device: torch.device) -> int:
 
 
 def eager_maps_bytes(tower: Tower, args: argparse.Namespace) -> int:
-    """Size of the attention maps ``output_attentions=True`` keeps: L x V x H x (P + 1)^2 values."""
-    spec = TINY_VISION if args.tiny else None
-    layers = spec["vision_layers"] if spec else int(tower.spec["num_hidden_layers"])
-    heads = spec["vision_heads"] if spec else int(tower.spec["num_attention_heads"])
+    """Size of the attention maps ``output_attentions=True`` keeps: L x V x H x (P + 1)^2 values (P^2: SigLIP)."""
+    heads = TINY_VISION["vision_heads"] if args.tiny else int(tower.spec["num_attention_heads"])
     tile = tower.tiny_tile if args.tiny else tower.tile
-    tokens = (tile // _pair(tower.spec["patch_size"])[0]) ** 2 + 1  # patches + CLS (tiny towers: patch 14 too)
+    tokens = (tile // _pair(tower.spec["patch_size"])[0]) ** 2 + int(tower.has_cls)  # tiny towers: patch 14 too
     itemsize = int(torch.finfo(getattr(torch, args.dtype)).bits) // 8
-    return int(layers * args.views * heads * tokens * tokens * itemsize)
+    return int(tower.layers * args.views * heads * tokens * tokens * itemsize)
 
 
 def measure_memory(tower: Tower, mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -372,6 +420,37 @@ def _eager_rows(case: Case, output: Any, layers: tuple[int, ...]) -> Tensor:
     return rows[..., groups].sum(-1)
 
 
+def _stand_in_rows(case: Case, layers: tuple[int, ...]) -> Tensor:
+    """(L, V, H, N) SigLIP's mean-token stand-in rows, recomputed outside HERO's hooks: the eager host call
+    with plain pre-hooks capturing each layer's input, then softmax(mean(LN1(x)) W_q . (LN1(x) W_k)^T * scale)."""
+    blocks = case.model.model.vision_tower.encoder.layers
+    seen: dict[int, Tensor] = {}
+
+    def grab(layer: int) -> Callable[..., None]:
+        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen[layer] = args[0] if args else kwargs["hidden_states"]
+
+        return pre
+
+    handles = [blocks[layer].register_forward_pre_hook(grab(layer), with_kwargs=True) for layer in layers]
+    try:
+        eager_call(case)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for layer in layers:
+        block = blocks[layer]
+        attention = block.self_attn
+        hidden = block.layer_norm1(seen[layer])
+        views, tokens, _ = hidden.shape
+        heads = int(attention.num_heads)
+        query = attention.q_proj(hidden.mean(1, keepdim=True)).float().view(views, 1, heads, -1).transpose(1, 2)
+        keys = attention.k_proj(hidden).float().view(views, tokens, heads, -1).transpose(1, 2)
+        rows.append(torch.softmax((query @ keys.transpose(-1, -2)).squeeze(2) * attention.scale, dim=-1))
+    return torch.stack(rows)
+
+
 def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...]) -> dict[str, Any]:
     """The tower's modes in this process, round-robin after a warm-up that checks (b) against (a) and (c)."""
     device = torch.device(args.device)
@@ -391,10 +470,18 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
         del host_out
         if "c_eager" in modes:
             eager = cases["eager"]
-            out = eager_call(eager)
             layers = images[0].tiles.attention_layers
-            oracle = _eager_rows(eager, out, layers)
-            del out
+            if tower.has_cls:
+                out = eager_call(eager)
+                oracle = _eager_rows(eager, out, layers)
+                checks["eager_oracle"] = "the CLS rows of the eager maps"
+                del out
+            else:
+                oracle = _stand_in_rows(eager, layers)
+                checks["eager_oracle"] = (
+                    "the mean-token stand-in recomputed from the eager run's layer inputs "
+                    "(layer_norm1, q/k projections, softmax; not a row of the eager maps)"
+                )
             hooked = torch.cat([image.tiles.cls_attention for image in images], dim=1).float()
             checks["max_abs_diff_hooks_vs_eager"] = float((hooked - oracle.to(hooked.device)).abs().max())
             del oracle, hooked
@@ -470,7 +557,7 @@ def _eager_decision(tower: Tower, args: argparse.Namespace) -> tuple[bool, str]:
     if args.eager != "auto":
         return args.eager == "on", f"--eager {args.eager}"
     free = available_bytes(torch.device(args.device))
-    layers = TINY_VISION["vision_layers"] if args.tiny else int(tower.spec["num_hidden_layers"])
+    layers = tower.layers
     # the kept maps, plus a few layers' worth of scratch (logits before the softmax), plus the two hosts
     need = maps * (layers + 3) // layers + (0 if args.tiny else 4 * int(GIB))
     fits = need < free
@@ -624,10 +711,13 @@ def main(argv: list[str] | None = None) -> int:
             "views": args.views,
             "repeats": args.repeats,
             "plan_repeats": args.plan_repeats,
-            "hosts": "built by hero_adapters.testing (build_llava_next / build_internvl): real-size vision "
+            "hosts": "built by hero_adapters.testing (build_llava_next / build_internvl / build_llava_onevision): "
+            "real-size vision "
             f"tower, tiny LLM {TINY_LLM}, random weights, seed 0",
             "timing": "one process per run, modes round-robin after one warm-up each; median and min of the repeats",
-            "hero_preset": f"presets.hero({KEEP_RATIO}); relevance: a fixed vector standing in for the text scorer",
+            "hero_preset": f"presets.hero({KEEP_RATIO}, depth=<the tower's layers>) (24 layers: the paper's "
+            "layers; 27: scaled by hero_core.presets.scale_layers); "
+            "relevance: a fixed vector standing in for the text scorer",
             "memory": "one subprocess per mode; peak = process high-water mark (CPU) or max allocated (CUDA); "
             "extra = peak minus the footprint after building the host",
         },
