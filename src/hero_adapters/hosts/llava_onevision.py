@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -77,9 +78,9 @@ class LlavaOnevisionAdapter(TransformersHost):
         vision = self.config.vision_config
         return int(vision.image_size // vision.patch_size)
 
-    @property
+    @cached_property
     def _query(self) -> str:
-        """``"cls"`` where the tower has one, else the mean-token stand-in (SigLIP)."""
+        """``"cls"`` where the tower has one, else the mean-token stand-in (SigLIP); the tower walk runs once."""
         return "mean" if tower_recipe(self.vision_tower).cls_position == "none" else "cls"
 
     def image_inputs(self, images: Sequence[Any]) -> dict[str, Any]:
