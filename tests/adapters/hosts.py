@@ -2,13 +2,20 @@
 
 Adding a host = its file under ``hero_adapters/hosts/``, its builder in ``hero_adapters.testing`` and one
 row here; every test that takes the ``host`` fixture then runs on it.
+
+``CHECKED`` adds the bring-your-own model of ``examples/custom_hr_lvlm.py`` (its own processor function and
+its own adapter, no registered type) to the rows that ``check_adapter`` runs on.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -145,3 +152,37 @@ def host_row(name: str) -> HostRow:
             **row.inputs([row.text("USER: {} describe ASSISTANT:")], [row.image(40, 100)]), max_new_tokens=1
         )
     return row
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+#: Example models in the ``check_adapter`` matrix: row name -> the example script that defines it.
+EXAMPLE_ROWS = {"example:custom_hr_lvlm": "custom_hr_lvlm.py"}
+#: Every row ``check_adapter`` runs on: the registered hosts, then the examples' own models.
+CHECKED = (*sorted(HOSTS), *EXAMPLE_ROWS)
+
+
+@cache
+def example_module(script: str) -> ModuleType:
+    """The example script imported as a module (its ``main`` is not run)."""
+    name = f"hero_example_{Path(script).stem}"
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def _example_model(script: str) -> Any:
+    return example_module(script).build_model()
+
+
+def check_arguments(name: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``check_adapter``'s positional and keyword arguments for the row ``name`` of ``CHECKED``."""
+    if name in EXAMPLE_ROWS:
+        module = example_module(EXAMPLE_ROWS[name])
+        model = _example_model(EXAMPLE_ROWS[name])
+        return (model, module.process, module.PROMPTS, module.pruner), {"adapter": module.AnyResAdapter(model)}
+    row = host_row(name)
+    return (row.model, row.inputs, row.prompts(), row.pruner), {"vlm_options": {"processor": row.processor}}

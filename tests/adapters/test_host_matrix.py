@@ -14,7 +14,7 @@ from hero_adapters import HeroVLM, InternVLAdapter, cls_attention_hooks
 from hero_adapters.testing import AdapterCheckError, check_adapter, hook_snapshot
 from hero_core import HeroError, presets
 
-from .hosts import HOSTS, HostRow, host_row
+from .hosts import CHECKED, HOSTS, HostRow, check_arguments, host_row
 
 
 @pytest.fixture(scope="module", params=sorted(HOSTS))
@@ -45,14 +45,13 @@ def _same(first: Any, second: Any, atol: float = 1e-5) -> None:
     assert worst <= atol, worst
 
 
-def test_check_adapter_passes(host: HostRow) -> None:
-    report = check_adapter(
-        host.model,
-        host.inputs,
-        host.prompts(),
-        host.pruner,
-        vlm_options={"processor": host.processor},
-    )
+@pytest.mark.parametrize("name", CHECKED)
+def test_check_adapter_passes(name: str) -> None:
+    """Every host, and the example's own model with its own adapter: identity at keep ratio 1 (sequences and
+    logits, greedy and beams), exact counts, batch equals singles, hooks gone."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    arguments, options = check_arguments(name)
+    report = check_adapter(*arguments, **options)
     assert not report.failures and len(report.results) == 8
 
 
