@@ -21,6 +21,7 @@ from hero_core.allocators import tile_views
 
 from ._timing import StageTimer
 from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
+from .attach import Attachment, Query, host_generate
 from .report import ImageReport, PruneReport
 from .sequence import (
     Rebuilt,
@@ -251,11 +252,38 @@ class HeroVLM:
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
         with torch.no_grad(), timer.stage("generate"):
-            output = self.model.generate(**self._host_inputs(run, rebuilt), **generate_kwargs)
+            output = host_generate(self.model)(**self._host_inputs(run, rebuilt), **generate_kwargs)
         if isinstance(output, Tensor):
             return splice(ids, output, rebuilt.input_ids.shape[1])
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
         return output
+
+    def attach(self, *, query: Query = None, processor: Any = None) -> Attachment:
+        """A ``with`` block in which the model's own ``generate`` is this wrapper's (``hero_adapters.attach``).
+
+        Code that calls ``model.generate`` (scripts, transformers pipelines, lmms-eval's HF wrappers) runs
+        unchanged and pruned inside the block; on exit, also by an exception or KeyboardInterrupt, the model
+        is exactly as before. The block's value is the ``Attachment``; its ``reports`` list holds one
+        ``PruneReport`` per call (``last_report`` the latest).
+
+        Example:
+            >>> vlm = HeroVLM(model, presets.hero(0.2), scorer, processor=processor)      # doctest: +SKIP
+            >>> with vlm.attach() as attached:                                            # doctest: +SKIP
+            ...     out = model.generate(**inputs, max_new_tokens=32)                     # doctest: +SKIP
+            >>> attached.reports[0].tokens_out                                            # doctest: +SKIP
+
+        Args:
+            query: None (default: each prompt's user text, recovered from ``input_ids`` without special and
+                image tokens and without the chat template's fixed words), one text for every call, or a
+                callable ``(recovered text) -> query``. Read only when the scorer and pruner use relevance.
+            processor: decodes the prompts and names the template's fixed words (default: the processor
+                passed to ``HeroVLM``).
+
+        Raises:
+            HeroError: when the model already has an attachment (this wrapper's or another's), on a bad
+                ``query``, or when a query must be recovered and no processor is known.
+        """
+        return Attachment(self, query, processor)
 
     def forward(
         self,

@@ -1,0 +1,184 @@
+"""``HeroVLM.attach()``: the model's own ``generate`` pruned inside a ``with`` block, and exactly restored."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+
+from hero_adapters import HeroVLM
+from hero_adapters.attach import prompt_text, template_words
+from hero_adapters.testing import hook_snapshot
+from hero_core import HeroError
+
+from .hosts import HOSTS, HostRow, host_row
+
+TEMPLATE = (
+    "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module", params=sorted(HOSTS))
+def host(request: pytest.FixtureRequest) -> HostRow:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return host_row(request.param)
+
+
+class RecordingScorer:
+    """A text scorer that records the queries it is given and scores every tile alike."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def __call__(self, views: torch.Tensor, text: str) -> torch.Tensor:
+        self.queries.append(text)
+        return torch.full((views.shape[0],), 0.25)
+
+
+def _generate(model: Any, inputs: dict[str, Any], **settings: Any) -> Any:
+    settings = {"max_new_tokens": 3, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        return model.generate(**inputs, **settings)
+
+
+def _same(first: Any, second: Any, atol: float = 1e-5) -> None:
+    assert torch.equal(first.sequences, second.sequences)
+    worst = max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))
+    assert worst <= atol, worst
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_model_generate_inside_attach_equals_outside_at_keep_ratio_1(host: HostRow, beams: int) -> None:
+    inputs = host.batch()
+    outside = _generate(host.model, inputs, num_beams=beams)
+    vlm = HeroVLM(host.model, host.pruner(1.0), processor=host.processor)
+    with vlm.attach() as attached:
+        inside = _generate(host.model, inputs, num_beams=beams)
+    _same(outside, inside)
+    assert len(attached.reports) == 1 and attached.reports[0] is vlm.last_report
+    assert vlm.last_report.tokens_out == vlm.last_report.tokens_in
+
+
+def test_inside_attach_the_llm_receives_the_reports_token_count(host: HostRow) -> None:
+    inputs = host.inputs([host.text("USER: {} describe the image ASSISTANT:")], [host.image(40, 100)])
+    seen: list[int] = []
+    embeddings = host.model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, args, out: seen.append(int(args[0].shape[1])))
+    try:
+        with HeroVLM(host.model, host.pruner(0.5), processor=host.processor).attach() as attached:
+            _generate(host.model, inputs)
+    finally:
+        handle.remove()
+    report = attached.reports[0]
+    assert report.tokens_out < report.tokens_in
+    assert seen[0] == inputs["input_ids"].shape[1] - report.tokens_in + report.tokens_out
+
+
+@pytest.mark.parametrize("raised", [None, ValueError, KeyboardInterrupt])
+def test_the_model_is_exactly_restored_after_the_block(raised: type[BaseException] | None) -> None:
+    host = host_row("llava_next")
+    inputs = host.batch()
+    before, attributes, answer = hook_snapshot(host.model), dict(vars(host.model)), _generate(host.model, inputs)
+    vlm = HeroVLM(host.model, host.pruner(0.3), processor=host.processor)
+    with pytest.raises(raised) if raised else contextlib.nullcontext(), vlm.attach():
+        assert "generate" in vars(host.model)
+        _generate(host.model, inputs)
+        if raised:
+            raise raised("inside the block")
+    assert hook_snapshot(host.model) == before
+    assert vars(host.model).keys() == attributes.keys()
+    _same(answer, _generate(host.model, inputs), atol=0.0)
+    with vlm.attach():  # and it can be attached again
+        _generate(host.model, inputs)
+
+
+def test_attaching_twice_or_two_wrappers_to_one_model_is_refused() -> None:
+    host = host_row("llava_next")
+    first = HeroVLM(host.model, host.pruner(0.5), processor=host.processor)
+    second = HeroVLM(host.model, host.pruner(0.3), processor=host.processor)
+    before = dict(vars(host.model))
+    with first.attach():
+        patched = host.model.generate
+        with pytest.raises(HeroError, match="already attached"), first.attach():
+            pass
+        with pytest.raises(HeroError, match="One attachment per model"), second.attach():
+            pass
+        assert host.model.generate == patched  # the refused attach changed nothing
+        # A wrapper that is not attached still calls the host's own generate (pruned once, by itself).
+        plain = second.generate(**host.batch(), max_new_tokens=2, do_sample=False)
+        assert plain.shape[0] == 3 and second.last_report.tokens_out < second.last_report.tokens_in
+    assert vars(host.model).keys() == before.keys()
+
+
+def test_a_pipeline_inside_attach_is_pruned() -> None:
+    transformers = pytest.importorskip("transformers")
+    host = host_row("llava_next")
+    pipe = transformers.pipeline("image-text-to-text", model=host.model, processor=host.processor)
+    image, text = host.image(40, 100), "USER: <image> describe the image ASSISTANT:"
+    settings = {"max_new_tokens": 3, "do_sample": False}
+    vlm = HeroVLM(host.model, host.pruner(0.25), processor=host.processor)
+    with vlm.attach() as attached:
+        answer = pipe(images=image, text=text, generate_kwargs=settings, return_full_text=False)
+    assert len(attached.reports) == 1
+    report = attached.reports[0]
+    assert report.tokens_out < report.tokens_in
+    inputs = host.inputs([text], [image])
+    direct = vlm.generate(**inputs, **settings)
+    expected = host.processor.decode(direct[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer[0]["generated_text"].strip() == expected.strip()  # the pipeline decodes with the prompt
+
+
+def test_the_query_is_the_users_text_without_the_templates_words() -> None:
+    host = host_row("llava_next")
+    processor = host.processor
+    scorer = RecordingScorer()
+    content = [{"type": "image"}, {"type": "text", "text": "what is in this picture"}]
+    conversation = [{"role": "user", "content": content}]
+    saved = processor.chat_template
+    processor.chat_template = TEMPLATE
+    try:
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        assert prompt == "USER: <image> what is in this picture ASSISTANT:"
+        assert template_words(processor, processor.tokenizer) == ["USER:", "ASSISTANT:"]
+        inputs = host.inputs([prompt, "USER: <image> describe the image ASSISTANT:"], [host.image(40, 100)] * 2)
+        vlm = HeroVLM(host.model, host.pruner(0.5), scorer, processor=processor)
+        with vlm.attach():
+            _generate(host.model, inputs)
+        assert scorer.queries[:1] == ["what is in this picture"] and scorer.queries[-1] == "describe the image"
+        assert [image.query for image in vlm.last_report.images] == ["what is in this picture", "describe the image"]
+        # The same plan as passing the query explicitly.
+        explicit = vlm.plan(**inputs, query=["what is in this picture", "describe the image"])
+        assert [i.plan.keep.tolist() for i in explicit.images] == [i.plan.keep.tolist() for i in vlm.last_report.images]
+    finally:
+        processor.chat_template = saved
+    # Without a template only special and image tokens are dropped: the role words stay.
+    ids = host.inputs(["USER: <image> describe ASSISTANT:"], [host.image(40, 100)])["input_ids"][0]
+    assert prompt_text(processor.tokenizer, ids, host.model.config.image_token_id) == "USER: describe ASSISTANT:"
+
+
+def test_a_given_query_or_query_function_is_used() -> None:
+    host = host_row("llava_next")
+    inputs = host.inputs(["USER: <image> describe the image ASSISTANT:"], [host.image(40, 100)])
+    scorer = RecordingScorer()
+    vlm = HeroVLM(host.model, host.pruner(0.5), scorer, processor=host.processor)
+    with vlm.attach(query="the sign"):
+        _generate(host.model, inputs)
+    with vlm.attach(query=lambda text: text.upper()):
+        _generate(host.model, inputs)
+    assert scorer.queries[0] == "the sign" and scorer.queries[-1] == "USER: DESCRIBE THE IMAGE ASSISTANT:"
+
+
+def test_bad_attach_arguments_are_refused_before_anything_changes() -> None:
+    host = host_row("llava_next")
+    before = dict(vars(host.model))
+    with pytest.raises(HeroError, match="query"):
+        HeroVLM(host.model, host.pruner(0.5), processor=host.processor).attach(query=3)  # type: ignore[arg-type]
+    with pytest.raises(HeroError, match="processor"):
+        HeroVLM(host.model, host.pruner(0.5), RecordingScorer()).attach()  # a query is needed, nothing decodes
+    # Without a scorer no query is read, so no processor is needed.
+    with HeroVLM(host.model, host.pruner(0.5)).attach():
+        pass
+    assert vars(host.model).keys() == before.keys()
