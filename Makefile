@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow gpu bench docs clean
+.PHONY: install demo test test-slow test-lmms-eval gpu bench docs clean
 
 install: $(STAMP)
 
@@ -28,6 +28,25 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The lmms-eval plugin (`lmms-eval --model hero`) end to end through lmms-eval's CLI, offline, on a tiny model. Opt-in:
+# lmms-eval needs its own virtual environment (about 3 GB with its torch stack; 7 GB with the CUDA wheels). Set
+# LMMS_TORCH to install a torch / torchvision pair first, e.g. LMMS_TORCH="torch==2.14.1 torchvision==0.29.1"
+# (torchvision must match torch: lmms_eval.protocol imports it). The test judges lmms-eval's result files, since
+# its CLI exits 0 on many failures.
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_STAMP := $(LMMS_VENV)/.installed
+LMMS_TORCH ?=
+
+$(LMMS_STAMP): pyproject.toml
+	test -x $(LMMS_PY) || ($(PYTHON) -m venv $(LMMS_VENV) && echo '*' > $(LMMS_VENV)/.gitignore)
+	$(if $(LMMS_TORCH),$(LMMS_PY) -m pip install --quiet --disable-pip-version-check $(LMMS_TORCH))
+	$(LMMS_PY) -m pip install --quiet --disable-pip-version-check -e ".[hf,lmms-eval,test]"
+	touch $(LMMS_STAMP)
+
+test-lmms-eval: $(LMMS_STAMP)
+	$(LMMS_PY) -m pytest -q -p no:cacheprovider tests/lmms_eval_plugin
 
 # On a machine with CUDA (under 8 minutes): the gpu-marked tests, then the encoder and full-model prefill
 # benchmarks on the device; their records land in benchmarks/results/ with the machine named.

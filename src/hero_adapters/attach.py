@@ -65,15 +65,19 @@ class Attachment:
         query: None (the user's text recovered from each prompt), one text, or ``callable(text) -> query``.
         processor: the processor whose tokenizer decodes prompts and whose chat template names the fixed
             words (default: the adapter's processor).
+        keep_reports: keep every call's report in ``reports`` (default). A report holds tensors (the CLS
+            attention of every view), so a block that runs a whole benchmark should pass False and read
+            ``vlm.last_report`` (or ``report.to_dict()``) after each call instead.
     """
 
-    def __init__(self, vlm: HeroVLM, query: Query = None, processor: Any = None) -> None:
+    def __init__(self, vlm: HeroVLM, query: Query = None, processor: Any = None, keep_reports: bool = True) -> None:
         if query is not None and not isinstance(query, str) and not callable(query):
             raise HeroError.field("query", query, "None, a str, or a callable (prompt text) -> str")
         self.vlm = vlm
         self.query = query
         self.processor = processor if processor is not None else getattr(vlm.adapter, "processor", None)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.keep_reports = bool(keep_reports)
         self.reports: list[PruneReport] = []
         self.original: Callable[..., Any] = host_generate(vlm.model)
         self._previous: tuple[bool, Any] = (False, None)
@@ -135,7 +139,7 @@ class Attachment:
         if "query" not in kwargs:
             kwargs["query"] = self._queries(kwargs.get("input_ids"), kwargs.get("attention_mask"))
         output = self.vlm.generate(**kwargs)
-        if self.vlm.last_report is not None:
+        if self.keep_reports and self.vlm.last_report is not None:
             self.reports.append(self.vlm.last_report)
         return output
 

@@ -1,5 +1,5 @@
-"""The ``hero`` command: answer with pruning, draw the plan, profile the encoder's layers, run the demo, the
-FLOPs model and benchmarks.
+"""The ``hero`` command: answer with pruning, evaluate it on a data file, draw the plan, profile the encoder's
+layers, run the demo, the FLOPs model and benchmarks.
 
 Every bad argument or input ends with one line on stderr (``hero: error: ...``) and exit code 2.
 """
@@ -34,6 +34,8 @@ examples:
   hero show --model ./llava-v1.6-vicuna-7b-hf --image photo.jpg --prompt "Describe it." --out kept.png --layers
   hero show --model ./InternVL3-1B-hf --image photo.jpg --prompt "Describe it." --out kept.png
   hero layers --model ./InternVL3-1B-hf --images photos/ extra.jpg --json layers.json
+  hero eval --model ./llava-v1.6-vicuna-7b-hf --clip ./clip-vit-large-patch14-336 --data rows.jsonl \\
+            --keep-ratios 1 0.4 0.2 --presets hero uniform-random --json eval.json
   hero flops --shape vicuna-7b --tokens 2673 1105 583
   hero bench core
 """
@@ -182,6 +184,68 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     layers.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
+    evaluation = commands.add_parser(
+        "eval",
+        help="pruned against unpruned answers on a data file: agreement, accuracy, image tokens, prefill speed-up",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluation.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
+    )
+    evaluation.add_argument("--clip", default=None, help="CLIP checkpoint directory or hub id, for task relevance")
+    evaluation.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="ROWS.jsonl",
+        help='JSON Lines, one row per line: {"id": ..., "image": PATH, "prompt": ..., "answer": ... (optional)}; '
+        "relative image paths are read from the file's folder",
+    )
+    evaluation.add_argument(
+        "--keep-ratios",
+        type=_ratio,
+        nargs="+",
+        default=[1.0, 0.4, 0.2],
+        metavar="R",
+        help="fractions of patch tokens kept (default 1 0.4 0.2)",
+    )
+    methods = evaluation.add_mutually_exclusive_group()
+    methods.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(presets.PRESETS),
+        metavar="PRESET",
+        help="pruning method (default hero)",
+    )
+    methods.add_argument(
+        "--presets",
+        nargs="+",
+        default=None,
+        choices=sorted(presets.PRESETS),
+        metavar="PRESET",
+        help=f"several methods, each at every keep ratio (of {', '.join(sorted(presets.PRESETS))})",
+    )
+    evaluation.add_argument(
+        "--set",
+        dest="overrides",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field (with --presets: for the presets that have it), e.g. --set alpha=0.7",
+    )
+    evaluation.add_argument(
+        "--layout", default=None, choices=_layouts(), help="token layout (default: the host's own, 'vanilla')"
+    )
+    evaluation.add_argument("--batch-size", type=int, default=1, help="rows per generate call (default 1)")
+    evaluation.add_argument("--max-new-tokens", type=int, default=32, help="greedy decoding limit (default 32)")
+    evaluation.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluation.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    evaluation.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the results as JSON")
+
     demo = commands.add_parser("demo", help="the embedded demo (no download; random weights)")
     demo.add_argument("--image", type=Path, default=None, help="use this image instead of the drawn test card")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -205,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "show": _show,
         "layers": _layers,
+        "eval": _eval,
         "demo": _demo,
         "flops": _flops,
         "bench": _bench,
@@ -288,58 +353,18 @@ def _open_image(path: Path) -> Any:
         raise HeroError.field("--image", str(path), "a readable image (PNG, JPEG, ...)", str(error)) from error
 
 
-def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    from .bench import pick_device
-
-    chosen = pick_device(device)
-    if dtype == "auto":
-        return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
-    return chosen, getattr(torch, dtype)
-
-
 class _Loaded:
     """The host model, its processor, the scorer and the pruner of one ``run`` / ``show`` call."""
 
     def __init__(self, args: argparse.Namespace, steps: Any) -> None:
-        from .adapter import list_adapters
-        from .extras import require
-
-        transformers = require("transformers")
-        self.device, self.dtype = _device_dtype(args.device, args.dtype)
-        self.image = _open_image(args.image)
-        source = str(args.model)
-        local = Path(source)
-        if local.exists() and not (local / "config.json").is_file():
-            raise HeroError.field("--model", source, "a checkpoint directory with a config.json")
-        try:
-            config = transformers.AutoConfig.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            raise HeroError.field("--model", source, "a checkpoint directory or a cached hub id", str(error)) from error
-        if config.model_type not in list_adapters():
-            raise HeroError.field(
-                "--model model_type",
-                config.model_type,
-                f"a model type with an adapter, one of {list_adapters()}",
-                f"{source} is not a supported checkpoint.",
-            )
-        steps.set_description("loading processor")
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(source)
-        except (OSError, ValueError, TypeError) as error:
-            raise HeroError.field(
-                "--model", source, "a checkpoint with its processor files (preprocessor/tokenizer configs)", str(error)
-            ) from error
-        steps.update()
-        steps.set_description("loading model")
-        try:
-            model = transformers.AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
-        except (OSError, ValueError) as error:
-            raise HeroError.field("--model", source, "loadable weights", str(error)) from error
-        self.model = model.to(self.device).eval()
-        steps.update()
-        # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit --set layers are kept).
         from .adapter import get_adapter
+        from .evaluate import device_dtype, load_host
 
+        self.device, self.dtype = device_dtype(args.device, args.dtype)
+        self.image = _open_image(args.image)
+        self.host = load_host(args.model, device=self.device, dtype=self.dtype, steps=steps)
+        self.processor, self.model = self.host.processor, self.host.model
+        # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit --set layers are kept).
         depth = int(get_adapter(self.model, processor=self.processor).num_layers)
         self.pruner = presets.get(args.preset, args.keep_ratio, depth=depth, **dict(args.overrides))
         self.scorer = None
@@ -356,15 +381,7 @@ class _Loaded:
         self.shape = ModelShape.from_config(self.model.config.to_dict())
 
     def _inputs(self, prompt: str) -> dict[str, Any]:
-        text = None
-        if getattr(self.processor, "chat_template", None):
-            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        if text is None:
-            tag = getattr(self.processor, "image_token", None) or "<image>"
-            text = f"USER: {tag}\n{prompt} ASSISTANT:"
-        inputs = self.processor(images=[self.image], text=[text], return_tensors="pt")
-        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        return self.host.inputs([prompt], [self.image])
 
     def vlm(self) -> Any:
         from .vlm import HeroVLM
@@ -513,6 +530,71 @@ def _show(args: argparse.Namespace) -> None:
         print(f"wrote {strip_path}")
     if args.json is not None:
         args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+# ------------------------------------------------------------------------------------------------- eval
+def _eval(args: argparse.Namespace) -> None:
+    """Everything the user gave is checked before the model loads; the JSON is written once, at the end (or,
+    when a row fails, with the rows before it and ``"complete": false``)."""
+    from .evaluate import Evaluation, EvaluationError, check_options, device_dtype, evaluate, load_host
+    from .rows import read_rows
+
+    names, ratios = check_options(
+        args.presets or [args.preset or "hero"], args.keep_ratios, args.batch_size, args.max_new_tokens, flags=True
+    )
+    _check_outputs(args, "json")
+    if args.json is not None and args.json.resolve() == args.data.resolve():
+        raise HeroError.field("--json", str(args.json), "a file other than --data", "It would overwrite the rows.")
+    rows = read_rows(args.data)
+    device, dtype = device_dtype(args.device, args.dtype)
+    steps = _steps(3, "loading")
+    host = load_host(args.model, device=device, dtype=dtype, steps=steps)
+    scorer = None
+    if args.clip is not None:
+        steps.set_description("loading CLIP")
+        from .text_scorers import HFClipTextScorer
+
+        scorer = HFClipTextScorer.from_pretrained(args.clip, device=device, dtype=dtype)
+    steps.update()
+    steps.close()
+    if scorer is None and any(presets.get(name, 1.0).uses_relevance for name in names):
+        print("hero: note: no --clip given: tile budgets come from visual saliency alone", file=sys.stderr)
+
+    def write(result: Evaluation) -> None:
+        if args.json is not None:
+            payload = result.to_dict()
+            payload["settings"]["clip"] = args.clip
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+    calls = math.ceil(len(rows) / args.batch_size) * (1 + len(names) * len(ratios))
+    bar = _steps(calls, "evaluating")
+    try:
+        result = evaluate(
+            host,
+            rows,
+            presets=names,
+            keep_ratios=ratios,
+            overrides=dict(args.overrides),
+            scorer=scorer,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            layout=args.layout,
+            data=args.data,
+            progress=bar,
+            on_failure=write,
+        )
+    except EvaluationError as error:
+        where = f" The {error.partial.rows} row(s) before it are in {args.json} (complete: false)." if args.json else ""
+        raise HeroError(f"{error}{where}") from error
+    finally:
+        bar.close()
+    print(result.table())
+    print()
+    overhead = result.overhead
+    print(f"overhead beyond generate: {'-' if overhead is None else f'{overhead:.1%}'} of the run")
+    if args.json is not None:
+        write(result)
         print(f"wrote {args.json}")
 
 

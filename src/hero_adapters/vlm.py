@@ -258,7 +258,7 @@ class HeroVLM:
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
         return output
 
-    def attach(self, *, query: Query = None, processor: Any = None) -> Attachment:
+    def attach(self, *, query: Query = None, processor: Any = None, keep_reports: bool = True) -> Attachment:
         """A ``with`` block in which the model's own ``generate`` is this wrapper's (``hero_adapters.attach``).
 
         Code that calls ``model.generate`` (scripts, transformers pipelines, lmms-eval's HF wrappers) runs
@@ -278,12 +278,14 @@ class HeroVLM:
                 callable ``(recovered text) -> query``. Read only when the scorer and pruner use relevance.
             processor: decodes the prompts and names the template's fixed words (default: the processor
                 passed to ``HeroVLM``).
+            keep_reports: collect every call's report in the attachment's ``reports`` (default); pass False
+                for long runs (a report holds tensors) and read ``last_report`` after each call.
 
         Raises:
             HeroError: when the model already has an attachment (this wrapper's or another's), on a bad
                 ``query``, or when a query must be recovered and no processor is known.
         """
-        return Attachment(self, query, processor)
+        return Attachment(self, query, processor, keep_reports)
 
     def forward(
         self,

@@ -182,3 +182,15 @@ def test_bad_attach_arguments_are_refused_before_anything_changes() -> None:
     with HeroVLM(host.model, host.pruner(0.5)).attach():
         pass
     assert vars(host.model).keys() == before.keys()
+
+
+def test_keep_reports_false_keeps_only_the_last_report() -> None:
+    """A long run (a benchmark inside one block) must not accumulate reports, which hold tensors."""
+    host = host_row("llava_next")
+    inputs = host.inputs(["USER: <image> describe the image ASSISTANT:"], [host.image(40, 100)])
+    vlm = HeroVLM(host.model, host.pruner(0.5), processor=host.processor)
+    with vlm.attach(keep_reports=False) as attached:
+        _generate(host.model, inputs)
+        first = vlm.last_report
+        _generate(host.model, inputs)
+    assert attached.reports == [] and vlm.last_report is not None and vlm.last_report is not first
