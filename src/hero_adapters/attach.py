@@ -11,11 +11,13 @@ On entry the model gets one instance attribute, ``generate``, that routes each c
 ``HeroVLM.generate``; on exit (normal, exception or KeyboardInterrupt) that attribute is removed (or the one
 that was there before is put back), so the model has exactly its old attributes and hooks again.
 
-The query for relevance is, per prompt row, the user's text recovered from ``input_ids``: the row decoded
-without special and image tokens, with the fixed words of the processor's chat template (role names,
-a default system prompt, ...) removed. ``attach(query="...")`` gives one text for every call, and
-``attach(query=callable)`` maps the recovered text to the query. Without a text scorer, or with a pruner
-that does not read relevance, no query is computed.
+The query for relevance is, per prompt row, the user's text recovered from ``input_ids`` (``prompt_text``):
+the row's last user turn, without the chat template's fixed text around it (role markers, a default
+system prompt, the generation prompt; found by rendering the template around stand-in texts) and without
+special and image tokens. A row with no user text (an image alone) gets no query: its budgets come from
+saliency. ``attach(query="...")`` gives one text for every call, and ``attach(query=callable)`` maps the
+recovered text (newlines kept) to the query. Without a text scorer, or with a pruner that does not read
+relevance, no query is computed.
 
 Threads: while attached, every caller of ``model.generate`` in any thread is pruned by this wrapper (the
 attribute belongs to the model, not to a thread). Other ``HeroVLM`` wrappers on the same model keep their
@@ -24,9 +26,11 @@ own results: they call the host's original ``generate``. One attachment per mode
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from .report import PruneReport
     from .vlm import HeroVLM
 
-__all__ = ["Attachment", "host_generate", "prompt_text", "template_words"]
+__all__ = ["Attachment", "ChatTemplate", "host_generate", "prompt_text"]
 
 _LOCK = threading.Lock()
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
@@ -81,7 +85,7 @@ class Attachment:
         self.reports: list[PruneReport] = []
         self.original: Callable[..., Any] = host_generate(vlm.model)
         self._previous: tuple[bool, Any] = (False, None)
-        self._words: list[str] | None = None
+        self._template: ChatTemplate | None = None
         if self._needs_text() and not callable(getattr(self.tokenizer, "decode", None)):
             raise HeroError.field(
                 "processor",
@@ -136,11 +140,12 @@ class Attachment:
             kwargs["input_ids"] = args[0]
         if "inputs" in kwargs:
             kwargs["input_ids"] = kwargs.pop("inputs")
-        if "query" not in kwargs:
-            kwargs["query"] = self._queries(kwargs.get("input_ids"), kwargs.get("attention_mask"))
-        output = self.vlm.generate(**kwargs)
-        if self.keep_reports and self.vlm.last_report is not None:
-            self.reports.append(self.vlm.last_report)
+        ids, mask = kwargs.pop("input_ids", None), kwargs.pop("attention_mask", None)
+        query = kwargs.pop("query") if "query" in kwargs else self._queries(ids, mask)
+        output, report = self.vlm._generate(ids, mask, query, kwargs)  # its own report, whatever other threads do
+        if self.keep_reports:
+            with _LOCK:
+                self.reports.append(report)
         return output
 
     def _needs_text(self) -> bool:
@@ -152,65 +157,104 @@ class Attachment:
             return self.query
         if not self._needs_text() or not isinstance(ids, Tensor) or ids.dim() != 2:
             return None  # no relevance read (or HeroVLM.generate refuses the ids with its own message)
-        if self._words is None:
-            self._words = template_words(self.processor, self.tokenizer)
+        if self._template is None:
+            self._template = ChatTemplate.of(self.processor, self.tokenizer)
         texts: list[str | None] = []
         for row in range(ids.shape[0]):
             kept = ids[row] if not isinstance(mask, Tensor) else ids[row][mask[row].bool()]
-            text = prompt_text(self.tokenizer, kept, self.vlm.adapter.image_token_id, self._words)
-            texts.append(self.query(text) if callable(self.query) else text)
+            text = prompt_text(self.tokenizer, kept, self.vlm.adapter.image_token_id, self._template)
+            query = self.query(text) if callable(self.query) and text else text
+            texts.append(query or None)  # no user text (an image-only prompt): budgets from saliency alone
         return texts
 
 
-def prompt_text(tokenizer: Any, ids: Tensor, image_token_id: int, fixed_words: Sequence[str] = ()) -> str:
-    """The user's text of one prompt: ``ids`` decoded without special and image tokens, then each line stripped
-    of the chat template's fixed words (a line that is one of them is dropped; one that starts or ends with
-    one loses it), whitespace collapsed."""
-    text = str(tokenizer.decode(ids[ids != image_token_id].tolist(), skip_special_tokens=True))
-    words = sorted({w for w in fixed_words if w}, key=len, reverse=True)
-    lines = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        changed = True
-        while line and changed:
-            changed = False
-            for word in words:
-                if line == word:
-                    line, changed = "", True
-                elif line.startswith(word) and line[len(word)].isspace():
-                    line, changed = line[len(word) :].strip(), True
-                elif line.endswith(word) and line[-len(word) - 1].isspace():
-                    line, changed = line[: -len(word)].strip(), True
-                if changed:
-                    break
-        if line:
-            lines.append(line)
-    return " ".join(" ".join(lines).split())
+@dataclass(frozen=True)
+class ChatTemplate:
+    """The fixed text of a chat template around the user's text, found by rendering it around stand-ins.
+
+    Attributes:
+        prefix: what precedes the (first) user text of a one-turn conversation.
+        suffix: what follows the last user text, the generation prompt included.
+        turn: what lies between an assistant answer and the next user text (None if the template cannot
+            render a two-turn conversation).
+    """
+
+    prefix: str = ""
+    suffix: str = ""
+    turn: str | None = None
+
+    @classmethod
+    def of(cls, processor: Any, tokenizer: Any) -> ChatTemplate:
+        """The template of ``processor`` (content as a list of parts) or else ``tokenizer`` (content a str);
+        an empty one when neither has a template that renders a text-only turn."""
+        one = _render(processor, tokenizer, [("user", _SENTINEL)])
+        if one is None or one.count(_SENTINEL) != 1:
+            return cls()
+        prefix, suffix = one.split(_SENTINEL)
+        turn = None
+        two = _render(
+            processor, tokenizer, [("user", "HEROFIRSTTURN"), ("assistant", "HEROANSWER"), ("user", _SENTINEL)]
+        )
+        if two is not None and two.count(_SENTINEL) == 1 and "HEROANSWER" in two:
+            turn = two.split("HEROANSWER", 1)[1].split(_SENTINEL, 1)[0]
+        return cls(prefix, suffix, turn)
 
 
-def template_words(processor: Any, tokenizer: Any) -> list[str]:
-    """The fixed words of the chat template, line by line, as ``prompt_text`` sees them (decoded without
-    special tokens): the template rendered around a stand-in user text, split at it. [] without a template."""
-    rendered = None
-    for owner, content in (
-        (processor, [{"type": "text", "text": _SENTINEL}]),
-        (tokenizer, _SENTINEL),
-    ):
+def _render(processor: Any, tokenizer: Any, turns: Sequence[tuple[str, str]]) -> str | None:
+    for owner, parts in ((processor, True), (tokenizer, False)):
         if owner is None or not getattr(owner, "chat_template", None):
             continue
-        conversation = [{"role": "user", "content": content}]
+        conversation = [
+            {"role": role, "content": [{"type": "text", "text": text}] if parts else text} for role, text in turns
+        ]
         try:
             rendered = owner.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        except Exception:  # a template that cannot render a text-only turn (jinja raises many kinds): no words
+        except Exception:  # a template that cannot render this conversation (jinja raises many kinds)
             continue
-        if isinstance(rendered, str) and _SENTINEL in rendered:
-            break
-        rendered = None
-    if rendered is None:
-        return []
-    words = []
-    for fragment in rendered.split(_SENTINEL):
-        ids = tokenizer(fragment, add_special_tokens=False)["input_ids"]
-        decoded = str(tokenizer.decode(ids, skip_special_tokens=True))
-        words += [line.strip() for line in decoded.splitlines() if line.strip()]
-    return words
+        if isinstance(rendered, str):
+            return rendered
+    return None
+
+
+def _pattern(fragment: str, specials: Sequence[str] = ()) -> str:
+    """A regex for ``fragment`` that tolerates any whitespace between its pieces (split at whitespace and around
+    special tokens): decoding can add or move the spaces at token boundaries."""
+    split = "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True) if token)
+    pieces = re.split(rf"\s+|({split})", fragment) if split else fragment.split()
+    return r"\s*".join(re.escape(piece) for piece in pieces if piece and not piece.isspace())
+
+
+def prompt_text(tokenizer: Any, ids: Tensor, image_token_id: int, template: ChatTemplate | None = None) -> str:
+    """The user's text of one prompt (its last user turn), newlines kept.
+
+    ``ids`` without image tokens are decoded with the special tokens written out, so the text has the chat
+    template's shape. The template's generation suffix is removed from the end; the text after the last
+    assistant-to-user turn boundary is kept (or, for one turn, the template's prefix is removed from the
+    start); then the special tokens left (image delimiters, ...) are removed. Without a template only special
+    and image tokens are removed.
+    """
+    rows = ids[ids != image_token_id].tolist()
+    specials = [str(token) for token in getattr(tokenizer, "all_special_tokens", [])]
+    if template is None or not (template.prefix.strip() or template.suffix.strip()):
+        return str(tokenizer.decode(rows, skip_special_tokens=True)).strip()
+    text = str(tokenizer.decode(rows, skip_special_tokens=False))
+    if template.suffix.strip():
+        text = re.sub(_pattern(template.suffix, specials) + r"\s*$", "", text)
+    boundary = (
+        [m.end() for m in re.finditer(_pattern(template.turn, specials), text)]
+        if template.turn and template.turn.split()
+        else []
+    )
+    if boundary:
+        text = text[boundary[-1] :]
+    elif template.prefix.strip():
+        # Leading special tokens (a BOS the template writes and the tokenizer adds again, or not) are skipped.
+        lead = "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True) if token)
+        skip = rf"^(?:\s*(?:{lead}))*\s*" if lead else r"^\s*"
+        prefix = re.sub(skip, "", template.prefix)
+        text = re.sub(skip, "", text)
+        if prefix.strip():
+            text = re.sub(r"^" + _pattern(prefix, specials), "", text)
+    for token in sorted(specials, key=len, reverse=True):
+        text = text.replace(token, "")
+    return text.strip()

@@ -53,13 +53,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _ratio(text: str) -> float:
+    """A keep ratio in (0, 1]; argparse prefixes the flag (``argument --keep-ratios: ...``)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--keep-ratio {text!r} is not a number; use e.g. 0.2") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use e.g. 0.2") from None
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(
-            f"--keep-ratio {text} is outside (0, 1]: it is the fraction of patch tokens KEPT, e.g. 0.2"
+            f"{text} is outside (0, 1]: a keep ratio is the fraction of patch tokens KEPT, e.g. 0.2"
         )
     return value
 
@@ -349,7 +350,7 @@ def _open_image(path: Path) -> Any:
     try:
         with image_module.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, image_module.DecompressionBombError) as error:
         raise HeroError.field("--image", str(path), "a readable image (PNG, JPEG, ...)", str(error)) from error
 
 
@@ -413,6 +414,8 @@ def _check_outputs(args: argparse.Namespace, *names: str) -> None:
         if path is None:
             continue
         folder = path.resolve().parent
+        if path.is_dir():
+            raise HeroError.field(f"--{name}", str(path), "a file path, not a directory", "Name a file inside it.")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise HeroError.field(f"--{name}", str(path), "a file in an existing, writable folder")
 
@@ -535,8 +538,9 @@ def _show(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------- eval
 def _eval(args: argparse.Namespace) -> None:
-    """Everything the user gave is checked before the model loads; the JSON is written once, at the end (or,
-    when a row fails, with the rows before it and ``"complete": false``)."""
+    """The options, the data file, its images' existence and the output path are checked before the model
+    loads (``--set`` values and ``--clip`` once it has: they need the encoder's depth and CLIP's files); the
+    JSON is written once, at the end (or, when a row fails, with the rows before it and ``"complete": false``)."""
     from .evaluate import Evaluation, EvaluationError, check_options, device_dtype, evaluate, load_host
     from .rows import read_rows
 

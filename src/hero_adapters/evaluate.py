@@ -393,10 +393,16 @@ def check_options(
             )
     if not ratios:
         raise HeroError.field(name("keep_ratios"), [], "at least one keep ratio in (0, 1], e.g. 1 0.4 0.2")
-    for label, values in (("presets", names), ("keep_ratios", ratios)):
-        twice = [value for i, value in enumerate(values) if value in values[:i]]
+    keys = tuple(setting_key(names[0], ratio) for ratio in ratios)  # the answers' keys: 0.2 and 0.2000001 collide
+    for label, values, shown in (("presets", names, names), ("keep_ratios", keys, ratios)):
+        twice = [shown[i] for i, value in enumerate(values) if value in values[:i]]
         if twice:
-            raise HeroError.field(name(label), list(values), "each value once", f"{twice[0]!r} is given twice.")
+            raise HeroError.field(
+                name(label),
+                list(shown),
+                "each value once (keep ratios distinct at 6 significant digits)",
+                f"{twice[0]!r} is given twice.",
+            )
     for label, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise HeroError.field(name(label), value, "an int >= 1")
@@ -701,7 +707,7 @@ def _open_image(row: Row, where: str) -> Any:
     try:
         with image_module.open(row.image) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, image_module.DecompressionBombError) as error:
         raise HeroError.field(
             f"{where}, line {row.line}: image", str(row.image), "a readable image (PNG, JPEG, ...)", str(error)
         ) from error

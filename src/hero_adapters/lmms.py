@@ -134,7 +134,14 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
             key[len(_SET) :]: _override(key, value) for key, value in model_args.items() if key.startswith(_SET)
         }
         inner_args = {key: value for key, value in model_args.items() if not key.startswith(_SET)}
-        # The preset, its overrides and the keep ratio are checked before anything loads.
+        # The preset, its overrides, the keep ratio and the batch size are checked before anything loads.
+        if str(batch_size).strip() != "1":
+            raise HeroError.field(
+                "--batch_size",
+                batch_size,
+                "1 (llava_hf, which the hero model wraps, answers one request at a time and asserts on more)",
+                "Drop --batch_size or pass --batch_size 1; run several processes with accelerate launch instead.",
+            )
         self.preset, self.keep_ratio = preset, keep_ratio
         presets.get(preset, keep_ratio, **overrides)
         llava_hf = _llava_hf_class()
@@ -157,6 +164,7 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
             inner_args["device_map"] = str(device or "cuda")
         self._inner: Any = llava_hf(**inner_args)
         self.reports = Path(reports) if reports else None
+        self._reports_opened = False  # the first write of this run truncates the file: one line per request
 
         from .adapter import get_adapter
 
@@ -305,7 +313,9 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         if self._world_size > 1:  # one file per rank: accelerate launch runs one process per GPU
             path = path.with_name(f"{path.stem}.rank{self._rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as handle:
+        mode = "a" if self._reports_opened else "w"
+        self._reports_opened = True
+        with path.open(mode, encoding="utf-8") as handle:
             for request, call in zip(requests, per_request, strict=True):
                 if call is None or call.report is None:
                     continue

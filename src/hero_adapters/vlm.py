@@ -222,6 +222,13 @@ class HeroVLM:
             HeroError: on bad input (placeholders, images, padding side, query, scorer output ...); the model is
                 left exactly as it was.
         """
+        output, _ = self._generate(input_ids, attention_mask, query, kwargs)
+        return output
+
+    def _generate(
+        self, input_ids: Tensor | None, attention_mask: Tensor | None, query: object, kwargs: dict[str, Any]
+    ) -> tuple[Any, PruneReport]:
+        """``generate``, returning its report too (``last_report`` may already be another thread's call's)."""
         self._refuse(kwargs)
         if not callable(getattr(self.model, "generate", None)):
             raise HeroError.field(
@@ -254,9 +261,9 @@ class HeroVLM:
         with torch.no_grad(), timer.stage("generate"):
             output = host_generate(self.model)(**self._host_inputs(run, rebuilt), **generate_kwargs)
         if isinstance(output, Tensor):
-            return splice(ids, output, rebuilt.input_ids.shape[1])
+            return splice(ids, output, rebuilt.input_ids.shape[1]), run.report
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
-        return output
+        return output, run.report
 
     def attach(self, *, query: Query = None, processor: Any = None, keep_reports: bool = True) -> Attachment:
         """A ``with`` block in which the model's own ``generate`` is this wrapper's (``hero_adapters.attach``).
@@ -273,9 +280,10 @@ class HeroVLM:
             >>> attached.reports[0].tokens_out                                            # doctest: +SKIP
 
         Args:
-            query: None (default: each prompt's user text, recovered from ``input_ids`` without special and
-                image tokens and without the chat template's fixed words), one text for every call, or a
-                callable ``(recovered text) -> query``. Read only when the scorer and pruner use relevance.
+            query: None (default: each prompt's last user turn, recovered from ``input_ids`` without the chat
+                template's fixed text and without special and image tokens; none for a prompt without user
+                text), one text for every call, or a callable ``(recovered text) -> query``. Read only when the
+                scorer and pruner use relevance.
             processor: decodes the prompts and names the template's fixed words (default: the processor
                 passed to ``HeroVLM``).
             keep_reports: collect every call's report in the attachment's ``reports`` (default); pass False

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hero_adapters import HeroVLM
-from hero_adapters.attach import prompt_text, template_words
-from hero_adapters.testing import hook_snapshot
+from hero_adapters.attach import ChatTemplate, prompt_text
+from hero_adapters.testing import hook_snapshot, word_tokenizer
 from hero_core import HeroError
 
 from .hosts import HOSTS, HostRow, host_row
@@ -39,7 +39,13 @@ class RecordingScorer:
 
 
 def _generate(model: Any, inputs: dict[str, Any], **settings: Any) -> Any:
-    settings = {"max_new_tokens": 3, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+    settings = {
+        "max_new_tokens": 3,
+        "do_sample": False,
+        "output_logits": True,
+        "return_dict_in_generate": True,
+        **settings,
+    }
     with torch.no_grad():
         return model.generate(**inputs, **settings)
 
@@ -142,7 +148,7 @@ def test_the_query_is_the_users_text_without_the_templates_words() -> None:
     try:
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         assert prompt == "USER: <image> what is in this picture ASSISTANT:"
-        assert template_words(processor, processor.tokenizer) == ["USER:", "ASSISTANT:"]
+        assert ChatTemplate.of(processor, processor.tokenizer).suffix == " ASSISTANT:"
         inputs = host.inputs([prompt, "USER: <image> describe the image ASSISTANT:"], [host.image(40, 100)] * 2)
         vlm = HeroVLM(host.model, host.pruner(0.5), scorer, processor=processor)
         with vlm.attach():
@@ -194,3 +200,98 @@ def test_keep_reports_false_keeps_only_the_last_report() -> None:
         first = vlm.last_report
         _generate(host.model, inputs)
     assert attached.reports == [] and vlm.last_report is not None and vlm.last_report is not first
+
+
+# ------------------------------------------------------------------------------------ query recovery, unit
+QWEN = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3 = (
+    "<s>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+VICUNA = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} {% else %}ASSISTANT: "
+    "{{ m['content'] }}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+SPECIALS = {
+    "image_token": "<image>",
+    "im_start": "<|im_start|>",
+    "im_end": "<|im_end|>",
+    "header_start": "<|start_header_id|>",
+    "header_end": "<|end_header_id|>",
+    "eot": "<|eot_id|>",
+}
+VOCAB = ("<pad>", "<s>", "</s>", "<unk>", *SPECIALS.values(), "USER:", "ASSISTANT:", "user", "assistant",
+         "what", "is", "on", "the", "sign", "sign?", "interface", "who", "red", "it", "a", "cat")  # fmt: skip
+
+
+def _recovered(template: str, conversation: list[dict[str, str]], image: bool = True) -> str:
+    tokenizer = word_tokenizer(VOCAB, **SPECIALS)
+    tokenizer.chat_template = template
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    if image:  # the image placeholders the processor would put before the last user text
+        last = conversation[-1]["content"]
+        text = text[: text.rindex(last)] + "<image> <image> " + text[text.rindex(last) :]
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    return prompt_text(tokenizer, ids, image_id, ChatTemplate.of(None, tokenizer))
+
+
+@pytest.mark.parametrize("template", [QWEN, LLAMA3, VICUNA], ids=["qwen", "llama3", "vicuna"])
+def test_the_last_user_turn_is_recovered_whatever_the_template(template: str) -> None:
+    one = [{"role": "user", "content": "what is on the sign?"}]
+    assert _recovered(template, one) == "what is on the sign?"  # llama3 glues it to <|eot_id|>
+    turns = [
+        {"role": "user", "content": "who is it"},
+        {"role": "assistant", "content": "a cat"},
+        {"role": "user", "content": "what is red"},
+    ]
+    assert _recovered(template, turns) == "what is red"  # not the earlier turns, not the role words
+    # The user's own role-like words stay: only the template's text around the user text is removed.
+    words = [{"role": "user", "content": "user interface who is the assistant"}]
+    assert _recovered(template, words) == "user interface who is the assistant"
+
+
+def test_an_image_only_prompt_gives_no_query() -> None:
+    host = host_row("llava_next")
+    scorer = RecordingScorer()
+    saved = host.processor.chat_template
+    host.processor.chat_template = TEMPLATE
+    try:
+        inputs = host.inputs(["USER: <image>  ASSISTANT:"], [host.image(40, 100)])
+        vlm = HeroVLM(host.model, host.pruner(0.5), scorer, processor=host.processor)
+        with vlm.attach(query=lambda text: pytest.fail(f"called with {text!r}")):
+            _generate(host.model, inputs)
+    finally:
+        host.processor.chat_template = saved
+    assert scorer.queries == [] and vlm.last_report.images[0].query is None
+
+
+def test_reports_from_two_threads_are_each_their_own() -> None:
+    """Each call's report goes into ``reports``, also when another thread's call sets ``last_report`` meanwhile."""
+    import threading
+
+    host = host_row("llava_next")
+    shapes = [(40, 100), (90, 60)]
+    inputs = [host.inputs(["USER: <image> describe ASSISTANT:"], [host.image(*shape)]) for shape in shapes]
+    vlm = HeroVLM(host.model, host.pruner(0.5), processor=host.processor)
+    expected = sorted(vlm.plan(**row).tokens_in for row in inputs)
+    errors: list[BaseException] = []
+
+    def work(row: dict[str, Any]) -> None:
+        try:
+            for _ in range(2):
+                host.model.generate(**row, max_new_tokens=2, do_sample=False)
+        except BaseException as error:
+            errors.append(error)
+
+    with vlm.attach() as attached:
+        threads = [threading.Thread(target=work, args=(row,)) for row in inputs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    assert sorted(report.tokens_in for report in attached.reports) == sorted(expected * 2)

@@ -324,6 +324,8 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
         (["--keep-ratios", "0"], "(0, 1]"),
         (["--keep-ratios", "1.5"], "(0, 1]"),
         (["--keep-ratios", "0.5", "0.5"], "given twice"),
+        (["--keep-ratios", "0.2", "0.2000001"], "given twice"),  # one answer key, hero@0.2
+        (["--keep-ratios", "nan"], "argument --keep-ratios"),
         (["--batch-size", "0"], "--batch-size=0"),
         (["--max-new-tokens", "0"], "--max-new-tokens=0"),
         (["--preset", "hero", "--presets", "hero"], "not allowed with"),
@@ -331,6 +333,7 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
         (["--data", "EMPTY"], "at least one row"),
         (["--json", "NODIR"], "--json="),
         (["--json", "DATA"], "a file other than --data"),
+        (["--json", "TMPDIR"], "not a directory"),
         (["--model", "UNSUPPORTED"], "clip_vision_model"),
     ],
 )
@@ -340,7 +343,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_loaded_or_written(files, loads
     bad = write_rows(tmp_path / "bad.jsonl", [{"id": 1, "image": str(files["dir"] / "images" / "card.png"),
                                               "prompt": "x"}, "{oops"])  # fmt: skip
     names = {"BAD": bad, "EMPTY": write_rows(tmp_path / "empty.jsonl", [""]), "DATA": files["data"],
-             "NODIR": tmp_path / "no" / "such" / "x.json", "UNSUPPORTED": tmp_path / "clip"}  # fmt: skip
+             "NODIR": tmp_path / "no" / "such" / "x.json", "UNSUPPORTED": tmp_path / "clip",
+             "TMPDIR": tmp_path}  # fmt: skip
     if "UNSUPPORTED" in args:
         CLIPVisionModel(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, image_size=28, patch_size=14)).save_pretrained(

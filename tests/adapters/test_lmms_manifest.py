@@ -223,6 +223,7 @@ def _hero(**model_args: Any) -> Any:
         ({"set_low_layers": "five"}, "set_low_layers"),
         ({"foo": 1}, r"model_args=\['foo'\].*set_<preset field>.*'attn_implementation'"),
         ({"max_new_tokens": 16}, "max_new_tokens"),
+        ({"batch_size": 4}, "--batch_size"),
     ],
 )
 def test_bad_model_args_raise_before_llava_hf_loads(
@@ -298,6 +299,11 @@ def test_generate_until_reports_the_llm_prompt_after_pruning(
             assert line["input_tokens"] < full
     # with no text scorer, no query is recovered; the answers agree across repeats of one request
     assert results[1].text == results[3].text
+    # A second run into the same reports file replaces it (one line per answered request, not accumulated).
+    again = _hero(pretrained=str(checkpoints["llava_next"]), keep_ratio=keep_ratio, device="cpu", reports=str(reports))
+    again.task_dict = model.task_dict
+    again.generate_until(requests[:2])
+    assert [json.loads(line)["doc_id"] for line in reports.read_text().splitlines()] == [0, 1]
 
 
 def test_a_refused_request_ends_the_run_instead_of_an_empty_answer(

@@ -13,6 +13,7 @@ from hero_core import presets
 
 
 def test_whole_path_on_a_checkpoint_loaded_from_disk(tiny: Any, tmp_path: Path) -> None:
+    tiny.processor(text=["a b"], return_tensors="pt")  # an unpadded call last: the saved padding side must hold
     tiny.model.save_pretrained(tmp_path)
     tiny.processor.save_pretrained(tmp_path)
     model = LlavaNextForConditionalGeneration.from_pretrained(tmp_path).eval()

@@ -97,8 +97,8 @@ def word_tokenizer(words: Sequence[str], **special: str) -> Any:
         unk_token="<unk>",
         pad_token="<pad>",
         extra_special_tokens=dict(special),
+        padding_side="left",  # in the init kwargs, so a saved checkpoint reloads with left padding
     )
-    tokenizer.padding_side = "left"
     return tokenizer
 
 
