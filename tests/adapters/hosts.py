@@ -144,6 +144,26 @@ HOSTS: dict[str, HostRow] = {
 }
 
 
+def generate(target: Any, inputs: dict[str, Any], **settings: Any) -> Any:
+    """``target.generate`` (a host or a ``HeroVLM``) greedy, with the logits, 4 new tokens unless ``settings`` say."""
+    settings = {
+        "max_new_tokens": 4,
+        "do_sample": False,
+        "output_logits": True,
+        "return_dict_in_generate": True,
+        **settings,
+    }
+    with torch.no_grad():
+        return target.generate(**inputs, **settings)
+
+
+def assert_same(first: Any, second: Any, atol: float = 1e-5) -> None:
+    """Equal sequences and logits within ``atol`` (two ``generate`` outputs with ``output_logits``)."""
+    assert torch.equal(first.sequences, second.sequences)
+    worst = max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))
+    assert worst <= atol, worst
+
+
 @cache
 def host_row(name: str) -> HostRow:
     row = HOSTS[name]

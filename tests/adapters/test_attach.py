@@ -13,7 +13,7 @@ from hero_adapters.attach import ChatTemplate, prompt_text
 from hero_adapters.testing import hook_snapshot, word_tokenizer
 from hero_core import HeroError
 
-from .hosts import HOSTS, HostRow, host_row
+from .hosts import HOSTS, HostRow, assert_same, generate, host_row
 
 TEMPLATE = (
     "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
@@ -39,21 +39,10 @@ class RecordingScorer:
 
 
 def _generate(model: Any, inputs: dict[str, Any], **settings: Any) -> Any:
-    settings = {
-        "max_new_tokens": 3,
-        "do_sample": False,
-        "output_logits": True,
-        "return_dict_in_generate": True,
-        **settings,
-    }
-    with torch.no_grad():
-        return model.generate(**inputs, **settings)
+    return generate(model, inputs, **{"max_new_tokens": 3, **settings})
 
 
-def _same(first: Any, second: Any, atol: float = 1e-5) -> None:
-    assert torch.equal(first.sequences, second.sequences)
-    worst = max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))
-    assert worst <= atol, worst
+_same = assert_same
 
 
 @pytest.mark.parametrize("beams", [1, 2])

@@ -14,7 +14,7 @@ from hero_adapters import HeroVLM, InternVLAdapter, cls_attention_hooks
 from hero_adapters.testing import AdapterCheckError, check_adapter, hook_snapshot
 from hero_core import HeroError, presets
 
-from .hosts import CHECKED, HOSTS, HostRow, check_arguments, host_row
+from .hosts import CHECKED, HOSTS, HostRow, assert_same, check_arguments, generate, host_row
 
 
 @pytest.fixture(scope="module", params=sorted(HOSTS))
@@ -27,22 +27,7 @@ def _vlm(host: HostRow, keep_ratio: float, scorer: Any = None, **options: Any) -
     return HeroVLM(host.model, host.pruner(keep_ratio), scorer, processor=host.processor, **options)
 
 
-def _generate(target: Any, inputs: dict[str, Any], **settings: Any) -> Any:
-    settings = {
-        "max_new_tokens": 4,
-        "do_sample": False,
-        "output_logits": True,
-        "return_dict_in_generate": True,
-        **settings,
-    }
-    with torch.no_grad():
-        return target.generate(**inputs, **settings)
-
-
-def _same(first: Any, second: Any, atol: float = 1e-5) -> None:
-    assert torch.equal(first.sequences, second.sequences)
-    worst = max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))
-    assert worst <= atol, worst
+_generate, _same = generate, assert_same
 
 
 @pytest.mark.parametrize("name", CHECKED)
