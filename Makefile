@@ -54,10 +54,10 @@ gpu: $(STAMP)
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make gpu: no CUDA device')"
 	$(PY) -m pytest -q -m gpu
 	$(VENV)/bin/hero bench encode --device cuda --repeats 3 --write-results
-	$(VENV)/bin/hero bench prefill --device cuda --full-model
+	$(VENV)/bin/hero bench prefill --device cuda --full-model --write-results
 
 bench: $(STAMP)
-	$(VENV)/bin/hero bench all
+	$(VENV)/bin/hero bench all --write-results
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"

@@ -3,15 +3,18 @@
 ``import hero_adapters`` needs only torch and ``hero_core``; transformers and open_clip are imported when
 an adapter or scorer first needs them (a HeroError names the extra to install if they are missing).
 
->>> from hero_core import presets
->>> from hero_adapters import HeroVLM
->>> vlm = HeroVLM(model, presets.hero(0.2))                                   # doctest: +SKIP
->>> out = vlm.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=32)  # doctest: +SKIP
+Examples:
+    >>> from hero_core import presets
+    >>> from hero_adapters import HeroVLM
+    >>> vlm = HeroVLM(model, presets.hero(0.2))                                            # doctest: +SKIP
+    >>> inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)  # doctest: +SKIP
+    >>> out = vlm.generate(**inputs, max_new_tokens=32)                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .adapter import (
@@ -51,6 +54,11 @@ __all__ = [
     "register_adapter",
     "register_tower_recipe",
 ]
+
+try:
+    __version__ = version("hero-prune")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {"HFClipTextScorer": ".text_scorers", "OpenClipTextScorer": ".text_scorers"}
 

@@ -201,7 +201,7 @@ T = TypeVar("T", bound=type[Any])
 def register_adapter(*model_types: str) -> Callable[[T], T]:
     """Class decorator: serve the models whose ``config.model_type`` is one of ``model_types``.
 
-    Example:
+    Examples:
         >>> @register_adapter("llava_next")                 # doctest: +SKIP
         ... class LlavaNextAdapter: ...
 

@@ -1,7 +1,7 @@
 """``HeroVLM.attach()``: HERO inside the model's own ``generate`` for the length of a ``with`` block.
 
 Code that calls ``model.generate`` (a user's script, a transformers ``pipeline``, lmms-eval's HF wrappers)
-runs unchanged and pruned::
+runs unchanged and pruned:
 
     with HeroVLM(model, presets.hero(0.2), scorer, processor=processor).attach() as attached:
         answers = pipe(images=image, text=prompt)        # pipeline("image-text-to-text", model=model, ...)

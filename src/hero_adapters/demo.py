@@ -9,6 +9,7 @@ are real. ``build_llava_next`` is also what the test-suite builds its tiny hosts
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,11 +20,14 @@ import torch
 
 from hero_core import VICUNA_7B, ModelShape, presets
 
+from ._progress import Bar, progress_bar
 from .extras import require
 from .testing.builders import BuiltHost, build_llava_next, build_tiny_clip
 from .visualize import load_font
 
 __all__ = ["draw_test_card", "run_demo"]
+
+_LOG = logging.getLogger(__name__)
 
 
 def draw_test_card(width: int = 960, height: int = 640) -> Any:
@@ -71,22 +75,67 @@ def run_demo(
     prompt: str = "what is written on the sign ?",
     max_new_tokens: int = 8,
     repeats: int = 3,
-    log: Any = print,
 ) -> dict[str, Any]:
     """Run vanilla and HERO at each keep ratio on the demo host; write ``report.md``, ``report.json`` and PNGs.
+
+    Progress notes go to the ``hero_adapters.demo`` logger (INFO), a progress bar to stderr on a terminal.
+
+    Args:
+        out_dir: the folder to write into (created if missing; its files of these names are replaced).
+        image: a PIL image to use instead of the built-in test card.
+        keep_ratios: HERO's keep ratios R, each run beside the unpruned model.
+        prompt: the question asked about the image.
+        max_new_tokens: tokens generated per setting.
+        repeats: timed prefill runs per setting (median).
 
     Returns:
         The JSON-ready results (also written to ``out_dir/report.json``).
     """
     from .visualize import render_plan
-    from .vlm import HeroVLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    log("building an in-process LLaVA-NeXT with real geometry and RANDOM weights (nothing is downloaded) ...")
-    host = build_llava_next()
-    scorer = build_tiny_clip()
+    with progress_bar(2 + len(keep_ratios), "hero demo") as bar:
+        _LOG.info("building an in-process LLaVA-NeXT with real geometry and RANDOM weights (nothing is downloaded)")
+        host = build_llava_next()
+        scorer = build_tiny_clip()
+        bar.update(1)
+        picture, text, shape, rows, reports = _run_settings(
+            host, scorer, image, keep_ratios, prompt, max_new_tokens, repeats, out, bar
+        )
+    smallest = min(keep_ratios)
+    render_plan(picture, reports[smallest].images[0], out / "kept_tokens.png")
+    picture.save(out / "input.png")
+    results = {
+        "note": "random weights: answers are noise; token counts, plans and timings are real",
+        "prompt": text,
+        "image_size": list(picture.size),
+        "rows": rows,
+        "plan": reports[smallest].to_dict(),
+        "seconds_total": time.perf_counter() - started,
+    }
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(results, reports[smallest], shape))
+    _LOG.info("wrote %s, %s (%.0f s)", out / "report.md", out / "kept_tokens.png", results["seconds_total"])
+    return results
+
+
+def _run_settings(
+    host: BuiltHost,
+    scorer: Any,
+    image: Any,
+    keep_ratios: Sequence[float],
+    prompt: str,
+    max_new_tokens: int,
+    repeats: int,
+    out: Path,
+    bar: Bar,
+) -> tuple[Any, str, ModelShape, list[dict[str, Any]], dict[float, Any]]:
+    """The unpruned model, then HERO at each keep ratio (one bar step each); (picture, prompt, shape, rows, reports)."""
+    from .visualize import render_plan
+    from .vlm import HeroVLM
+
     picture = image if image is not None else draw_test_card()
     text = f"USER: <image> {prompt} ASSISTANT:"
     inputs = dict(host.processor(images=[picture], text=[text], return_tensors="pt"))
@@ -99,7 +148,8 @@ def run_demo(
     answer = host.processor.tokenizer.decode(vanilla[0, prompt_tokens:], skip_special_tokens=True)
     image_tokens = int((inputs["input_ids"] == host.model.config.image_token_id).sum())
     rows.append(_row("vanilla", 1.0, image_tokens, image_tokens, prompt_tokens, answer, host, shape, repeats))
-    log(f"vanilla: {image_tokens} image tokens; answer (noise): {answer!r}")
+    _LOG.info("vanilla: %d image tokens; answer (noise): %r", image_tokens, answer)
+    bar.update(1)
     reports = {}
     for ratio in keep_ratios:
         vlm = HeroVLM(host.model, presets.hero(ratio), scorer, processor=host.processor)
@@ -123,23 +173,16 @@ def run_demo(
                 report,
             )
         )
-        log(f"HERO {ratio:.0%}: {report.tokens_out} of {report.tokens_in} image tokens; answer (noise): {answer!r}")
+        _LOG.info(
+            "HERO %.0f%%: %d of %d image tokens; answer (noise): %r",
+            100 * ratio,
+            report.tokens_out,
+            report.tokens_in,
+            answer,
+        )
         render_plan(picture, report.images[0], out / f"kept_tokens_{round(100 * ratio)}.png")
-    smallest = min(keep_ratios)
-    render_plan(picture, reports[smallest].images[0], out / "kept_tokens.png")
-    picture.save(out / "input.png")
-    results = {
-        "note": "random weights: answers are noise; token counts, plans and timings are real",
-        "prompt": text,
-        "image_size": list(picture.size),
-        "rows": rows,
-        "plan": reports[smallest].to_dict(),
-        "seconds_total": time.perf_counter() - started,
-    }
-    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(results, reports[smallest], shape))
-    log(f"wrote {out / 'report.md'}, {out / 'kept_tokens.png'} ({results['seconds_total']:.0f} s)")
-    return results
+        bar.update(1)
+    return picture, text, shape, rows, reports
 
 
 def _row(

@@ -38,7 +38,7 @@ from hero_core import HeroError
 from hero_core import presets as _presets
 
 from .attach import host_generate
-from .rows import Row
+from .rows import Row, open_image
 
 __all__ = [
     "Answer",
@@ -48,6 +48,7 @@ __all__ = [
     "SettingResult",
     "device_dtype",
     "evaluate",
+    "host_config",
     "load_host",
     "normalize_answer",
     "setting_key",
@@ -103,35 +104,19 @@ class Host:
         return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
 
 
-def load_host(
-    source: str | Path,
-    *,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "auto",
-    steps: Any = None,
-) -> Host:
-    """Load a supported checkpoint and its processor (checked: config, model type, processor files, weights).
-
-    Args:
-        source: checkpoint directory or cached hub id.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
-        dtype: ``"auto"``, a dtype name or a ``torch.dtype``.
-        steps: optional progress object (``set_description`` / ``update``), advanced once for the processor
-            and once for the model.
+def host_config(source: str | Path) -> Any:
+    """The checkpoint's ``transformers`` config, checked (a ``config.json``, a model type with an adapter); cheap:
+    only the config is read, so the command line calls it before anything loads.
 
     Raises:
-        HeroError: on a path without ``config.json``, a model type without an adapter, missing processor
-            files or weights that do not load (each names ``--model``).
+        HeroError: on a path without ``config.json``, an unreadable config or a model type without an adapter
+            (each names ``--model``).
     """
     from . import hosts  # noqa: F401  (registers the host adapters)
     from .adapter import list_adapters
     from .extras import require
 
     transformers = require("transformers")
-    if not isinstance(device, torch.device):
-        device = device_dtype(device, "auto")[0]
-    if not isinstance(dtype, torch.dtype):
-        dtype = device_dtype(device.type, dtype)[1]
     text = str(source)
     local = Path(text)
     if local.exists() and not (local / "config.json").is_file():
@@ -147,6 +132,41 @@ def load_host(
             f"a model type with an adapter, one of {list_adapters()}",
             f"{text} is not a supported checkpoint.",
         )
+    return config
+
+
+def load_host(
+    source: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    steps: Any = None,
+    check_processor: Callable[[Any], None] | None = None,
+) -> Host:
+    """Load a supported checkpoint and its processor (checked: config, model type, processor files, weights).
+
+    Args:
+        source: checkpoint directory or cached hub id.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        dtype: ``"auto"``, a dtype name or a ``torch.dtype``.
+        steps: optional progress object (``set_description`` / ``update``), advanced once for the processor
+            and once for the model.
+        check_processor: optional check of the loaded processor, called before the weights load (the command
+            line refuses prompts with the processor's own image placeholder there).
+
+    Raises:
+        HeroError: on a path without ``config.json``, a model type without an adapter, missing processor
+            files or weights that do not load (each names ``--model``), or from ``check_processor``.
+    """
+    from .extras import require
+
+    transformers = require("transformers")
+    if not isinstance(device, torch.device):
+        device = device_dtype(device, "auto")[0]
+    if not isinstance(dtype, torch.dtype):
+        dtype = device_dtype(device.type, dtype)[1]
+    text = str(source)
+    host_config(text)
     if steps is not None:
         steps.set_description("loading processor")
     try:
@@ -155,6 +175,8 @@ def load_host(
         raise HeroError.field(
             "--model", text, "a checkpoint with its processor files (preprocessor/tokenizer configs)", str(error)
         ) from error
+    if check_processor is not None:
+        check_processor(processor)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.padding_side = "left"  # batches for generate: decoder-only LLMs generate after the prompt
@@ -701,16 +723,7 @@ def _record(
 
 
 def _open_image(row: Row, where: str) -> Any:
-    from .extras import require
-
-    image_module = require("PIL.Image")
-    try:
-        with image_module.open(row.image) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, image_module.DecompressionBombError) as error:
-        raise HeroError.field(
-            f"{where}, line {row.line}: image", str(row.image), "a readable image (PNG, JPEG, ...)", str(error)
-        ) from error
+    return open_image(row.image, f"{where}, line {row.line}: image")
 
 
 def _first_divergence(a: Sequence[int], b: Sequence[int]) -> int:

@@ -1,4 +1,4 @@
-"""The batch input of ``hero eval`` (and later ``hero run --data``): JSON Lines, one row per line.
+"""The batch input of ``hero eval`` and ``hero run --data`` (JSON Lines, one row per line) and their image opener.
 
 Each non-blank line is one JSON object::
 
@@ -7,6 +7,8 @@ Each non-blank line is one JSON object::
 ``id`` is a string or an int, unique in the file (``1`` and ``"1"`` count as the same id); ``image`` a path,
 relative paths read from the data file's folder; ``prompt`` the question; ``answer`` (optional, a string or
 null) the reference answer for accuracy. Blank lines are skipped; line numbers in messages count them.
+A prompt must not contain an ``<image>`` placeholder: the command places the row's one image before the
+prompt itself (through the processor's chat template), so a placeholder in the text would be one too many.
 Every problem is a ``HeroError`` naming the option, the file, the line and what to do; nothing but the
 file and the existence of every image is read, so the check is cheap and runs before any model loads.
 """
@@ -14,16 +16,19 @@ file and the existence of every image is read, so the check is cheap and runs be
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hero_core import HeroError
 
-__all__ = ["KEYS", "Row", "read_rows"]
+__all__ = ["KEYS", "PLACEHOLDER", "Row", "check_placeholders", "open_image", "read_rows"]
 
 #: The keys a row may have; the first three are required.
 KEYS = ("id", "image", "prompt", "answer")
+#: The image placeholder of the LLaVA processors; a prompt must not contain it (the image is placed for you).
+PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def _row(text: str, where: str, number: int, folder: Path) -> Row:
         raise HeroError.field(f"{where}: image", image, "a non-empty string: the image file's path")
     if not isinstance(prompt, str) or not prompt.strip():
         raise HeroError.field(f"{where}: prompt", prompt, "a non-empty string: the question / instruction")
+    check_placeholders(f"{where}: prompt", prompt)
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise HeroError.field(f"{where}: answer", answer, "a non-empty string, null, or no answer key")
     resolved = folder / image
@@ -140,3 +146,66 @@ def _row(text: str, where: str, number: int, folder: Path) -> Row:
             "Relative paths are read from the data file's folder.",
         )
     return Row(id=identifier, image=resolved, prompt=prompt, answer=answer, line=number)
+
+
+def check_placeholders(name: str, prompt: str, tokens: tuple[str, ...] = (PLACEHOLDER,)) -> None:
+    """Refuse a prompt with image placeholders: each prompt has one image, placed before the text for it.
+
+    Args:
+        name: what the message calls the prompt (``--prompt``, ``--data FILE, line 3: prompt``).
+        prompt: the user's text.
+        tokens: the placeholders to look for (``<image>``, and the processor's own ``image_token``).
+
+    Raises:
+        HeroError: naming the placeholder, how many there are and that the image has one already.
+    """
+    for token in dict.fromkeys(t for t in tokens if t):
+        count = prompt.count(token)
+        if count:
+            raise HeroError.field(
+                name,
+                prompt,
+                f"a prompt without {token}: there is 1 image and it is placed before the prompt for you, so "
+                f"{count} {token} in the text make {count + 1} placeholders for 1 image",
+                f"Remove {token} from the prompt.",
+            )
+
+
+def open_image(path: str | Path, name: str = "--image") -> Any:
+    """Open an image file as RGB, refusing what Pillow calls a decompression bomb (``Image.MAX_IMAGE_PIXELS``).
+
+    Pillow only warns between ``MAX_IMAGE_PIXELS`` and twice that; here both are refused, so that a huge image
+    fails with one line naming ``name`` instead of filling the memory.
+
+    Args:
+        path: the image file.
+        name: what the message calls it (``--image``, ``--data FILE, line 3: image``).
+
+    Returns:
+        The decoded ``PIL.Image.Image`` in mode RGB.
+
+    Raises:
+        HeroError: on a missing file, a file Pillow cannot read, or an image over the pixel limit.
+    """
+    from .extras import require
+
+    image_module = require("PIL.Image")
+    path = Path(path)
+    if not path.is_file():
+        raise HeroError.field(name, str(path), "an image file that exists", "Check the path.")
+    bombs = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", image_module.DecompressionBombWarning)
+            with image_module.open(path) as image:
+                return image.convert("RGB")
+    except bombs as error:
+        limit = image_module.MAX_IMAGE_PIXELS
+        raise HeroError.field(
+            name,
+            str(path),
+            f"an image of at most {limit} pixels (Pillow's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)",
+            f"{' '.join(str(error).split())} Downscale the image first.",
+        ) from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise HeroError.field(name, str(path), "a readable image (PNG, JPEG, ...)", str(error)) from error

@@ -65,7 +65,7 @@ class _Run:
 class HeroVLM:
     """A pruning wrapper around a host VLM; the model itself is never modified.
 
-    Example:
+    Examples:
         >>> vlm = HeroVLM(model, presets.hero(0.2), OpenClipTextScorer(...), processor=processor)  # doctest: +SKIP
         >>> inputs = processor(images=image, text=prompt, return_tensors="pt")    # doctest: +SKIP
         >>> out = vlm.generate(**inputs, query="What is written on the sign?", max_new_tokens=32)  # doctest: +SKIP
@@ -273,7 +273,7 @@ class HeroVLM:
         is exactly as before. The block's value is the ``Attachment``; its ``reports`` list holds one
         ``PruneReport`` per call (``last_report`` the latest).
 
-        Example:
+        Examples:
             >>> vlm = HeroVLM(model, presets.hero(0.2), scorer, processor=processor)      # doctest: +SKIP
             >>> with vlm.attach() as attached:                                            # doctest: +SKIP
             ...     out = model.generate(**inputs, max_new_tokens=32)                     # doctest: +SKIP

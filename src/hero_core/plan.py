@@ -64,7 +64,7 @@ class PrunePlan:
 class Pruner:
     """A keep ratio, a ``BudgetAllocator`` and a ``TokenSelector``: one pruning method, as a value.
 
-    Example:
+    Examples:
         >>> pruner = Pruner(keep_ratio=0.2, allocator=HeroAllocator(alpha=0.7), selector=FunctionAwareSelector())
         >>> plan = pruner.plan(tiles, relevance)          # doctest: +SKIP
     """

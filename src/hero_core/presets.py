@@ -56,7 +56,7 @@ def scale_layers(layers: Sequence[int], depth: int, *, reference_depth: int = PA
     measurement: the HERO paper did not measure the pattern on InternViT, SigLIP or timm ViTs; ``hero layers``
     (``hero_adapters.layers``) measures it on your encoder and images.
 
-    Example:
+    Examples:
         >>> scale_layers((5, 6, 7, 8, 21), 12)
         (2, 3, 4, 10)
 

@@ -1,7 +1,7 @@
 """Property-testing kit for users and for the library's own tests.
 
 Hypothesis strategies that generate valid ``EncodedTiles`` and checkers that hold any
-``BudgetAllocator`` / ``TokenSelector`` to the library's invariants. Five lines test a custom allocator::
+``BudgetAllocator`` / ``TokenSelector`` to the library's invariants. Five lines test a custom allocator:
 
     from hypothesis import given
     from hero_core.testing import check_allocator, encoded_tiles, keep_ratios

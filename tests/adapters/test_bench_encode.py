@@ -2,7 +2,7 @@
 
 The real-size run (`hero bench encode`) takes minutes; these run the same code with ``--tiny`` hosts (every
 tower: CLIP-L in LLaVA-NeXT, InternViT in InternVL, SigLIP in LLaVA-OneVision; 56-px views) in seconds,
-so CI exercises every mode, the checks, the table and the output folder.
+so CI exercises every mode, the checks and the table (test_bench_output.py: where results go).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 pytest.importorskip("transformers")
 
 from hero_adapters.bench import encode
-from hero_adapters.bench._common import output_folder
 from hero_core import HeroError
 
 TINY = ["--tiny", "--device", "cpu", "--repeats", "1", "--plan-repeats", "2"]
@@ -94,15 +93,6 @@ def test_memory_runs_in_a_fresh_subprocess() -> None:
     result = encode.memory_in_subprocess(encode.TOWERS["clip-l14-336"], "b_hero", args)
     assert result["peak_bytes"] >= result["baseline_bytes"] > 0
     assert result["kind"].startswith("process RSS")
-
-
-def test_default_output_is_untracked_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert output_folder(None, False) == tmp_path / "hero-bench-results"  # not a checkout
-    (tmp_path / "benchmarks").mkdir()
-    assert output_folder(None, False) == tmp_path / "build" / "bench-results"  # git-ignored build/
-    assert output_folder(None, True) == tmp_path / "benchmarks" / "results"
-    assert output_folder(tmp_path / "x", True) == tmp_path / "x"
 
 
 def test_options(capsys: pytest.CaptureFixture[str]) -> None:

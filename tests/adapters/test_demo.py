@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -19,8 +20,13 @@ def _vanilla_tokens(width: int, height: int) -> tuple[int, int]:
     return 576 + rows * side + rows, rows
 
 
-def test_demo_counts_match_the_arithmetic(tmp_path):
-    results = run_demo(tmp_path, keep_ratios=(0.4, 0.2), max_new_tokens=2, repeats=1, log=lambda *_: None)
+def test_demo_counts_match_the_arithmetic(tmp_path, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="hero_adapters"):
+        results = run_demo(tmp_path, keep_ratios=(0.4, 0.2), max_new_tokens=2, repeats=1)
+    # notes go to the hero_adapters.demo logger, nothing is printed (the bar is off when stderr is no terminal)
+    assert capsys.readouterr() == ("", "")
+    notes = [record.getMessage() for record in caplog.records if record.name == "hero_adapters.demo"]
+    assert notes[0].startswith("building") and any(note.startswith("HERO 20%: ") for note in notes)
     vanilla, rows = _vanilla_tokens(960, 640)
     assert (vanilla, rows) == (2144, 32)
     by_setting = {row["setting"]: row for row in results["rows"]}

@@ -334,6 +334,7 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
         (["--json", "NODIR"], "--json="),
         (["--json", "DATA"], "a file other than --data"),
         (["--json", "TMPDIR"], "not a directory"),
+        (["--data", "DATA", "--data", "BAD"], "argument --data: given twice"),
         (["--model", "UNSUPPORTED"], "clip_vision_model"),
     ],
 )
@@ -350,8 +351,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_loaded_or_written(files, loads
                                          num_attention_heads=2, image_size=28, patch_size=14)).save_pretrained(
             names["UNSUPPORTED"])  # fmt: skip
     before = sorted(p.name for p in tmp_path.iterdir())
-    # A later --data / --model replaces the first (argparse keeps the last value).
-    code = main("eval", "--model", files["model"], "--data", files["data"], *[names.get(a, a) for a in args])
+    given = [names.get(a, a) for a in args]
+    base: list[Any] = []
+    for flag, value in (("--model", files["model"]), ("--data", files["data"])):
+        if flag not in given:  # each flag once: a repeat is refused
+            base += [flag, value]
+    code = main("eval", *base, *given)
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()

@@ -371,6 +371,52 @@ def test_hf_from_pretrained_reads_mean_std_and_casts_to_the_model_dtype(
     torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("saved", ["processor", "both"])
+def test_hf_from_pretrained_reads_mean_std_from_the_file_transformers_writes(
+    saved: str, hf_model: Any, clip_tokenizer: Any, hf_scorer: HFClipTextScorer, tmp_path: Path
+) -> None:
+    """transformers 5.x: ``CLIPProcessor.save_pretrained`` writes processor_config.json (the image processor nested
+    in it), not preprocessor_config.json; with both, the nested entry wins. Oracle: transformers' own
+    ``CLIPImageProcessor.from_pretrained`` of the same directory."""
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
+    sizes = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    image_processor = transformers.CLIPImageProcessor(image_mean=list(mean), image_std=list(std), **sizes)
+    hf_model.save_pretrained(tmp_path)
+    if saved == "both":  # an older image processor's file beside the processor's: transformers reads the nested one
+        other = [0.9, 0.9, 0.9]
+        transformers.CLIPImageProcessor(image_mean=other, image_std=other, **sizes).save_pretrained(tmp_path)
+    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer).save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file()
+    assert (tmp_path / "preprocessor_config.json").is_file() == (saved == "both")
+    loaded = HFClipTextScorer.from_pretrained(tmp_path)
+    assert loaded.mean == pytest.approx(mean) and loaded.std == pytest.approx(std)
+    reference = transformers.CLIPImageProcessor.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.mean == tuple(reference.image_mean) and loaded.std == tuple(reference.image_std)
+    # the scorer normalises with them: its input is the default scorer's, un-normalised and normalised again
+    views = _views(2)
+    channels = (3, 1, 1)
+    unit = hf_scorer.preprocess(views) * torch.tensor(OPENAI_CLIP_STD).view(channels) + torch.tensor(
+        OPENAI_CLIP_MEAN
+    ).view(channels)
+    expected = (unit - torch.tensor(mean).view(channels)) / torch.tensor(std).view(channels)
+    torch.testing.assert_close(loaded.preprocess(views), expected, atol=1e-5, rtol=0)
+    manual = _hf_manual(loaded.model, clip_tokenizer, expected, "a cat")
+    torch.testing.assert_close(loaded(views, "a cat"), manual, atol=1e-5, rtol=0)
+    assert not torch.allclose(loaded(views, "a cat"), hf_scorer(views, "a cat"), atol=1e-4)
+
+
+def test_hf_from_pretrained_refuses_a_bad_mean_in_processor_config(
+    hf_model: Any, clip_tokenizer: Any, tmp_path: Path
+) -> None:
+    hf_model.save_pretrained(tmp_path)
+    clip_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text('{"image_processor": {"image_mean": [0.5, 0.5]}}')
+    with pytest.raises(HeroError, match=r"^processor_config.json image_mean="):
+        HFClipTextScorer.from_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "CLIPProcessor"}')  # no image processor
+    assert HFClipTextScorer.from_pretrained(tmp_path).mean == OPENAI_CLIP_MEAN
+
+
 def test_hf_from_pretrained_without_tokenizer_files(hf_model: Any, clip_tokenizer: Any, tmp_path: Path) -> None:
     hf_model.save_pretrained(tmp_path)  # weights and config only
     with pytest.raises(HeroError, match="tokenizer=clip_tokenizer_from_open_clip"):

@@ -1,22 +1,20 @@
-"""Shared helpers for the benchmarks: machine description, timing, JSON + Markdown output."""
+"""Shared helpers for the benchmarks: machine description, timing, where results go, JSON + Markdown output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from hero_core import HeroError
-
-T = TypeVar("T")
-
 
 #: CLIP ViT-L/14-336's vision tower (LLaVA-NeXT's encoder and HERO's relevance model), as config fields.
 VIT_L14_336: dict[str, Any] = {
@@ -55,23 +53,71 @@ def random_model(
     return model.eval()
 
 
-def results_dir() -> Path:
-    """``benchmarks/results`` when run from a checkout of the project, else ``./hero-bench-results``."""
-    here = Path.cwd() / "benchmarks"
-    return here / "results" if here.is_dir() else Path.cwd() / "hero-bench-results"
+#: Where a benchmark writes unless told otherwise: a folder of the current directory that no checkout tracks.
+DEFAULT_OUT = "hero-bench-results"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default in its help (flags and None excepted)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "(default:" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--out DIR`` (default ``./hero-bench-results``) or, for maintainers, ``--write-results``."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder for the JSON and Markdown results (default: ./{DEFAULT_OUT})",
+    )
+    where.add_argument(
+        "--write-results",
+        action="store_true",
+        help="maintainers: update the checkout's tracked records instead (benchmarks/results/ and "
+        "benchmarks/README.md; run from the checkout's root)",
+    )
 
 
 def output_folder(out: Path | None, write_results: bool) -> Path:
-    """Where a benchmark writes: ``out`` when given; else, asked with ``write_results``, ``results_dir()``
-    (a checkout's tracked ``benchmarks/results``, whose README is then rewritten); else a folder no checkout
-    tracks: ``build/bench-results`` inside a checkout (``build/`` is git-ignored), ``./hero-bench-results``
-    elsewhere."""
-    if out is not None:
-        return out
-    folder = results_dir()
-    if write_results or folder.name != "results":
+    """Where a benchmark writes: the checkout's tracked ``benchmarks/results`` when asked with ``write_results``,
+    else ``out``, else ``./hero-bench-results``; never a tracked folder unless asked.
+
+    Raises:
+        HeroError: ``write_results`` outside a checkout's root, or ``out`` an existing file (checked before any
+            benchmark work starts).
+    """
+    if write_results:
+        folder = Path.cwd() / "benchmarks" / "results"
+        if not _is_tracked_results(folder):
+            raise HeroError.field(
+                "--write-results",
+                str(Path.cwd()),
+                "the root of a hero checkout (pyproject.toml, benchmarks/results/)",
+                "Run it from the checkout's root, or pass --out DIR.",
+            )
         return folder
-    return Path.cwd() / "build" / "bench-results"
+    folder = Path(DEFAULT_OUT) if out is None else out
+    if folder.exists() and not folder.is_dir():
+        raise HeroError.field("--out", str(folder), "a folder (or a path to create one at)", "It is a file.")
+    return folder if folder.is_absolute() else Path.cwd() / folder
+
+
+def _is_tracked_results(folder: Path) -> bool:
+    """``folder`` is a checkout's ``benchmarks/results`` (whose README the benchmarks keep up to date)."""
+    checkout = folder.parent.parent
+    return (
+        folder.name == "results"
+        and folder.parent.name == "benchmarks"
+        and folder.is_dir()
+        and (checkout / "pyproject.toml").is_file()
+    )
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -134,9 +180,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def write_results(name: str, payload: dict[str, Any], table: list[str], out: Path | None = None) -> Path:
-    """Write ``<name>.json`` and a Markdown table ``<name>.md`` (with the machine) into the results folder."""
-    folder = out or results_dir()
+def write_results(name: str, payload: dict[str, Any], table: list[str], folder: Path) -> Path:
+    """Write ``<name>.json`` and a Markdown table ``<name>.md`` (with the machine) into ``folder``; in a checkout's
+    ``benchmarks/results`` (``--write-results``, or ``--out`` naming it) also rewrite ``benchmarks/README.md``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -153,7 +199,7 @@ def write_results(name: str, payload: dict[str, Any], table: list[str], out: Pat
         "",
     ]
     (folder / f"{name}.md").write_text("\n".join(lines))
-    if folder.name == "results" and folder.parent.name == "benchmarks":
+    if _is_tracked_results(folder):
         _write_readme(folder)
     return path
 
@@ -162,26 +208,21 @@ _README_HEAD = """# Benchmarks
 
 Each benchmark lives in `hero_adapters.bench` and runs with `hero bench <name>` or
 `python benchmarks/bench_<name>.py`; models are built from configs with random weights (nothing is
-downloaded). Every record in `results/` names the machine it was measured on; this page is rewritten
-from those records after each run, so it always shows the latest table of each.
+downloaded). Every record in `results/` names the machine it was measured on. A run writes into
+`./hero-bench-results` (or `--out DIR`); `--write-results`, run from the checkout's root, updates
+`results/` and rewrites this page from those records, so it always shows the latest table of each.
 """
 
 
-def _write_readme(results: Path) -> None:
-    """benchmarks/README.md: the fixed introduction, then every results/*.md table."""
+def readme_text(results: Path) -> str:
+    """What ``benchmarks/README.md`` holds: the fixed introduction, then every ``results/*.md`` table."""
     tables = [table.read_text() for table in sorted(results.glob("*.md"))]
-    (results.parent / "README.md").write_text("\n".join([_README_HEAD, *tables]))
+    return "\n".join([_README_HEAD, *tables])
+
+
+def _write_readme(results: Path) -> None:
+    (results.parent / "README.md").write_text(readme_text(results))
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-
-
-def progress(items: Sequence[T], desc: str) -> Iterable[T]:
-    """A progress bar over ``items`` on a terminal (tqdm when installed), the plain items otherwise."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    bar: Iterable[T] = tqdm(items, desc=desc, leave=False, disable=None)
-    return bar

@@ -4,9 +4,11 @@ For V in {3, 5, 13} views (N = 576, H = 16, 5 recorded layers) it times, in one 
   - HERO planning: validating the encoder outputs (EncodedTiles) + budgets + selection;
   - one forward of a real-size CLIP ViT-L/14-336 vision tower (random weights, built from its config)
     over the same V views, the encoder pass the plan rides on.
-and records the ratio plan / forward (target: under 1%). Results: benchmarks/results/core.json.
+and records the ratio plan / forward (target: under 1%). Results: core.json + core.md (core-cuda.* on CUDA) in
+./hero-bench-results, or --out DIR; --write-results updates the checkout's tracked benchmarks/results and
+benchmarks/README.md instead.
 
-Usage: hero bench core [--device auto|cpu|cuda] [--repeats 50] [--dtype float32|bfloat16]
+Usage: hero bench core [--device auto|cpu|cuda] [--repeats 50] [--dtype float32|bfloat16] [--out DIR | --write-results]
    or: python benchmarks/bench_core.py [...]
 """
 
@@ -14,13 +16,24 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from hero_core import EncodedTiles, presets
 
-from ._common import VIT_L14_336, machine, median_seconds, now, pick_device, progress, random_model, write_results
+from .._progress import progress
+from ._common import (
+    VIT_L14_336,
+    HelpFormatter,
+    add_output_options,
+    machine,
+    median_seconds,
+    now,
+    output_folder,
+    pick_device,
+    random_model,
+    write_results,
+)
 
 LAYERS = presets.hero(0.2).layers  # what HERO's preset reads: (5, 6, 7, 8, 21)
 N, H, D = 576, 16, 1024
@@ -48,16 +61,17 @@ def clip_tower(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="hero bench core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser = argparse.ArgumentParser(prog="hero bench core", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensors and the tower")
     parser.add_argument("--repeats", type=int, default=50, help="planning repeats (median)")
     parser.add_argument("--forward-repeats", type=int, default=2, help="encoder forward repeats (median)")
-    parser.add_argument("--views", type=int, nargs="+", default=[3, 5, 13])
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--views", type=int, nargs="+", default=[3, 5, 13], help="view counts V to time")
+    add_output_options(parser)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.forward_repeats < 1 or min(args.views) < 1:
+        parser.error("--repeats, --forward-repeats and --views must be >= 1")
+    folder = output_folder(args.out, args.write_results)  # checked before the tower is built
     device, dtype = pick_device(args.device), getattr(torch, args.dtype)
     pruner = presets.hero(0.2)
     tower = clip_tower(device, dtype)
@@ -96,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     table = ["| V | plan (ms) | CLIP ViT-L/14-336 forward (ms) | plan / forward |", "|---|---|---|---|"]
     table += [f"| {r['views']} | {r['plan_ms']:.2f} | {r['forward_ms']:.0f} | {100 * r['ratio']:.3f}% |" for r in rows]
-    print("wrote", write_results("core" if device.type == "cpu" else f"core-{device.type}", payload, table, args.out))
+    print("wrote", write_results("core" if device.type == "cpu" else f"core-{device.type}", payload, table, folder))
 
 
 if __name__ == "__main__":

@@ -36,9 +36,8 @@ numbers unfair. Planning alone (``Pruner.plan`` on the encoded views) is timed a
 Targets: (b) / (a) <= 1.05 in time and <= 1.10 in peak memory; planning < 1% of (a).
 
 Results: ``encode.json`` + ``encode.md`` (suffixed ``-bfloat16`` / ``-cuda`` / ``-<tower>`` when those are
-chosen). They go to ``--out DIR``; with ``--write-results`` to the checkout's ``benchmarks/results`` (whose
-README is then rewritten); by default to ``build/bench-results`` in a checkout (git-ignored), else
-``./hero-bench-results``.
+chosen). They go to ``./hero-bench-results``, or ``--out DIR``; ``--write-results`` updates the checkout's
+tracked ``benchmarks/results`` and ``benchmarks/README.md`` instead.
 
 Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m|siglip-so400m] [--device auto|cpu|cuda]
 [--dtype float32|bfloat16] [--repeats 3] [--write-results | --out DIR]``
@@ -50,6 +49,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -65,7 +65,21 @@ from torch import Tensor
 
 from hero_core import HeroError, Pruner, presets
 
-from ._common import VIT_L14_336, machine, median_seconds, now, output_folder, pick_device, sync, write_results
+from .._progress import progress
+from ._common import (
+    VIT_L14_336,
+    HelpFormatter,
+    add_output_options,
+    machine,
+    median_seconds,
+    now,
+    output_folder,
+    pick_device,
+    sync,
+    write_results,
+)
+
+_LOG = logging.getLogger(__name__)
 
 MODES = ("a_host", "b_hero", "c_eager")
 KEEP_RATIO = 0.2
@@ -487,7 +501,7 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
             del oracle, hooked
         gc.collect()
         sdpa = cases["sdpa"]
-        for _ in range(args.repeats):
+        for _ in progress(range(args.repeats), desc=f"bench encode: {tower.name} timing"):
             for mode in modes:
                 case = case_of[mode]
                 assert case is not None
@@ -518,29 +532,21 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
 
 # ------------------------------------------------------------------------------------------------ main
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="hero bench encode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--tower", default="all", choices=[*TOWERS, "all"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser = argparse.ArgumentParser(prog="hero bench encode", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--tower", default="all", choices=[*TOWERS, "all"], help="vision tower(s) to time")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the three modes (median)")
     parser.add_argument("--plan-repeats", type=int, default=50, help="repeats of planning alone (median)")
     parser.add_argument("--views", type=int, default=5, choices=[3, 4, 5], help="views of the one image")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
         "--eager",
         default="auto",
         choices=["auto", "on", "off"],
         help="mode (c): auto = only if its attention maps fit in the free memory",
     )
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: see --write-results)")
-    parser.add_argument(
-        "--write-results",
-        action="store_true",
-        help="write into the checkout's benchmarks/results and rewrite benchmarks/README.md "
-        "(default: build/bench-results in a checkout, ./hero-bench-results elsewhere)",
-    )
+    add_output_options(parser)
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-size towers (CI)
     parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args(argv)
@@ -568,9 +574,12 @@ def _eager_decision(tower: Tower, args: argparse.Namespace) -> tuple[bool, str]:
 def run_tower(tower: Tower, args: argparse.Namespace) -> dict[str, Any]:
     eager, eager_note = _eager_decision(tower, args)
     modes = MODES if eager else MODES[:2]
-    print(f"  {tower.title} in {tower.host}: modes {', '.join(modes)} (eager {eager_note})", flush=True)
+    _LOG.info("%s in %s: modes %s (eager %s)", tower.title, tower.host, ", ".join(modes), eager_note)
     timing = measure_time(tower, args, modes)
-    memory = {mode: memory_in_subprocess(tower, mode, args) for mode in modes}
+    memory = {
+        mode: memory_in_subprocess(tower, mode, args)
+        for mode in progress(modes, desc=f"bench encode: {tower.name} memory")
+    }
     results = {
         mode: {
             "seconds": [round(s, 4) for s in timing["seconds"][mode]],
@@ -684,16 +693,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_mode:
         print(json.dumps(measure_memory(TOWERS[args.tower], args.memory_mode, args)))
         return 0
+    folder = output_folder(args.out, args.write_results)  # checked before any host is built
     torch.set_num_threads(args.threads)
     chosen = list(TOWERS.values()) if args.tower == "all" else [TOWERS[args.tower]]
     size = "tiny test towers" if args.tiny else "real-size towers, random weights"
-    print(
-        f"bench_encode: {', '.join(t.name for t in chosen)} ({size}), {args.views} views, {args.dtype} on "
-        f"{args.device}, {args.threads} threads, {args.repeats} repeats",
-        flush=True,
+    _LOG.info(
+        "bench encode: %s (%s), %d views, %s on %s, %d threads, %d repeats",
+        ", ".join(t.name for t in chosen),
+        size,
+        args.views,
+        args.dtype,
+        args.device,
+        args.threads,
+        args.repeats,
     )
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    towers = {tower.name: run_tower(tower, args) for tower in chosen}
+    towers = {tower.name: run_tower(tower, args) for tower in progress(chosen, desc="bench encode")}
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     names = " and ".join(f"{r['tower']} ({r['host']})" for r in towers.values())
     record = {
@@ -729,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     name = name if args.device == "cpu" else f"{name}-{args.device}"
     name = name if args.tower == "all" else f"{name}-{args.tower}"
     name = f"{name}-tiny" if args.tiny else name
-    path = write_results(name, record, table_lines(towers), output_folder(args.out, args.write_results))
+    path = write_results(name, record, table_lines(towers), folder)
     for result in towers.values():
         print(f"  {result['tower']} in {result['host']} ({result['views']} x {result['tokens_per_view']} tokens):")
         for mode, m in result["modes"].items():

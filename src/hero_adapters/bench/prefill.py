@@ -14,7 +14,11 @@
 4. On CUDA also a full-depth LLaVA-NeXT-7B-shaped model (random weights): time to first token, decode
    tokens/s and peak memory for vanilla and each ratio (``--full-model``).
 
+Results: prefill.json + prefill.md (prefill-cuda.* on CUDA) in ./hero-bench-results, or --out DIR; --write-results
+updates the checkout's tracked benchmarks/results and benchmarks/README.md instead.
+
 Usage: hero bench prefill [--device auto|cpu|cuda] [--layers 2] [--repeats 2] [--dtype bfloat16]
+                          [--out DIR | --write-results]
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,14 +33,17 @@ import torch
 from hero_core import VICUNA_7B, EncodedTiles, presets
 from hero_core.testing import make_tiles
 
+from .._progress import Bar, progress, progress_bar
 from ._common import (
     CLIP_TEXT_L14,
     VIT_L14_336,
+    HelpFormatter,
+    add_output_options,
     machine,
     median_seconds,
     now,
+    output_folder,
     pick_device,
-    progress,
     random_model,
     sync,
     write_results,
@@ -91,6 +97,13 @@ def _overhead(
     device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str
 ) -> dict[str, float]:
     """Seconds of HERO's own work for one image of ``views`` views at real size."""
+    with progress_bar(repeats + 4, "bench prefill: HERO's cost") as bar:
+        return _overhead_steps(device, dtype, views, repeats, host_inputs, prompt, bar)
+
+
+def _overhead_steps(
+    device: torch.device, dtype: torch.dtype, views: int, repeats: int, host_inputs: Any, prompt: str, bar: Bar
+) -> dict[str, float]:
     from ..sequence import placeholder_spans, rebuild
     from ..text_scorers import HFClipTextScorer, clip_tokenizer_from_open_clip
     from ..towers import cls_attention_hooks
@@ -98,6 +111,7 @@ def _overhead(
     pruner = presets.hero(0.2)
     config = _clip_config()
     tower = random_model(config.vision_config, device, dtype)
+    bar.update(1)
     pixels = torch.rand(views, 3, 336, 336, device=device, dtype=dtype)
 
     def plain() -> None:
@@ -113,10 +127,13 @@ def _overhead(
     for _ in range(repeats):
         plain_s.append(median_seconds(plain, device, repeats=1, warmup=0))
         hooked_s.append(median_seconds(hooked, device, repeats=1, warmup=0))
+        bar.update(1)
     clip = random_model(config, device, dtype)
     scorer = HFClipTextScorer(clip, clip_tokenizer_from_open_clip())
+    bar.update(1)
     tile_views = torch.rand(views - 1, 3, 336, 336, device=device)  # HeroVLM scores the K local tiles only
     scorer_s = median_seconds(lambda: scorer(tile_views, prompt), device, repeats=repeats)
+    bar.update(1)
     tiles = make_tiles(
         num_views=views, grid=(24, 24), num_heads=16, layers=pruner.layers, width=1024, padding="rows", device=device
     )
@@ -134,6 +151,7 @@ def _overhead(
         rebuild(ids, mask, spans, [kept], token_id=token_id, pad_id=0)
 
     rebuild_s = median_seconds(rebuild_prompt, device, repeats=20, warmup=3)
+    bar.update(1)
     hooks_s = statistics.median(hooked_s) - statistics.median(plain_s)
     return {
         "encoder_plain_s": statistics.median(plain_s),
@@ -170,7 +188,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
         "image_sizes": inputs["image_sizes"],
     }
     rows = []
-    for ratio in [1.0, *reports]:
+    for ratio in progress([1.0, *reports], desc="bench prefill: full model"):
         vlm = HeroVLM(model, presets.hero(ratio))
 
         def generate(n: int, vlm: Any = vlm) -> None:
@@ -192,19 +210,22 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="hero bench prefill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--layers", type=int, default=2, help="LLaMA layers actually run (default 2)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--prompt-tokens", type=int, default=40, help="text tokens beside the image (default 40)")
-    parser.add_argument("--keep-ratios", type=float, nargs="+", default=[0.4, 0.2])
+    parser = argparse.ArgumentParser(prog="hero bench prefill", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights")
+    parser.add_argument("--layers", type=int, default=2, help="LLaMA layers actually run")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each measurement (median)")
+    parser.add_argument("--prompt-tokens", type=int, default=40, help="text tokens beside the image")
+    parser.add_argument("--keep-ratios", type=float, nargs="+", default=[0.4, 0.2], help="keep ratios R to time")
     parser.add_argument("--skip-overhead", action="store_true", help="do not time HERO's own cost")
     parser.add_argument("--full-model", action="store_true", help="CUDA: also a full-depth 7B-shaped LLaVA-NeXT")
-    parser.add_argument("--out", type=Path, default=None)
+    add_output_options(parser)
     args = parser.parse_args(argv)
+    if args.layers < 1 or args.repeats < 1 or args.prompt_tokens < 0:
+        parser.error("--layers and --repeats must be >= 1, --prompt-tokens >= 0")
+    if not all(0 < ratio <= 1 for ratio in args.keep_ratios):
+        parser.error(f"--keep-ratios must lie in (0, 1], not {args.keep_ratios}")
+    folder = output_folder(args.out, args.write_results)  # checked before any model is built
     device, dtype = pick_device(args.device), getattr(torch, args.dtype)
     reports, host_inputs = _token_counts(args.keep_ratios)
     vanilla_image = next(iter(reports.values())).tokens_in
@@ -312,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sync(device)
     print(
         "wrote",
-        write_results("prefill" if device.type == "cpu" else f"prefill-{device.type}", payload, table, args.out),
+        write_results("prefill" if device.type == "cpu" else f"prefill-{device.type}", payload, table, folder),
     )
 
 

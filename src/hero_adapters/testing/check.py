@@ -76,7 +76,7 @@ def check_adapter(
 ) -> AdapterCheckReport:
     """Run the adapter checks on ``model`` (normally a tiny in-process build of the host).
 
-    Example:
+    Examples:
         >>> host = build_internvl(tile_pixels=56, vision_layers=4)                           # doctest: +SKIP
         >>> make = lambda texts, images: host.processor(images=list(images) or None, text=list(texts),
         ...                                             return_tensors="pt", padding=True)    # doctest: +SKIP

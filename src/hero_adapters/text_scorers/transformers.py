@@ -121,8 +121,11 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         """Load ``CLIPModel`` and its tokenizer from a checkpoint (a local directory, or a hub id in the cache).
 
         A local directory is read with ``local_files_only=True`` (nothing is downloaded); a hub id
-        follows ``HF_HUB_OFFLINE``. If the directory has a ``preprocessor_config.json``, its
-        ``image_mean``/``image_std`` are used for the normalisation.
+        follows ``HF_HUB_OFFLINE``. A local directory's image processor settings give the normalisation's
+        ``image_mean``/``image_std``, read as transformers 5.x reads them: the ``image_processor`` entry of
+        ``processor_config.json`` (what ``CLIPProcessor.save_pretrained`` writes), else
+        ``preprocessor_config.json`` (what ``CLIPImageProcessor.save_pretrained`` and transformers 4.x
+        write); OpenAI CLIP's values where neither names them (and for a hub id).
 
         Args:
             path_or_id: checkpoint directory (``config.json``, weights, tokenizer files) or hub id.
@@ -183,10 +186,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
                 raise HeroError.field(
                     "path_or_id", source, "a checkpoint with tokenizer files", f"{_TOKENIZER_FIX} ({exc})"
                 ) from exc
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        preprocessor = Path(source) / "preprocessor_config.json"
-        if local and preprocessor.is_file():
-            mean, std = _mean_std_from_preprocessor(preprocessor, mean, std)
+        mean, std = _mean_std_from_checkpoint(Path(source)) if local else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         try:  # the checks run once, in __post_init__, before the model is moved to `device`
             scorer = cls(model=model.eval(), tokenizer=tokenizer, mean=mean, std=std)
         except HeroError as exc:
@@ -254,20 +254,35 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         return _embedding(self._host.get_text_features(**tokens))  # (1, E)
 
 
-def _mean_std_from_preprocessor(
-    path: Path, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HeroError.field("preprocessor_config.json", str(path), "a readable JSON file", str(exc)) from exc
-    if not isinstance(cfg, dict):
+#: Where transformers 5.x looks for an image processor's settings, in its order (``ImageProcessingMixin``).
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _mean_std_from_checkpoint(folder: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``image_mean`` / ``image_std`` of the checkpoint's image processor, OpenAI CLIP's where it names none.
+
+    transformers 5.x reads the ``image_processor`` entry of ``processor_config.json`` (a whole processor
+    saved) and, when there is none, ``preprocessor_config.json`` (an image processor alone, or 4.x).
+    """
+    for name in _PROCESSOR_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise HeroError.field(name, str(path), "a readable JSON file", str(exc)) from exc
+        if name == "processor_config.json":
+            cfg = cfg.get("image_processor") if isinstance(cfg, dict) else None
+            if not isinstance(cfg, dict):
+                continue  # a processor_config.json without an image processor: transformers reads the next file
+        if not isinstance(cfg, dict):
+            break
+        mean, std = cfg.get("image_mean"), cfg.get("image_std")
+        mean = OPENAI_CLIP_MEAN if mean is None else check_channels(f"{name} image_mean", mean, positive=False)
+        std = OPENAI_CLIP_STD if std is None else check_channels(f"{name} image_std", std, positive=True)
         return mean, std
-    image_mean, image_std = cfg.get("image_mean"), cfg.get("image_std")
-    return (
-        check_channels("image_mean", image_mean, positive=False) if image_mean is not None else mean,
-        check_channels("image_std", image_std, positive=True) if image_std is not None else std,
-    )
+    return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def _embedding(output: Any) -> Tensor:

@@ -252,7 +252,7 @@ def cls_attention_hooks(
 ) -> Iterator[ClsAttentionRecord]:
     """Record the per-head CLS (or stand-in) attention row of ``layers`` while the block runs.
 
-    Example:
+    Examples:
         >>> with cls_attention_hooks(model.model.vision_tower, (5, 21)) as record:  # doctest: +SKIP
         ...     model.model.vision_tower(pixel_values)
         >>> record.patch_attention().shape  # (L, B, H, N)                      # doctest: +SKIP

@@ -115,7 +115,7 @@ _LOCK = threading.Lock()
 def register_tower_recipe(recipe: TowerRecipe, *, first: bool = False) -> TowerRecipe:
     """Add ``recipe`` to the table (at the end, or before all others with ``first=True``).
 
-    Example:
+    Examples:
         >>> register_tower_recipe(TowerRecipe("my-vit", (MyAttention,), "first"))   # doctest: +SKIP
 
     Raises:

@@ -17,7 +17,7 @@ Limitations (``attention_modules`` raises a ``HeroError`` for both, from the tow
   only where the CLS token is, and ``ClsAttentionRecord.patch_attention()`` drops only the CLS column, so the
   registers would be planned as patches. Build the tower with ``reg_tokens=0``.
 * **No class token** (``class_token=False``): the first token is a patch, not a CLS token. Register a
-  CLS-free variant before this one and record with the mean-token stand-in::
+  CLS-free variant before this one and record with the mean-token stand-in:
 
       register_tower_recipe(dataclasses.replace(TIMM, name="timm-no-cls", cls_position="none"), first=True)
       with cls_attention_hooks(tower, layers, query="mean") as record: ...
