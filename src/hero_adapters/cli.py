@@ -736,6 +736,12 @@ def _check_overrides(
     from .evaluate import route_overrides
 
     keys = [item.key for item in overrides]
+    reserved = {"name": "--preset", "keep_ratio": "--keep-ratio", "depth": "the encoder depth of --model"}
+    for item in overrides:
+        if item.key in reserved:
+            raise HeroError(
+                f"--set {item.text} is invalid: {item.key} is not a preset field; it is set by {reserved[item.key]}."
+            )
     twice = [key for i, key in enumerate(keys) if key in keys[:i]]
     if twice:
         raise HeroError.field("--set", twice[0], "each field once", f"{twice[0]} is given twice.")
@@ -840,7 +846,10 @@ def _shape(name: str) -> ModelShape:
     path = Path(name)
     if not path.is_file():
         raise HeroError.field("--shape", name, f"one of {sorted(SHAPES)} or a config.json file that exists")
-    return ModelShape.from_config(path, name=path.name)
+    try:
+        return ModelShape.from_config(path, name=path.name)
+    except HeroError as error:
+        raise HeroError(f"--shape {name}: {_one_line(error)}") from error
 
 
 def _flops(args: argparse.Namespace) -> None:
@@ -1088,8 +1097,14 @@ def _run(args: argparse.Namespace) -> None:
         speedup = timing["unpruned_median"] / timing["pruned_median"] if timing["pruned_median"] > 0 else math.nan
         print(
             f"time: pruned {timing['pruned_median']:.3f} s, unpruned {timing['unpruned_median']:.3f} s "
-            f"({speedup:.2f}x; generate, median of {repeats} alternating runs after one warm-up of each)"
+            f"({speedup:.2f}x; generate, median of {repeats} alternating runs after one warm-up of each; "
+            f"{timing['pruned_new_tokens']} and {timing['unpruned_new_tokens']} new tokens)"
         )
+        if timing["pruned_new_tokens"] != timing["unpruned_new_tokens"]:
+            _LOG.warning(
+                "the answers have different lengths, so the times include different numbers of decoding steps; "
+                "hero eval measures the prefill (time to first token) alone"
+            )
     print()
     print(_table(report, session, inputs))
     if args.show is not None:
@@ -1168,6 +1183,9 @@ def _compare(
         "unpruned_seconds": times["unpruned"],
         "pruned_median": statistics.median(times["pruned"]),
         "unpruned_median": statistics.median(times["unpruned"]),
+        # generate's time grows with the answer: a shorter answer on one side is part of its time
+        "pruned_new_tokens": int(outputs["pruned"].shape[1] - inputs["input_ids"].shape[1]),
+        "unpruned_new_tokens": int(outputs["unpruned"].shape[1] - inputs["input_ids"].shape[1]),
     }
     return outputs["pruned"], outputs["unpruned"], report, timing
 
@@ -1265,7 +1283,7 @@ def _run_rows(args: argparse.Namespace) -> None:
     where = f"--data {args.data}"
     options = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     bar = _steps(args, len(rows), "answering")
-    out = args.json.open("w", encoding="utf-8") if args.json is not None else None
+    out: Any = None  # opened with the first answered batch: a run that fails at once leaves an existing file as it was
     done: list[dict[str, Any]] = []
     try:
         for start in range(0, len(rows), batch_size):
@@ -1281,11 +1299,11 @@ def _run_rows(args: argparse.Namespace) -> None:
                 sequences = session.vlm.generate(**inputs, **extra, query=prompts_, **options)
                 report = session.vlm.last_report
             except KeyboardInterrupt:
-                kept = f" The {len(done)} row(s) before it are in {args.json}." if out is not None else ""
+                kept = f" The {len(done)} row(s) before it are in {args.json}." if out is not None and done else ""
                 _LOG.warning("interrupted at %s.%s", located, kept)
                 raise
             except (HeroError, torch.cuda.OutOfMemoryError) as error:
-                kept = f" The {len(done)} row(s) before it are in {args.json}." if out is not None else ""
+                kept = f" The {len(done)} row(s) before it are in {args.json}." if out is not None and done else ""
                 message = _one_line(error)
                 if not message.startswith(f"{where}, line"):
                     message = f"{located}: {message}"
@@ -1306,7 +1324,9 @@ def _run_rows(args: argparse.Namespace) -> None:
                                      args.keep_ratio)  # fmt: skip
                 result["batch_seconds"] = seconds
                 done.append(result)
-                if out is not None:
+                if args.json is not None:
+                    if out is None:
+                        out = args.json.open("w", encoding="utf-8")
                     out.write(json.dumps(result) + "\n")
                 bar.write(
                     f"{row.id}: {result['answer']}  [{result['tokens_in']} -> {result['tokens_out']} image tokens]"

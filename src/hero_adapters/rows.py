@@ -145,6 +145,7 @@ def _row(text: str, where: str, number: int, folder: Path) -> Row:
             f"an image file that exists (looked for {resolved})",
             "Relative paths are read from the data file's folder.",
         )
+    check_image(resolved, f"{where}: image")  # a bomb or a non-image is refused before the model loads
     return Row(id=identifier, image=resolved, prompt=prompt, answer=answer, line=number)
 
 
@@ -187,6 +188,19 @@ def open_image(path: str | Path, name: str = "--image") -> Any:
     Raises:
         HeroError: on a missing file, a file Pillow cannot read, or an image over the pixel limit.
     """
+    image = _pillow(path, name, decode=True)
+    assert image is not None
+    return image
+
+
+def check_image(path: str | Path, name: str = "--image") -> None:
+    """``open_image``'s checks without decoding the pixels: the file exists, Pillow reads its header and verifies
+    its structure, and its size is under the decompression-bomb limit (cheap: a data file's rows are checked
+    this way before any model loads)."""
+    _pillow(path, name, decode=False)
+
+
+def _pillow(path: str | Path, name: str, *, decode: bool) -> Any:
     from .extras import require
 
     image_module = require("PIL.Image")
@@ -198,14 +212,17 @@ def open_image(path: str | Path, name: str = "--image") -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("error", image_module.DecompressionBombWarning)
             with image_module.open(path) as image:
-                return image.convert("RGB")
-    except bombs as error:
+                if decode:
+                    return image.convert("RGB")
+                image.verify()
+                return None
+    except bombs:
         limit = image_module.MAX_IMAGE_PIXELS
         raise HeroError.field(
             name,
             str(path),
             f"an image of at most {limit} pixels (Pillow's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)",
-            f"{' '.join(str(error).split())} Downscale the image first.",
-        ) from error
+            "Downscale the image first.",
+        ) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise HeroError.field(name, str(path), "a readable image (PNG, JPEG, ...)", str(error)) from error

@@ -86,6 +86,9 @@ CASES = [
     ([*RUN, "--set", "low_layers=1,99"], "--set low_layers=1,99 is invalid: expected layers in [0, 5]"),
     ([*RUN, "--set", "alpha=0.5", "--set", "alpha=0.6"], "alpha is given twice"),
     ([*RUN, "--set", "alpha"], "expected KEY=VALUE"),
+    ([*RUN, "--set", "depth=3"], "depth is not a preset field"),  # once a TypeError from presets.get
+    ([*RUN, "--set", "keep_ratio=0.5"], "it is set by --keep-ratio"),
+    ([*RUN, "--set", "name=hero"], "it is set by --preset"),
     ([*EVAL, "--set", "alpah=0.7"], "--set alpah=0.7 is invalid"),
     ([*EVAL, "--presets", "hero", "cls-attention", "--set", "layer=9"], "--set layer=9 is invalid"),
     # --clip: always checked, used or not

@@ -3,6 +3,7 @@ kept) and ``hero run --compare`` (both paths warmed up, then alternated), in-pro
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from pathlib import Path
@@ -31,13 +32,17 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> dict[str, Path
     found = save_checkpoint(folder, tiny)
     tiny.image(40, 100).save(folder / "wide.png")
     tiny.image(90, 60).save(folder / "tall.png")
+    # A download cut short: its header reads (so the up-front checks pass) and decoding it fails mid-run.
+    truncated = io.BytesIO()
+    tiny.image(64, 80).save(truncated, "JPEG")
+    (folder / "truncated.jpg").write_bytes(truncated.getvalue()[: len(truncated.getvalue()) // 2])
     rows = [
         {"id": "card", "image": "card.png", "prompt": "what is in this picture", "answer": "a card"},
         "",
         {"id": 2, "image": "wide.png", "prompt": "describe the image"},
         {"id": "tall", "image": "tall.png", "prompt": "compare two"},
     ]
-    broken = [rows[0], rows[2], {"id": "bad", "image": "broken.png", "prompt": "describe"}, rows[3]]
+    broken = [rows[0], rows[2], {"id": "bad", "image": "truncated.jpg", "prompt": "describe"}, rows[3]]
     return {
         **found,
         "data": write_rows(folder / "rows.jsonl", rows),
@@ -135,5 +140,7 @@ def test_compare_warms_up_both_paths_then_alternates(files, tmp_path, capsys, mo
     assert timing["pruned_median"] == statistics.median(timing["pruned_seconds"])
     assert timing["unpruned_median"] == statistics.median(timing["unpruned_seconds"])
     assert f"time: pruned {timing['pruned_median']:.3f} s, unpruned {timing['unpruned_median']:.3f} s" in captured.out
+    assert 1 <= timing["pruned_new_tokens"] <= 2 and 1 <= timing["unpruned_new_tokens"] <= 2  # the lengths timed
+    assert f"{timing['pruned_new_tokens']} and {timing['unpruned_new_tokens']} new tokens" in captured.out
     debug = [line for line in captured.err.splitlines() if line.startswith("hero: debug: round")]
     assert len(debug) == 6

@@ -6,6 +6,7 @@ runs the installed command in a subprocess, end to end.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> dict[str, Path
     tiny.image(90, 60).save(images / "tall.png")
     tiny.image(50, 50).save(images / "square.png")
     (images / "broken.png").write_bytes(b"not an image")
+    # A download cut short: its header reads (so the up-front checks pass) and decoding it fails mid-run.
+    truncated = io.BytesIO()
+    tiny.image(64, 80).save(truncated, "JPEG")
+    (images / "truncated.jpg").write_bytes(truncated.getvalue()[: len(truncated.getvalue()) // 2])
     rows = [
         {"id": "card", "image": "images/card.png", "prompt": "what is in this picture", "answer": "The stop sign."},
         "",
@@ -54,7 +59,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> dict[str, Path
         {"id": "tall", "image": str(images / "tall.png"), "prompt": "compare two", "answer": None},
         {"id": "sq", "image": "images/square.png", "prompt": "what is this", "answer": "a"},
     ]
-    broken = [rows[0], rows[2], {"id": "bad", "image": "images/broken.png", "prompt": "describe"}, rows[4]]
+    broken = [rows[0], rows[2], {"id": "bad", "image": "images/truncated.jpg", "prompt": "describe"}, rows[4]]
     return {
         "dir": folder,
         "model": folder / "model",
@@ -335,6 +340,7 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
         (["--json", "DATA"], "a file other than --data"),
         (["--json", "TMPDIR"], "not a directory"),
         (["--data", "DATA", "--data", "BAD"], "argument --data: given twice"),
+        (["--data", "NOTIMAGE"], "line 2: image="),  # not an image: refused before the model loads
         (["--model", "UNSUPPORTED"], "clip_vision_model"),
     ],
 )
@@ -343,7 +349,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_loaded_or_written(files, loads
 
     bad = write_rows(tmp_path / "bad.jsonl", [{"id": 1, "image": str(files["dir"] / "images" / "card.png"),
                                               "prompt": "x"}, "{oops"])  # fmt: skip
-    names = {"BAD": bad, "EMPTY": write_rows(tmp_path / "empty.jsonl", [""]), "DATA": files["data"],
+    not_image = write_rows(tmp_path / "notimage.jsonl", [{"id": 1, "image": str(files["dir"] / "images" / "card.png"),
+                           "prompt": "x"}, {"id": 2, "image": str(files["dir"] / "images" / "broken.png"),
+                           "prompt": "x"}])  # fmt: skip
+    names = {"NOTIMAGE": not_image, "BAD": bad, "EMPTY": write_rows(tmp_path / "empty.jsonl", [""]), "DATA": files["data"],
              "NODIR": tmp_path / "no" / "such" / "x.json", "UNSUPPORTED": tmp_path / "clip",
              "TMPDIR": tmp_path}  # fmt: skip
     if "UNSUPPORTED" in args:
