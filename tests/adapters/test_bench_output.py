@@ -6,6 +6,7 @@ tested); the cwd is a fake checkout in tmp_path holding copies of the real track
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -129,3 +130,13 @@ def test_output_folder_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_tracked_readme_is_generated_from_the_tracked_records() -> None:
     """benchmarks/README.md is exactly what `--write-results` would write from benchmarks/results/*.md."""
     assert (REPO / "benchmarks" / "README.md").read_text() == readme_text(REPO / "benchmarks" / "results")
+
+
+@pytest.mark.parametrize("module", ["core", "encode", "prefill"])
+def test_a_bench_usage_error_is_one_line_and_exit_2(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = importlib.import_module(f"hero_adapters.bench.{module}")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--bogus"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hero: error: unrecognized arguments: --bogus"), lines

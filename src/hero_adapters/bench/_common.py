@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -55,6 +55,13 @@ def random_model(
 
 #: Where a benchmark writes unless told otherwise: a folder of the current directory that no checkout tracks.
 DEFAULT_OUT = "hero-bench-results"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2, as everywhere in the ``hero`` command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hero: error: {message} (see `{self.prog} --help`)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -14,7 +14,6 @@ Usage: hero bench core [--device auto|cpu|cuda] [--repeats 50] [--dtype float32|
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +24,7 @@ from .._progress import progress
 from ._common import (
     VIT_L14_336,
     HelpFormatter,
+    Parser,
     add_output_options,
     machine,
     median_seconds,
@@ -61,7 +61,7 @@ def clip_tower(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hero bench core", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="hero bench core", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensors and the tower")
     parser.add_argument("--repeats", type=int, default=50, help="planning repeats (median)")

@@ -69,6 +69,7 @@ from .._progress import progress
 from ._common import (
     VIT_L14_336,
     HelpFormatter,
+    Parser,
     add_output_options,
     machine,
     median_seconds,
@@ -532,7 +533,7 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
 
 # ------------------------------------------------------------------------------------------------ main
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hero bench encode", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="hero bench encode", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--tower", default="all", choices=[*TOWERS, "all"], help="vision tower(s) to time")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and pixels")

@@ -23,7 +23,6 @@ Usage: hero bench prefill [--device auto|cpu|cuda] [--layers 2] [--repeats 2] [-
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from ._common import (
     CLIP_TEXT_L14,
     VIT_L14_336,
     HelpFormatter,
+    Parser,
     add_output_options,
     machine,
     median_seconds,
@@ -210,7 +210,7 @@ def _full_model(device: torch.device, reports: dict[float, Any], host_inputs: An
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hero bench prefill", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="hero bench prefill", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights")
     parser.add_argument("--layers", type=int, default=2, help="LLaMA layers actually run")
