@@ -11,7 +11,7 @@ import torch
 from hero_adapters import HeroVLM
 from hero_adapters.attach import ChatTemplate, prompt_text
 from hero_adapters.testing import hook_snapshot, word_tokenizer
-from hero_core import HeroError
+from hero_core import HeroError, presets
 
 from .hosts import HOSTS, HostRow, assert_same, generate, host_row
 
@@ -284,3 +284,40 @@ def test_reports_from_two_threads_are_each_their_own() -> None:
             thread.join()
     assert not errors
     assert sorted(report.tokens_in for report in attached.reports) == sorted(expected * 2)
+
+
+def test_an_attached_wrapper_and_another_wrapper_in_threads_each_get_their_single_thread_result() -> None:
+    """The server set-up of issue 11: one wrapper attached (its callers use model.generate), another wrapper with
+    another preset called directly, from two threads at once; each answers as it does alone."""
+    import threading
+
+    host = host_row("llava_next")
+    inputs = host.batch()
+    attached_vlm = HeroVLM(host.model, host.pruner(0.5), processor=host.processor)
+    other = HeroVLM(host.model, presets.get("cls-attention", 0.25, layer=4), processor=host.processor)
+    with attached_vlm.attach():
+        alone_attached = _generate(host.model, inputs)
+    alone_other = _generate(other, inputs)
+    before = hook_snapshot(host.model)
+    results: dict[str, list[Any]] = {"attached": [], "other": []}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            for _ in range(2):
+                results[name].append(_generate(host.model if name == "attached" else other, inputs))
+        except BaseException as error:
+            errors.append(error)
+
+    with attached_vlm.attach():
+        threads = [threading.Thread(target=work, args=(name,)) for name in results]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    for out in results["attached"]:
+        _same(alone_attached, out, atol=1e-6)
+    for out in results["other"]:
+        _same(alone_other, out, atol=1e-6)
+    assert hook_snapshot(host.model) == before and "generate" not in vars(host.model)
