@@ -61,16 +61,33 @@ class Rebuilt:
     lengths: tuple[int, ...]
 
 
-def check_prompt(input_ids: object, attention_mask: object) -> tuple[Tensor, Tensor]:
+def check_prompt(
+    input_ids: object, attention_mask: object, *, vocab_size: int | None = None, image_token_id: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Validate ``input_ids`` (B, S) integer and ``attention_mask`` (B, S) of 0/1; default mask all ones.
 
+    With ``vocab_size`` (the host's embedding rows), every id other than ``image_token_id`` must lie in
+    ``[0, vocab_size)``: the host's embedding would otherwise fail with an IndexError half way through the call
+    (the placeholder is exempt: some models replace it before embedding, e.g. LLaVA's original -200).
+
     Raises:
-        HeroError: on a wrong rank, dtype or shape, or mask values other than 0 and 1.
+        HeroError: on a wrong rank, dtype or shape, ids outside the vocabulary, or mask values other than 0 and 1.
     """
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise HeroError.field(
             "input_ids", input_ids, "a (B, S) integer tensor", "Pass the processor's output with return_tensors='pt'."
         )
+    text = input_ids if image_token_id is None else input_ids[input_ids != image_token_id]
+    if vocab_size is not None and text.numel():
+        low, high = torch.stack([text.min(), text.max()]).tolist()  # one host sync
+        if low < 0 or high >= vocab_size:
+            raise HeroError.field(
+                "input_ids",
+                f"ids in [{low}, {high}]",
+                f"token ids in [0, {vocab_size - 1}] (the model's embedding has {vocab_size} rows)",
+                "Tokenize with the model's own processor; a tokenizer with added tokens needs "
+                "model.resize_token_embeddings(len(tokenizer)).",
+            )
     if attention_mask is None:
         return input_ids, torch.ones_like(input_ids)
     if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:

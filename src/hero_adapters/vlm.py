@@ -189,7 +189,7 @@ class HeroVLM:
         with torch.inference_mode():
             ids = mask = None
             if input_ids is not None:
-                ids, mask = check_prompt(input_ids, attention_mask)
+                ids, mask = self._check_prompt(input_ids, attention_mask)
             run = self._run(ids, mask, image_inputs, query, timer)
         self.last_report = run.report
         return run.report
@@ -242,7 +242,8 @@ class HeroVLM:
             raise HeroError.field("input_ids", None, "the prompt's token ids", "Pass the processor's output: **inputs.")
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
-            ids, mask = check_prompt(input_ids, attention_mask)
+            ids, mask = self._check_prompt(input_ids, attention_mask)
+            _check_not_empty(ids)
             if attention_mask is None:
                 mask = _host_attention_mask(self.model, ids, generate_kwargs)
             if padding_side(mask) != "left":
@@ -327,7 +328,8 @@ class HeroVLM:
             )
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
-            ids, mask = check_prompt(input_ids, attention_mask)
+            ids, mask = self._check_prompt(input_ids, attention_mask)
+            _check_not_empty(ids)
             side = padding_side(mask)
             if side is None:
                 raise HeroError.field(
@@ -355,6 +357,12 @@ class HeroVLM:
         picked = {key: kwargs[key] for key in mine if key in kwargs and kwargs[key] is not None}
         rest = {key: value for key, value in kwargs.items() if key not in mine}
         return picked, rest
+
+    def _check_prompt(self, input_ids: object, attention_mask: object) -> tuple[Tensor, Tensor]:
+        """``check_prompt`` with the host's vocabulary: ids the embedding has (the image placeholder exempt)."""
+        return check_prompt(
+            input_ids, attention_mask, vocab_size=_vocab_size(self.model), image_token_id=self.adapter.image_token_id
+        )
 
     def _refuse(self, kwargs: Mapping[str, Any]) -> None:
         refused = {**REFUSED, **self.adapter.refused_keys}
@@ -506,6 +514,29 @@ def _device(model: nn.Module) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
+
+
+def _check_not_empty(ids: Tensor) -> None:
+    """The host's language model needs at least one prompt of at least one token (a (B, 0) prompt fails
+    inside its attention with a RuntimeError)."""
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise HeroError.field(
+            "input_ids",
+            ids,
+            "at least one prompt of at least one token",
+            "An empty text still needs the tokenizer's special tokens (e.g. BOS) or a chat template.",
+        )
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """Rows of the host's input embedding (the ids it can embed), or None when it does not say."""
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        table = embeddings() if callable(embeddings) else None
+    except (NotImplementedError, AttributeError):  # a model without a plain input embedding
+        return None
+    rows = getattr(table, "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
 
 
 def _unleft_rows(mask: Tensor) -> list[int]:

@@ -349,11 +349,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_loaded_or_written(files, loads
 
     bad = write_rows(tmp_path / "bad.jsonl", [{"id": 1, "image": str(files["dir"] / "images" / "card.png"),
                                               "prompt": "x"}, "{oops"])  # fmt: skip
-    not_image = write_rows(tmp_path / "notimage.jsonl", [{"id": 1, "image": str(files["dir"] / "images" / "card.png"),
-                           "prompt": "x"}, {"id": 2, "image": str(files["dir"] / "images" / "broken.png"),
-                           "prompt": "x"}])  # fmt: skip
-    names = {"NOTIMAGE": not_image, "BAD": bad, "EMPTY": write_rows(tmp_path / "empty.jsonl", [""]), "DATA": files["data"],
-             "NODIR": tmp_path / "no" / "such" / "x.json", "UNSUPPORTED": tmp_path / "clip",
+    folder = files["dir"] / "images"
+    pictures = [{"id": 1, "image": str(folder / "card.png"), "prompt": "x"},
+                {"id": 2, "image": str(folder / "broken.png"), "prompt": "x"}]  # fmt: skip
+    not_image = write_rows(tmp_path / "notimage.jsonl", pictures)
+    names = {"NOTIMAGE": not_image, "BAD": bad, "EMPTY": write_rows(tmp_path / "empty.jsonl", [""]),
+             "DATA": files["data"], "NODIR": tmp_path / "no" / "such" / "x.json", "UNSUPPORTED": tmp_path / "clip",
              "TMPDIR": tmp_path}  # fmt: skip
     if "UNSUPPORTED" in args:
         CLIPVisionModel(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
