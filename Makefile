@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Property tests draw the same examples on every run (tests/conftest.py's derandomized profile).
+export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: install demo test test-slow test-lmms-eval gpu bench docs clean
+.PHONY: install demo test test-slow test-lmms-eval gpu bench docs mutants clean
 
 install: $(STAMP)
 
@@ -21,8 +23,8 @@ demo: $(STAMP)
 	$(VENV)/bin/hero demo --out demo-out
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m ruff format --check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples tools
+	$(PY) -m ruff format --check src tests benchmarks examples tools
 	$(PY) -m mypy --strict src/hero_core src/hero_adapters
 	$(PY) -m pytest -q
 
@@ -62,6 +64,11 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"
 	$(PY) -m mkdocs build --strict --site-dir site
+
+# Opt-in, several minutes: hand-made mutants of hero_core and the adapters' critical paths, each applied to a
+# temporary copy of the tree and run against the fast tests that guard it (docs/reliability.md, "Mutation testing").
+mutants: $(STAMP)
+	$(PY) tools/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
