@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hero_core import HeroError
+from hero_core import HeroError, to_device
 
 __all__ = [
     "IGNORE_INDEX",
@@ -70,6 +70,10 @@ def check_prompt(
     ``[0, vocab_size)``: the host's embedding would otherwise fail with an IndexError half way through the call
     (the placeholder is exempt: some models replace it before embedding, e.g. LLaVA's original -200).
 
+    Returns:
+        ``(input_ids, attention_mask)`` on the CPU, read in one host-device transfer: the bookkeeping
+        (spans, padding, rebuild) runs on these host copies.
+
     Raises:
         HeroError: on a wrong rank, dtype or shape, ids outside the vocabulary, or mask values other than 0 and 1.
     """
@@ -77,9 +81,23 @@ def check_prompt(
         raise HeroError.field(
             "input_ids", input_ids, "a (B, S) integer tensor", "Pass the processor's output with return_tensors='pt'."
         )
-    text = input_ids if image_token_id is None else input_ids[input_ids != image_token_id]
+    if attention_mask is not None and (
+        not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape
+    ):
+        raise HeroError.field(
+            "attention_mask", attention_mask, f"None or a tensor of the shape of input_ids {tuple(input_ids.shape)}"
+        )
+    mask_dtype = attention_mask.dtype if attention_mask is not None else input_ids.dtype
+    if attention_mask is None or attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+        host_ids = input_ids.detach().cpu()  # the one host sync (a float mask is read separately, exactly)
+        host_mask = attention_mask.detach().cpu() if attention_mask is not None else torch.ones_like(host_ids)
+    else:  # one transfer for both
+        both = torch.stack([input_ids.detach().long(), attention_mask.detach().long()]).cpu()
+        host_ids, host_mask = both[0].to(input_ids.dtype), both[1]
+    ids = host_ids
+    text = ids if image_token_id is None else ids[ids != image_token_id]
     if vocab_size is not None and text.numel():
-        low, high = torch.stack([text.min(), text.max()]).tolist()  # one host sync
+        low, high = int(text.min()), int(text.max())
         if low < 0 or high >= vocab_size:
             raise HeroError.field(
                 "input_ids",
@@ -88,15 +106,9 @@ def check_prompt(
                 "Tokenize with the model's own processor; a tokenizer with added tokens needs "
                 "model.resize_token_embeddings(len(tokenizer)).",
             )
-    if attention_mask is None:
-        return input_ids, torch.ones_like(input_ids)
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-        raise HeroError.field(
-            "attention_mask", attention_mask, f"None or a tensor of the shape of input_ids {tuple(input_ids.shape)}"
-        )
-    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+    if attention_mask is not None and bool(((host_mask != 0) & (host_mask != 1)).any()):
         raise HeroError.field("attention_mask", attention_mask, "only 0 (padding) and 1 (token) values")
-    return input_ids, attention_mask
+    return ids, host_mask.to(mask_dtype)
 
 
 def padding_side(mask: Tensor) -> str | None:
@@ -228,6 +240,7 @@ def rebuild(
     labels: Tensor | None = None,
     offsets: Sequence[Tensor] | None = None,
     layout_lengths: Sequence[int] | None = None,
+    device: torch.device | None = None,
 ) -> Rebuilt:
     """Shrink every image's run to ``kept[i]`` placeholders, drop the padding, re-pad on ``side``.
 
@@ -246,6 +259,7 @@ def rebuild(
         offsets: per image, (kept[i],) int64: position of each sent token inside the image's full layout
             sequence. With ``layout_lengths`` it turns on original position ids.
         layout_lengths: per image, the length of its unpruned layout sequence.
+        device: where the rebuilt tensors go (default: ``input_ids``'s device; the bookkeeping runs on the CPU).
 
     Raises:
         HeroError: if an image run's labels hold more than one value.
@@ -315,12 +329,12 @@ def rebuild(
         new_pos[row, where] = row_pos
         if new_labels is not None and row_labels is not None:
             new_labels[row, where] = row_labels
-    device = input_ids.device
-    return Rebuilt(
-        input_ids=new_ids.to(device),
-        attention_mask=new_mask.to(device),
-        position_ids=new_pos.to(device) if original else None,
-        labels=new_labels.to(device) if new_labels is not None else None,
+    device = input_ids.device if device is None else device
+    return Rebuilt(  # pinned, non-blocking copies: no host sync
+        input_ids=to_device(new_ids, device, new_ids.dtype),
+        attention_mask=to_device(new_mask, device, new_mask.dtype),
+        position_ids=to_device(new_pos, device, torch.long) if original else None,
+        labels=to_device(new_labels, device, new_labels.dtype) if new_labels is not None else None,
         lengths=lengths,
     )
 
@@ -334,5 +348,6 @@ def splice(original_ids: Tensor, generated: Tensor, prompt_length: int) -> Tenso
     batch = original_ids.shape[0]
     if generated.shape[0] % batch:
         raise HeroError.field("generated sequences", generated, f"a multiple of the batch size {batch} rows")
-    prompt = original_ids.to(generated.device).repeat_interleave(generated.shape[0] // batch, dim=0)
+    prompt = to_device(original_ids, generated.device, original_ids.dtype)
+    prompt = prompt.repeat_interleave(generated.shape[0] // batch, dim=0)
     return torch.cat([prompt, generated[:, prompt_length:]], dim=1)

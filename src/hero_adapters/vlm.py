@@ -255,7 +255,7 @@ class HeroVLM:
                     "padding); pass attention_mask if pad_token_id also occurs inside a prompt.",
                 )
             run = self._run(ids, mask, image_inputs, query, timer)
-            rebuilt = self._rebuild(run, ids, mask, side="left")
+            rebuilt = self._rebuild(run, ids, mask, side="left", device=input_ids.device)
             generate_kwargs = _relative_lengths(self.model, generate_kwargs, ids.shape[1])
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
@@ -338,7 +338,7 @@ class HeroVLM:
                     "padding on one side of every prompt (left or right)",
                 )
             run = self._run(ids, mask, image_inputs, query, timer)
-            rebuilt = self._rebuild(run, ids, mask, labels=labels, side=side)
+            rebuilt = self._rebuild(run, ids, mask, labels=labels, side=side, device=input_ids.device)
         self.last_report = run.report
         inputs = self._host_inputs(run, rebuilt)
         if rebuilt.labels is not None:
@@ -359,7 +359,8 @@ class HeroVLM:
         return picked, rest
 
     def _check_prompt(self, input_ids: object, attention_mask: object) -> tuple[Tensor, Tensor]:
-        """``check_prompt`` with the host's vocabulary: ids the embedding has (the image placeholder exempt)."""
+        """``check_prompt`` with the host's vocabulary: ids the embedding has (the image placeholder exempt).
+        Returns host copies (one transfer): the bookkeeping never reads the device again."""
         return check_prompt(
             input_ids, attention_mask, vocab_size=_vocab_size(self.model), image_token_id=self.adapter.image_token_id
         )
@@ -483,7 +484,10 @@ class HeroVLM:
             )
         return relevance.index_copy(0, others.to(tiles.device), scores.detach().to(tiles.device, torch.float32))
 
-    def _rebuild(self, run: _Run, ids: Tensor, mask: Tensor, *, side: str, labels: Tensor | None = None) -> Rebuilt:
+    def _rebuild(
+        self, run: _Run, ids: Tensor, mask: Tensor, *, side: str, device: torch.device, labels: Tensor | None = None
+    ) -> Rebuilt:
+        """``rebuild`` on the host copies ``ids`` / ``mask``; the new prompt goes to ``device`` (the caller's)."""
         padding = ids[mask == 0]
         pad_id = int(padding[0]) if padding.numel() else self.adapter.pad_token_id
         original = self.positions == "original"
@@ -498,6 +502,7 @@ class HeroVLM:
             labels=labels,
             offsets=[out.offsets for out in run.assembled] if original else None,
             layout_lengths=[out.layout_length for out in run.assembled] if original else None,
+            device=device,
         )
 
     def _host_inputs(self, run: _Run, rebuilt: Rebuilt) -> dict[str, Any]:

@@ -5,6 +5,7 @@ models live in ``hero_adapters``.
 """
 
 from . import presets
+from ._device import to_device
 from ._errors import HeroError
 from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAllocator
 from .efficiency import VICUNA_7B, VICUNA_13B, ModelShape, kv_cache_bytes, prefill_flops
@@ -38,4 +39,5 @@ __all__ = [
     "kv_cache_bytes",
     "prefill_flops",
     "presets",
+    "to_device",
 ]

@@ -52,8 +52,14 @@ def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> float:
     return value
 
 
-def check_relevance(relevance: Any, num_views: int) -> None:
-    """Relevance must be None or a finite (V,) float tensor (one CLIP score per view)."""
+RELEVANCE_FINITE = ("finite floating-point scores", "Check the text scorer's output for NaN/inf.")
+
+
+def check_relevance(relevance: Any, num_views: int, *, finite: bool = True) -> None:
+    """Relevance must be None or a finite (V,) float tensor (one CLIP score per view).
+
+    ``finite=False`` checks only what needs no host sync (type, shape, dtype); the planner then has the
+    values checked in its one host-device transfer (``EncodedTiles.check_later``)."""
     if relevance is None:
         return
     import torch  # local: keeps this module importable for messages alone
@@ -65,10 +71,8 @@ def check_relevance(relevance: Any, num_views: int) -> None:
             f"None or a tensor of shape ({num_views},), one score per view (thumbnail included)",
             "A TextScorer must return one cosine per view it was given.",
         )
-    if not relevance.dtype.is_floating_point or not bool(torch.isfinite(relevance).all()):
-        raise HeroError.field(
-            "relevance", relevance, "finite floating-point scores", "Check the text scorer's output for NaN/inf."
-        )
+    if not relevance.dtype.is_floating_point or (finite and not bool(torch.isfinite(relevance).all())):
+        raise HeroError.field("relevance", relevance, *RELEVANCE_FINITE)
 
 
 def check_unit_interval(name: str, value: Any) -> float:

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._errors import HeroError, check_keep_ratio, check_relevance
+from ._device import to_device
+from ._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relevance
 from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
 from .tiles import EncodedTiles
 
@@ -101,11 +102,21 @@ class Pruner:
             tiles: the encoder outputs of one image.
             relevance: (V,) CLIP cosine of each view against the query, or None.
 
+        Host syncs: one per image with the built-in allocators and selectors (the allocator's
+        ``tiles.fetch``, which also reads the tiles' host facts and checks every value for NaN/inf). A
+        custom allocator adds one (its inputs checked before it runs, its budgets read back); a custom
+        selector adds one (its keep mask checked against the budgets).
+
         Raises:
             HeroError: on invalid tiles or relevance, or when a custom allocator/selector breaks its contract.
         """
         checked = EncodedTiles.from_outputs(tiles)
-        check_relevance(relevance, checked.num_views)
+        check_relevance(relevance, checked.num_views, finite=False)
+        if relevance is not None:
+            relevance = to_device(relevance, checked.device, relevance.dtype)
+            checked.check_later("relevance", relevance, *RELEVANCE_FINITE)
+        if not _one_sync(self.allocator):
+            checked.require_finite()  # a custom allocator sees only checked values (one sync)
         if not self.uses_relevance:
             relevance = None
         with torch.inference_mode():
@@ -126,23 +137,31 @@ class Pruner:
         )
 
 
+def _one_sync(part: object) -> bool:
+    """A built-in allocator or selector (its own class, not a subclass that may override ``__call__``)."""
+    return vars(type(part)).get("_one_sync") is True
+
+
 def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object) -> Tensor:
     name = f"{type(allocator).__name__} budgets"
     if not isinstance(budgets, Tensor) or budgets.shape != (tiles.num_views,) or budgets.dtype != torch.int64:
         raise HeroError.field(name, budgets, f"an int64 tensor of shape ({tiles.num_views},)")
-    capacity = tiles.valid_mask.sum(-1)
-    if bool(((budgets < 0) | (budgets > capacity)).any()):
-        raise HeroError.field(
-            name, budgets.tolist(), f"0 <= budgets[v] <= valid tokens of view v = {capacity.tolist()}"
-        )
+    counts = tiles.known_counts(budgets)  # built from host ints by exact_split & co.: no read-back
+    if counts is None:
+        counts = tuple(int(c) for c in tiles.fetch(budgets)[0])  # one host sync
+    capacity = tiles.capacity
+    if any(not 0 <= count <= cap for count, cap in zip(counts, capacity, strict=True)):
+        raise HeroError.field(name, list(counts), f"0 <= budgets[v] <= valid tokens of view v = {list(capacity)}")
     return budgets
 
 
 def _checked_keep(keep: Any, budgets: Tensor, tiles: EncodedTiles, selector: object) -> Tensor:
     name = f"{type(selector).__name__} keep mask"
     shape = (tiles.num_views, tiles.num_tokens)
-    if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool:
-        raise HeroError.field(name, keep, f"a bool tensor of shape {shape}")
+    if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool or keep.device != tiles.device:
+        raise HeroError.field(name, keep, f"a bool tensor of shape {shape} on {tiles.device}")
+    if _one_sync(selector):
+        return keep  # keep_top keeps exactly min(budget, valid) valid positions, and budgets <= valid
     broken = (keep & ~tiles.valid_mask).any() | (keep.sum(-1) != budgets).any()
     if bool(broken):
         raise HeroError.field(

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ._arith import floor_ratio
 from ._errors import HeroError
+from ._syncs import HostSyncs, count_host_syncs
 from .protocols import BudgetAllocator, TokenSelector
 from .tiles import EncodedTiles
 
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "HostSyncs",
     "check_allocator",
     "check_selector",
+    "count_host_syncs",
     "encoded_tiles",
     "expected_total",
     "keep_ratios",

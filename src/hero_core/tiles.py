@@ -8,10 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._device import to_device
 from ._errors import HeroError
 from .protocols import TileEncoderOutputs
 
 __all__ = ["EncodedTiles"]
+
+_FINITE = "finite values (found NaN or inf)"
+_FINITE_FIX = "Check the pixels and the encoder's dtype."
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,15 @@ class EncodedTiles:
     ``query_source`` names what stood in for the CLS query ("cls", or e.g. "mean-token" for encoders
     without a CLS token); reports show it.
 
+    Shapes, dtypes, devices and indices are checked on construction, without reading a value. The values
+    that planning needs on the host (the valid count of every view, whether ``cls_tokens`` and
+    ``cls_attention`` are finite) are read once, by the first ``fetch`` (or ``capacity``), in the same
+    host-device transfer as what that call asks for: ``Pruner.plan`` with the built-in allocators and
+    selectors makes one host sync per image. NaN/inf are refused then.
+
     Raises:
-        HeroError: on a wrong rank, disagreeing shapes, a non-float dtype, NaN/inf, a thumbnail
-            index out of range or a bad layer list.
+        HeroError: on a wrong rank, disagreeing shapes, a non-float dtype, a thumbnail index out of range
+            or a bad layer list; NaN/inf at the first ``fetch``.
     """
 
     cls_tokens: Tensor
@@ -89,13 +99,6 @@ class EncodedTiles:
                 raise HeroError.field(
                     "tile_grid", self.tile_grid, f"rows * cols == K == {num_views - 1} local tiles, or None"
                 )
-        # One host sync for all finiteness checks.
-        finite = torch.stack([torch.isfinite(cls_tokens).all(), torch.isfinite(attn).all()]).tolist()
-        for name, ok, tensor in (("cls_tokens", finite[0], cls_tokens), ("cls_attention", finite[1], attn)):
-            if not ok:
-                raise HeroError.field(
-                    name, tensor, "finite values (found NaN or inf)", "Check the pixels and the encoder's dtype."
-                )
 
     @classmethod
     def from_outputs(cls, outputs: TileEncoderOutputs) -> EncodedTiles:
@@ -132,6 +135,83 @@ class EncodedTiles:
     def device(self) -> torch.device:
         return self.valid_mask.device
 
+    @property
+    def capacity(self) -> tuple[int, ...]:
+        """Valid tokens of every view, as Python ints (one host sync the first time, none after)."""
+        if getattr(self, "_capacity", None) is None:
+            self.fetch()
+        capacity: tuple[int, ...] = getattr(self, "_capacity")  # noqa: B009 - set by fetch, not a dataclass field
+        return capacity
+
+    def check_later(self, name: str, value: Tensor, expected: str, fix: str = "") -> None:
+        """Have the next ``fetch`` refuse ``value`` (any float tensor) with ``HeroError.field(name, ...)`` if it
+        holds NaN/inf; checked at once (one sync) if the host facts were already read."""
+        if getattr(self, "_capacity", None) is not None:
+            if not bool(torch.isfinite(value).all()):
+                raise HeroError.field(name, value, expected, fix)
+            return
+        pending = getattr(self, "_pending", ())
+        if not any(item[1] is value for item in pending):
+            object.__setattr__(self, "_pending", (*pending, (name, value, expected, fix)))
+
+    def require_finite(self) -> EncodedTiles:
+        """Self, once the host facts are read (NaN/inf refused): free after the planner's ``fetch``."""
+        _ = self.capacity
+        return self
+
+    def fetch(self, *values: Tensor) -> list[list[float]]:
+        """``values`` (any shapes) as flat lists of floats, read in ONE host-device transfer together with,
+        the first time, this image's host facts (``capacity`` and the finiteness of ``cls_tokens``,
+        ``cls_attention`` and anything passed to ``check_later``). Values already on the CPU are read
+        directly.
+
+        Raises:
+            HeroError: if ``cls_tokens``, ``cls_attention`` or a ``check_later`` value holds NaN/inf.
+        """
+        checks: list[tuple[str, Tensor, str, str]] = []
+        parts: list[Tensor] = []
+        if getattr(self, "_capacity", None) is None:
+            checks = [
+                ("cls_tokens", self.cls_tokens, _FINITE, _FINITE_FIX),
+                ("cls_attention", self.cls_attention, _FINITE, _FINITE_FIX),
+                *getattr(self, "_pending", ()),
+            ]
+            flags = torch.stack([torch.isfinite(item[1].to(self.device)).all() for item in checks]).double()
+            parts += [flags, self.valid_mask.sum(-1).double()]
+        on_host = [v.device.type == "cpu" and self.device.type != "cpu" for v in values]
+        parts += [
+            v.detach().reshape(-1).to(self.device, torch.float64) for v, h in zip(values, on_host, strict=True) if not h
+        ]
+        moved = torch.cat(parts).tolist() if parts else []  # the one host sync
+        if checks:
+            flags_read, moved = moved[: len(checks)], moved[len(checks) :]
+            counts, moved = moved[: self.num_views], moved[self.num_views :]
+            for ok, (name, tensor, expected, fix) in zip(flags_read, checks, strict=True):
+                if not ok:
+                    raise HeroError.field(name, tensor, expected, fix)
+            object.__setattr__(self, "_capacity", tuple(int(c) for c in counts))
+            object.__setattr__(self, "_pending", ())
+        out: list[list[float]] = []
+        for value, host in zip(values, on_host, strict=True):
+            if host:
+                out.append(value.detach().reshape(-1).double().tolist())
+            else:
+                out.append(moved[: value.numel()])
+                moved = moved[value.numel() :]
+        return out
+
+    def remember_counts(self, budgets: Tensor, counts: tuple[int, ...]) -> None:
+        """Record that ``budgets`` (a tensor an allocator built from host ints) holds ``counts``, so the
+        planner checks them without reading the tensor back. An in-place change of ``budgets`` voids it."""
+        object.__setattr__(self, "_counts", (budgets, budgets._version, counts))
+
+    def known_counts(self, budgets: Tensor) -> tuple[int, ...] | None:
+        """The host ints behind ``budgets`` if ``remember_counts`` recorded this very tensor, unchanged."""
+        known = getattr(self, "_counts", None)
+        if known is None or known[0] is not budgets or known[1] != budgets._version:
+            return None
+        return known[2]  # type: ignore[no-any-return]
+
     def layer_attention(self, layers: tuple[int, ...], *, field: str = "selector layers") -> Tensor:
         """CLS attention of the requested encoder layers: (len(layers), V, H, N), in float32.
 
@@ -147,12 +227,12 @@ class EncodedTiles:
                 f"Layer(s) {missing} were not recorded: let the adapter hook the selector's `.layers`, "
                 "or choose recorded layers.",
             )
-        index = torch.tensor([self.attention_layers.index(layer) for layer in layers], device=self.device)
+        index = to_device([self.attention_layers.index(layer) for layer in layers], self.device, torch.long)
         return self.cls_attention.index_select(0, index).float()
 
     def replace(self, **changes: Any) -> EncodedTiles:
         """A copy with some fields changed (validated again)."""
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}  # the host facts are not copied
         values.update(changes)
         return EncodedTiles(**values)
 

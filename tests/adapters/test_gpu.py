@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytest
@@ -10,8 +11,11 @@ import torch
 
 from hero_adapters import HeroVLM
 from hero_adapters.testing import check_adapter
+from hero_core import presets
+from hero_core.testing import count_host_syncs, make_tiles
 
 from .hosts import HOSTS, host_row
+from .test_syncs import BUDGET
 
 pytestmark = pytest.mark.gpu
 
@@ -59,3 +63,77 @@ def test_half_precision_keep_ratio_one_is_the_host(cuda_host: Any, dtype: torch.
     assert torch.equal(host.sequences, hero.sequences)
     pruned = HeroVLM(half, row.pruner(0.3), processor=row.processor).generate(**inputs, **settings)
     assert all(bool(torch.isfinite(step).all()) for step in pruned.logits)
+
+
+# ---------------------------------------------------------------------------------------- host syncs on CUDA
+class _RealSyncs:
+    """CUDA's own sync detection (``torch.cuda.set_sync_debug_mode("warn")``): one warning per sync."""
+
+    def __enter__(self) -> _RealSyncs:
+        torch.cuda.synchronize()
+        self._catch = warnings.catch_warnings(record=True)
+        self.caught = self._catch.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(*exc)
+
+    @property
+    def count(self) -> int:
+        return sum(1 for w in self.caught if "synchroniz" in str(w.message))
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_pruner_plan_syncs_once_per_image_on_cuda(name: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pruner = presets.get(name, 0.3)
+    relevance = torch.linspace(-0.2, 0.4, 5, device="cuda")
+    tiles = make_tiles(num_views=5, grid=(8, 8), device="cuda")
+    pruner.plan(tiles.replace(), relevance)  # warm
+    fresh = tiles.replace()
+    with _RealSyncs() as real, count_host_syncs() as counted:
+        plan = pruner.plan(fresh, relevance)
+    assert real.count == 1, [str(w.message) for w in real.caught]
+    assert counted.count == 1, counted.table()
+    assert plan.keep.device.type == "cuda" and plan.budgets.device.type == "cuda"
+
+
+def test_hero_vlm_syncs_on_cuda_match_the_counted_budget(cuda_host: Any) -> None:
+    row, model = cuda_host
+    vlm = HeroVLM(model, row.pruner(0.3), processor=row.processor)
+    inputs = _to(row.batch(), "cuda")
+    vlm.plan(**inputs)  # warm
+    with _RealSyncs() as real, count_host_syncs() as counted:
+        report = vlm.plan(**inputs)
+    per_image, per_call = BUDGET[row.name]
+    images = len(report.images)
+    timer = sum(1 for op, _, _ in counted.calls if op == "synchronize")  # the stage timer: 2 per stage, per call
+    assert counted.hero - timer == per_image * images + per_call, counted.table()
+    # the CPU counter's model of where tensors live must not miss a real sync (hero's and the host's)
+    assert real.count <= counted.count, f"CUDA saw {real.count}, counted {counted.count}:\n{counted.table()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_everything_stays_on_the_models_device_and_dtype(cuda_host: Any, dtype: torch.dtype) -> None:
+    row, model = cuda_host
+    model = copy.deepcopy(model).to(dtype)
+    vlm = HeroVLM(model, row.pruner(0.3), processor=row.processor)
+    inputs = _to(row.batch(), "cuda")
+    report = vlm.plan(**inputs)
+    for image in report.images:
+        assert image.plan.keep.device.type == "cuda" and image.plan.budgets.device.type == "cuda"
+        assert image.encoded.cls_tokens.device.type == "cuda" and image.encoded.valid_mask.device.type == "cuda"
+    run_features = [out.features for out in vlm._run(None, None, vlm._split(inputs)[0], None, _timer()).assembled]
+    assert all(f.device.type == "cuda" and f.dtype == dtype for f in run_features)
+    out = vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert out.device.type == "cuda"
+
+
+def _timer() -> Any:
+    from hero_adapters._timing import StageTimer
+
+    return StageTimer(torch.device("cuda"))

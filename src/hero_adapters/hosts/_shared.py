@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from hero_core import HeroError
+from hero_core import HeroError, to_device
 
 from ..adapter import AssembledImage, Box, EncodedImage, EncoderFacts
 from ..extras import require
@@ -164,8 +164,8 @@ def normalisation(
 
 def unnormalise(views: Tensor, mean_std: tuple[Sequence[float], Sequence[float]]) -> Tensor:
     """(V, 3, h, w) normalised pixels -> RGB in [0, 1], float32, given the processor's (mean, std)."""
-    m = torch.tensor(tuple(mean_std[0]), device=views.device).view(1, 3, 1, 1)
-    s = torch.tensor(tuple(mean_std[1]), device=views.device).view(1, 3, 1, 1)
+    m = to_device([float(x) for x in mean_std[0]], views.device, torch.float32).view(1, 3, 1, 1)
+    s = to_device([float(x) for x in mean_std[1]], views.device, torch.float32).view(1, 3, 1, 1)
     return (views.float() * s + m).clamp_(0.0, 1.0)
 
 
@@ -250,17 +250,23 @@ def split_tiles(pixel_values: object, tiles_per_image: list[int], view: tuple[in
     )
 
 
+def host_copies(mask: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """A bool ``mask`` and an int64 ``index`` (1-d, any devices) on the CPU, read in one host-device transfer."""
+    both = torch.cat([mask.to(index.device, torch.long), index.long()]).cpu()
+    return both[: mask.numel()].bool(), both[mask.numel() :]
+
+
 def assemble_source(image: EncodedImage, keep: Tensor) -> AssembledImage:
     """The kept tokens of one image in the host's own order: every position of ``image.source`` whose
     (view, token) is kept (``keep`` (V, N) bool), and every newline (-1)."""
-    flat = keep.reshape(-1).to(image.source.device)  # (V * N,)
-    is_newline = image.source < 0
-    sent = is_newline | flat[image.source.clamp(min=0)]  # (T,)
-    offsets = sent.nonzero().squeeze(1)  # one host sync: the kept count
+    flat, source = host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
+    is_newline = source < 0
+    sent = is_newline | flat[source.clamp(min=0)]  # (T,)
+    offsets = sent.nonzero().squeeze(1)
     newlines = int(is_newline.sum())
     return AssembledImage(
-        features=image.features.index_select(0, offsets.to(image.features.device)),
-        offsets=offsets,
+        features=image.features.index_select(0, to_device(offsets, image.features.device, torch.long)),
+        offsets=to_device(offsets, image.source.device, torch.long),
         layout_length=int(image.source.shape[0]),
         kept_patch_tokens=int(offsets.shape[0]) - newlines,
         newline_tokens=newlines,

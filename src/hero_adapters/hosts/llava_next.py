@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from hero_core import EncodedTiles, HeroError
+from hero_core import EncodedTiles, HeroError, to_device
 
 from ..adapter import AssembledImage, EncodedImage, register_adapter
 from ..extras import require
@@ -31,6 +31,7 @@ from ._shared import (
     canvas_boxes,
     check_finite,
     check_image_sizes,
+    host_copies,
     meet_tower,
     per_image_features,
     split_tiles,
@@ -114,7 +115,8 @@ class LlavaNextAdapter(TransformersHost):
                 "an (I, 2) tensor of each image's original (height, width) whenever pixel_values is given",
                 "Pass the processor's image_sizes along with pixel_values (**inputs).",
             )
-        sizes = check_image_sizes(image_sizes)
+        sizes = check_image_sizes(image_sizes)  # the one read of image_sizes
+        image_sizes = torch.tensor(sizes, dtype=torch.long)  # on the CPU: the host's own reads of it cost no sync
         tiles_per_image = [
             int(
                 host.image_size_to_num_patches(
@@ -157,15 +159,15 @@ class LlavaNextAdapter(TransformersHost):
         images: list[EncodedImage] = []
         start = 0
         for i, count in enumerate(tiles_per_image):
-            source = sources[i].to(packed[i].device)
+            source = to_device(sources[i], packed[i].device, torch.long)  # built on the CPU (no sync)
             if source.shape[0] != packed[i].shape[0]:
                 raise HeroError.field(
                     f"packed features of image {i}",
                     packed[i],
                     f"{source.shape[0]} tokens, as the host's packing of an index map gives",
                 )
-            valid = torch.zeros(count * n, dtype=torch.bool, device=source.device)
-            valid[source[source >= 0]] = True
+            # on the host, from the host's index map: slot 0 takes the newlines (-1 + 1)
+            valid = torch.zeros(count * n + 1, dtype=torch.bool).index_fill_(0, sources[i] + 1, True)[1:]
             grid = host.get_anyres_image_grid_shape(
                 sizes[i], self.config.image_grid_pinpoints, self.config.vision_config.image_size
             )
@@ -174,7 +176,7 @@ class LlavaNextAdapter(TransformersHost):
                 cls_tokens=cls_all[start : start + count],
                 cls_attention=attention[:, start : start + count].to(cls_all.device),
                 attention_layers=record.layers,
-                valid_mask=valid.view(count, n).to(cls_all.device),
+                valid_mask=to_device(valid.view(count, n), cls_all.device, torch.bool),
                 thumbnail_index=0,
                 grid=(self._side, self._side),
                 tile_grid=tile_grid,
@@ -216,18 +218,18 @@ class LlavaNextAdapter(TransformersHost):
             The features sent to the LLM, with their offsets in the unpruned layout sequence.
         """
         n = image.tiles.num_tokens
-        flat = keep.reshape(-1).to(image.source.device)  # (V * N,)
+        flat, source = host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
         if self.layout == "vanilla" or image.tiles.tile_grid is None:
-            layout = image.source  # (T,)
+            layout = source  # (T,)
             gather = None
         else:
-            layout = self._reference_source(image.tiles.tile_grid, n).to(image.source.device)
-            gather = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
-            where = (image.source >= 0).nonzero().squeeze(1)
-            gather[image.source[where]] = where  # packed position of each valid (view, patch)
+            layout = self._reference_source(image.tiles.tile_grid, n)
+            gather = torch.full((flat.shape[0],), -1, dtype=torch.long)
+            where = (source >= 0).nonzero().squeeze(1)
+            gather[source[where]] = where  # packed position of each valid (view, patch)
         is_newline = layout < 0
         sent = is_newline | flat[layout.clamp(min=0)]  # (T_layout,)
-        offsets = sent.nonzero().squeeze(1)  # one host sync: the kept count
+        offsets = sent.nonzero().squeeze(1)
         features = image.features
         if gather is None:
             rows = offsets
@@ -240,8 +242,8 @@ class LlavaNextAdapter(TransformersHost):
             rows = torch.where(ids < 0, image.features.shape[0], gather[ids.clamp(min=0)])
         newlines = int(is_newline.sum())
         return AssembledImage(
-            features=features.index_select(0, rows.to(features.device)),
-            offsets=offsets,
+            features=features.index_select(0, to_device(rows, features.device, torch.long)),
+            offsets=to_device(offsets, image.source.device, torch.long),
             layout_length=int(layout.shape[0]),
             kept_patch_tokens=int(offsets.shape[0]) - newlines,
             newline_tokens=newlines,

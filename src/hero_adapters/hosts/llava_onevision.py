@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from hero_core import EncodedTiles, HeroError
+from hero_core import EncodedTiles, HeroError, to_device
 
 from ..adapter import AssembledImage, EncodedImage, register_adapter
 from ..extras import require
@@ -114,7 +114,8 @@ class LlavaOnevisionAdapter(TransformersHost):
             raise HeroError.field(
                 "image_sizes", None, "an (I, 2) tensor of (height, width) with pixel_values", "Pass **inputs."
             )
-        sizes = check_image_sizes(image_sizes)
+        sizes = check_image_sizes(image_sizes)  # the one read of image_sizes
+        image_sizes = torch.tensor(sizes, dtype=torch.long)  # on the CPU: the host's own reads of it cost no sync
         tiled = _tiled(inputs.get("batch_num_images"), len(sizes))
         pinpoints, tile = self.config.image_grid_pinpoints, int(self.config.vision_config.image_size)
         tiles_per_image = [
@@ -172,9 +173,9 @@ class LlavaOnevisionAdapter(TransformersHost):
             device = embeddings.device
             tiles = EncodedTiles(
                 cls_tokens=embeddings[start : start + count],
-                cls_attention=mapping.attention.to(device),
+                cls_attention=to_device(mapping.attention, device, mapping.attention.dtype),
                 attention_layers=record.layers,
-                valid_mask=mapping.valid.to(device),
+                valid_mask=to_device(mapping.valid, device, torch.bool),
                 thumbnail_index=0,
                 grid=(self._side, self._side),
                 tile_grid=tile_grid,
@@ -184,7 +185,7 @@ class LlavaOnevisionAdapter(TransformersHost):
                 EncodedImage(
                     tiles=tiles,
                     features=packed[i],
-                    source=mapping.source.to(packed[i].device),
+                    source=to_device(mapping.source, packed[i].device, torch.long),
                     views=unnormalise(views[i], self.mean_std),
                     image_size=sizes[i],
                     view_boxes=canvas_boxes(sizes[i], tile_grid),

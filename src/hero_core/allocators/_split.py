@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .._arith import apportion, floor_ratio
-from .._errors import HeroError, check_keep_ratio, check_relevance
+from .._device import to_device
+from .._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relevance
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 
-__all__ = ["exact_split", "prepare", "tile_views"]
+__all__ = ["budgets_tensor", "exact_split", "prepare", "tile_views"]
 
 
 def prepare(
@@ -18,17 +21,28 @@ def prepare(
 ) -> tuple[EncodedTiles, Tensor | None, float]:
     """Validate an allocator's inputs, so a direct call fails with HeroError just as ``Pruner.plan`` does.
 
-    Returns the checked tiles, the relevance on the tiles' device (or None) and the ratio as a float.
+    Returns the checked tiles, the relevance on the tiles' device (or None) and the ratio as a float. The
+    relevance values are checked for NaN/inf in the allocator's one host-device transfer (``tiles.fetch``).
     """
     checked = EncodedTiles.from_outputs(tiles)
-    check_relevance(relevance, checked.num_views)
-    moved = None if relevance is None else relevance.to(checked.device)
+    check_relevance(relevance, checked.num_views, finite=False)
+    moved = None if relevance is None else to_device(relevance, checked.device, relevance.dtype)
+    if moved is not None:
+        checked.check_later("relevance", moved, *RELEVANCE_FINITE)
     return checked, moved, check_keep_ratio(keep_ratio)
 
 
 def tile_views(tiles: EncodedTiles) -> list[int]:
     """Indices of the K local tiles (every view but the thumbnail), in view order."""
     return [v for v in range(tiles.num_views) if v != tiles.thumbnail_index]
+
+
+def budgets_tensor(tiles: EncodedTiles, counts: list[int]) -> Tensor:
+    """(V,) int64 budgets on the tiles' device, remembered by ``tiles`` so the planner checks them on the host."""
+    with torch.inference_mode(False):  # a normal tensor: it keeps a version counter, so an in-place edit is seen
+        budgets = to_device(counts, tiles.device, torch.int64)
+    tiles.remember_counts(budgets, tuple(counts))
+    return budgets
 
 
 def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) -> Tensor:
@@ -38,17 +52,21 @@ def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) ->
     proportion to ``tile_weights`` (K,) by the capped largest-remainder method. If the tiles cannot
     absorb it, every valid tile token is kept and the surplus goes back to the thumbnail.
 
+    The weights are read in one host-device transfer together with the tiles' host facts
+    (``EncodedTiles.fetch``): the only host sync of a plan made with the built-in parts.
+
     Raises:
         HeroError: on a keep ratio outside (0, 1] or weights that are not K finite non-negative numbers.
     """
     keep_ratio = check_keep_ratio(keep_ratio)
-    weights = tile_weights.detach().double().flatten().cpu()
-    if weights.numel() != tiles.num_views - 1 or not bool(torch.isfinite(weights).all() & (weights >= 0).all()):
-        raise HeroError.field(
-            "tile_weights", tile_weights, f"{tiles.num_views - 1} finite non-negative weights, one per local tile"
-        )
+    expected = f"{tiles.num_views - 1} finite non-negative weights, one per local tile"
+    if not isinstance(tile_weights, Tensor) or tile_weights.numel() != tiles.num_views - 1:
+        raise HeroError.field("tile_weights", tile_weights, expected)
+    (weights,) = tiles.fetch(tile_weights)  # the one host sync (with the tiles' facts)
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise HeroError.field("tile_weights", tile_weights, expected)
     num_views, num_tokens = tiles.num_views, tiles.num_tokens
-    capacity = tiles.valid_mask.sum(-1).tolist()  # (V,) one host sync
+    capacity = tiles.capacity
     thumb = tiles.thumbnail_index
     others = tile_views(tiles)
     total = floor_ratio(keep_ratio, num_views * num_tokens)
@@ -61,8 +79,8 @@ def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) ->
             budgets[v] = capacity[v]
         budgets[thumb] = min(thumb_budget + pool - sum(tile_capacity), capacity[thumb])
     else:
-        shares = apportion(pool, weights.tolist(), tile_capacity)
+        shares = apportion(pool, weights, tile_capacity)
         for v, share in zip(others, shares, strict=False):
             budgets[v] = share
         budgets[thumb] = thumb_budget
-    return torch.tensor(budgets, dtype=torch.int64, device=tiles.device)
+    return budgets_tensor(tiles, budgets)

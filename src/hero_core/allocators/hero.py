@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._arith import floor_ratio
+from .._device import to_device
 from .._errors import HeroError, check_positive, check_unit_interval
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
-from ._split import exact_split, prepare, tile_views
+from ._split import budgets_tensor, exact_split, prepare, tile_views
 
 __all__ = ["HeroAllocator"]
 
@@ -45,6 +47,8 @@ class HeroAllocator:
         exact: paper budgets (True) or the reference code's floors (False).
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: relevance checked and budgets remembered in its one fetch
+
     alpha: float = 0.5
     tau_v: float = 0.05
     tau_t: float = 0.05
@@ -73,7 +77,9 @@ class HeroAllocator:
         importance, saliency, relevance_part = self.importance(checked, relevance)
         others = tile_views(checked)
         if self.exact:
-            budgets = exact_split(checked, keep_ratio, importance[others])
+            budgets = exact_split(
+                checked, keep_ratio, importance.index_select(0, to_device(others, checked.device, torch.long))
+            )
         else:
             budgets = self._reference_budgets(checked, keep_ratio, importance)
         return Allocation(
@@ -86,7 +92,7 @@ class HeroAllocator:
         Computed in float64 whatever the input dtype: tau = 0.01 overflows half precision, and budgets
         are floors of these numbers, so they should not depend on summation order.
         """
-        others = torch.tensor(tile_views(tiles), device=tiles.device, dtype=torch.long)
+        others = to_device(tile_views(tiles), tiles.device, torch.long)
         cls = tiles.cls_tokens.double()  # (V, D)
         cosine = F.cosine_similarity(cls[others], cls[tiles.thumbnail_index].unsqueeze(0), dim=-1)  # (K,)
         saliency = torch.softmax(cosine / self.tau_v, dim=0)  # Eq. 1
@@ -112,13 +118,17 @@ class HeroAllocator:
     @staticmethod
     def _reference_budgets(tiles: EncodedTiles, keep_ratio: float, importance: Tensor) -> Tensor:
         """The authors' floors: thumbnail ``floor(R N)``, tile i ``min(floor(s_i * floor(K N R)), n_i)``."""
-        capacity = tiles.valid_mask.sum(-1).tolist()
+        (scores,) = tiles.fetch(importance)  # the one host sync (with the tiles' facts)
+        if not all(math.isfinite(x) for x in scores):
+            raise HeroError.field(
+                "importance", importance, "finite scores", "Raise tau_v / tau_t: the softmax overflowed."
+            )
+        capacity = tiles.capacity
         others = tile_views(tiles)
         pool = floor_ratio(keep_ratio, len(others) * tiles.num_tokens)
-        scores = importance.tolist()
         budgets = [min(math.floor(scores[v] * pool), capacity[v]) for v in range(tiles.num_views)]
         budgets[tiles.thumbnail_index] = min(floor_ratio(keep_ratio, tiles.num_tokens), capacity[tiles.thumbnail_index])
-        return torch.tensor(budgets, dtype=torch.int64, device=tiles.device)
+        return budgets_tensor(tiles, budgets)
 
 
 def _scatter(values: Tensor, index: Tensor, num_views: int) -> Tensor:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .._device import to_device
 from .._errors import HeroError
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
@@ -33,6 +35,8 @@ class ThumbnailAttentionAllocator:
             ViT-L's penultimate layer, the one LLaVA takes its features from).
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: relevance checked and budgets remembered in its one fetch
+
     layer: int = 22
 
     def __post_init__(self) -> None:
@@ -54,7 +58,7 @@ class ThumbnailAttentionAllocator:
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
         if checked.num_views == 1:  # a thumbnail alone: nothing to split
-            return Allocation(budgets=exact_split(checked, keep_ratio, torch.zeros(0)))
+            return Allocation(budgets=exact_split(checked, keep_ratio, torch.zeros(0, device=checked.device)))
         if checked.tile_grid is None:
             raise HeroError.field(
                 "tile_grid",
@@ -76,5 +80,6 @@ class ThumbnailAttentionAllocator:
         mass.index_add_(0, owner, thumb.double())  # (K,)
         budgets = exact_split(checked, keep_ratio, mass)
         importance = torch.zeros(checked.num_views, dtype=torch.float32, device=device)
-        importance[tile_views(checked)] = (mass / mass.sum().clamp_min(1e-12)).float()
+        others = to_device(tile_views(checked), device, torch.long)
+        importance.index_copy_(0, others, (mass / mass.sum().clamp_min(1e-12)).float())
         return Allocation(budgets=budgets, importance=importance, saliency=importance, relevance=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,11 +25,13 @@ class UniformAllocator:
     pruning applied to each view of a tiled image.
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: relevance checked and budgets remembered in its one fetch
+
     @property
     def uses_relevance(self) -> bool:
         return False
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
-        weights = torch.ones(checked.num_views - 1, dtype=torch.float64)
+        weights = torch.ones(checked.num_views - 1, dtype=torch.float64, device=checked.device)
         return exact_split(checked, keep_ratio, weights)

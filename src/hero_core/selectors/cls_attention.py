@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -29,6 +30,8 @@ class ClsAttentionSelector:
         head_reduction: ``"mean"`` or ``"softmax_mean"``.
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the budgets (keep_top), no read-back check
+
     layer: int = 22
     head_reduction: str = "mean"
 
@@ -42,7 +45,7 @@ class ClsAttentionSelector:
         return (self.layer,)
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
         scores = reduce_heads(
             checked.layer_attention(self.layers, field="ClsAttentionSelector.layer")[0], self.head_reduction
         )  # (V, N)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +35,8 @@ class FunctionAwareSelector:
         head_reduction: ``"mean"`` (paper) or ``"softmax_mean"`` (the authors' code).
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the budgets (keep_top), no read-back check
+
     low_layers: tuple[int, ...] = (5, 6, 7, 8)
     high_layers: tuple[int, ...] = (21,)
     head_reduction: str = "mean"
@@ -49,7 +52,7 @@ class FunctionAwareSelector:
         return tuple(sorted(set(self.low_layers) | set(self.high_layers)))
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
         low = reduce_heads(
             checked.layer_attention(self.low_layers, field="FunctionAwareSelector.low_layers"), self.head_reduction
         ).mean(0)  # (V, N)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .._device import to_device
 from .._errors import HeroError
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
@@ -27,6 +29,8 @@ class RandomSelector:
         seed: seed of the generator, re-seeded on every call.
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the budgets (keep_top), no read-back check
+
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -38,7 +42,7 @@ class RandomSelector:
         return ()
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(checked.num_views, checked.num_tokens, generator=generator)  # (V, N)
-        return keep_top(scores.to(checked.device), budgets, checked.valid_mask)
+        return keep_top(to_device(scores, checked.device, scores.dtype), budgets, checked.valid_mask)

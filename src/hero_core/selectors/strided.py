@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .._device import to_device
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 from ._rank import keep_top
@@ -25,14 +27,16 @@ class StridedSelector:
     Plain downsampling is a strong baseline (VTC-Bench, UniPruneBench).
     """
 
+    _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the budgets (keep_top), no read-back check
+
     @property
     def layers(self) -> tuple[int, ...]:
         return ()
 
     def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles)
+        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
         rows, cols = checked.grid
-        order = _dither_order(rows, cols).to(checked.device)  # (N,) lower = earlier
+        order = to_device(_dither_order(rows, cols), checked.device, torch.long)  # (N,) lower = earlier
         scores = (-order.float()).expand(checked.num_views, -1)  # (V, N)
         return keep_top(scores, budgets, checked.valid_mask)
 

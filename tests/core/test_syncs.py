@@ -1,0 +1,107 @@
+"""Host-device syncs of the planner: ``Pruner.plan`` reads the device once per image (issue 11, item 3).
+
+``count_host_syncs`` follows where each tensor lives, so these run on the CPU; ``tests/adapters/test_gpu.py``
+checks the same claims with CUDA's own sync detection.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+
+from hero_core import HeroError, Pruner, presets
+from hero_core.allocators import HeroAllocator, exact_split, tile_views
+from hero_core.selectors import FunctionAwareSelector
+from hero_core.testing import count_host_syncs, encoded_tiles, keep_ratios, make_tiles
+
+from .registry import PRESETS
+
+
+def _planner_syncs(pruner: Pruner, tiles, relevance=None) -> int:
+    fresh = tiles.replace()  # no host facts read yet, as an adapter hands them over
+    with count_host_syncs() as syncs:
+        pruner.plan(fresh, relevance)
+    return syncs.count
+
+
+def test_the_counter_sees_reads_of_device_tensors_only():
+    weights = torch.randn(4)  # made before the block: "on the device"
+    with count_host_syncs() as syncs:
+        doubled = weights * 2  # no sync
+        doubled.sum().item()  # 1
+        bool(doubled.any())  # 2
+        doubled[doubled > 0]  # 3 (a data-dependent shape)
+        host = doubled.cpu()  # 4
+        host.tolist()  # on the host: none
+        torch.arange(3).tolist()  # made on the host: none
+        torch.tensor([1.0, 2.0]).nonzero()  # none
+    assert syncs.count == 4, syncs.table()
+    assert [op for op, _, _ in syncs.calls] == ["item", "__bool__", "__getitem__", "cpu"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@given(tiles=encoded_tiles(), ratio=keep_ratios())
+def test_every_preset_plans_with_one_host_sync(name, tiles, ratio):
+    relevance = torch.linspace(-0.2, 0.4, tiles.num_views)
+    assert _planner_syncs(presets.get(name, ratio), tiles, relevance) == 1
+
+
+def test_plan_reads_the_device_once_per_image_whatever_the_view_count():
+    pruner = presets.hero(0.25)
+    for views in (1, 2, 5, 13):
+        tiles = make_tiles(num_views=views, grid=(6, 6))
+        assert _planner_syncs(pruner, tiles, torch.randn(views)) == 1
+
+
+def _custom_allocator(tiles, relevance, keep_ratio):
+    weights = torch.ones(len(tile_views(tiles)), dtype=torch.float64, device=tiles.device)
+    return exact_split(tiles, keep_ratio, weights)
+
+
+def _custom_selector(tiles, budgets):
+    return FunctionAwareSelector()(tiles, budgets)
+
+
+_custom_selector.layers = FunctionAwareSelector().layers  # type: ignore[attr-defined]
+
+
+def test_custom_parts_cost_one_sync_each_and_are_still_checked():
+    tiles = make_tiles(num_views=5, grid=(4, 4))
+    selector = FunctionAwareSelector()
+    # a custom allocator: its inputs are checked before it runs (1); exact_split's weights (1)
+    assert _planner_syncs(Pruner(0.3, _custom_allocator, selector), tiles) == 2
+    # a custom selector: the budgets' fetch (1), its keep mask checked (1)
+    assert _planner_syncs(Pruner(0.3, HeroAllocator(), _custom_selector), tiles) == 2
+
+
+def test_an_in_place_edit_of_remembered_budgets_is_read_back_and_refused():
+    def inflating(tiles, relevance, keep_ratio):
+        budgets = exact_split(tiles, keep_ratio, torch.ones(tiles.num_views - 1, dtype=torch.float64))
+        budgets[0] += 10_000  # after exact_split remembered its counts
+        return budgets
+
+    with pytest.raises(HeroError, match=r"budgets=.*valid tokens of view"):
+        Pruner(0.3, inflating, FunctionAwareSelector()).plan(make_tiles(num_views=3, grid=(4, 4)))
+
+
+def test_a_subclass_of_a_builtin_selector_is_checked_like_a_custom_one():
+    class Greedy(FunctionAwareSelector):
+        def __call__(self, tiles, budgets):
+            return torch.ones(tiles.num_views, tiles.num_tokens, dtype=torch.bool)  # ignores the budgets
+
+    with pytest.raises(HeroError, match="Greedy keep mask"):
+        Pruner(0.3, HeroAllocator(), Greedy()).plan(make_tiles(num_views=3, grid=(4, 4)))
+
+
+@pytest.mark.parametrize("field", ["cls_tokens", "cls_attention", "relevance"])
+def test_nan_is_refused_inside_the_one_sync(field):
+    tiles = make_tiles(num_views=3, grid=(4, 4))
+    relevance = torch.zeros(3)
+    if field == "relevance":
+        relevance[1] = float("nan")
+    else:
+        tiles = tiles.replace(**{field: getattr(tiles, field).clone().fill_(float("nan"))})
+    with count_host_syncs() as syncs, pytest.raises(HeroError, match=rf"^{field}=.*finite"):
+        presets.hero(0.3).plan(tiles, relevance)
+    assert syncs.count == 1
