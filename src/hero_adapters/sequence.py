@@ -92,7 +92,7 @@ def check_prompt(
         host_ids = input_ids.detach().cpu()  # the one host sync (a float mask is read separately, exactly)
         host_mask = attention_mask.detach().cpu() if attention_mask is not None else torch.ones_like(host_ids)
     else:  # one transfer for both
-        both = torch.stack([input_ids.detach().long(), attention_mask.detach().long()]).cpu()
+        both = torch.stack([input_ids.detach().long(), attention_mask.detach().to(input_ids.device).long()]).cpu()
         host_ids, host_mask = both[0].to(input_ids.dtype), both[1]
     ids = host_ids
     text = ids if image_token_id is None else ids[ids != image_token_id]

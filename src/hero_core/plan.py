@@ -125,7 +125,7 @@ class Pruner:
                 allocation: Allocation = allocate(checked, relevance, self.keep_ratio)
             else:
                 allocation = Allocation(budgets=self.allocator(checked, relevance, self.keep_ratio))
-            budgets = _checked_budgets(allocation.budgets, checked, self.allocator)
+            budgets = _checked_budgets(allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator))
             keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
         return PrunePlan(
             keep=keep,
@@ -142,11 +142,18 @@ def _one_sync(part: object) -> bool:
     return vars(type(part)).get("_one_sync") is True
 
 
-def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object) -> Tensor:
+def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object, *, trusted: bool) -> Tensor:
     name = f"{type(allocator).__name__} budgets"
-    if not isinstance(budgets, Tensor) or budgets.shape != (tiles.num_views,) or budgets.dtype != torch.int64:
-        raise HeroError.field(name, budgets, f"an int64 tensor of shape ({tiles.num_views},)")
-    counts = tiles.known_counts(budgets)  # built from host ints by exact_split & co.: no read-back
+    if (
+        not isinstance(budgets, Tensor)
+        or budgets.shape != (tiles.num_views,)
+        or budgets.dtype != torch.int64
+        or budgets.device != tiles.device
+    ):
+        raise HeroError.field(name, budgets, f"an int64 tensor of shape ({tiles.num_views},) on {tiles.device}")
+    # a shipped allocator's budgets were built from host ints (exact_split & co.): no read-back; a custom
+    # allocator's are always read back, whatever it did to them after exact_split
+    counts = tiles.known_counts(budgets) if trusted else None
     if counts is None:
         counts = tuple(int(c) for c in tiles.fetch(budgets)[0])  # one host sync
     capacity = tiles.capacity

@@ -186,6 +186,7 @@ class EncodedTiles:
         if checks:
             flags_read, moved = moved[: len(checks)], moved[len(checks) :]
             counts, moved = moved[: self.num_views], moved[self.num_views :]
+            object.__setattr__(self, "_pending", ())  # a refused value does not stay queued for the next call
             for ok, (name, tensor, expected, fix) in zip(flags_read, checks, strict=True):
                 if not ok:
                     raise HeroError.field(name, tensor, expected, fix)

@@ -69,8 +69,9 @@ _custom_selector.layers = FunctionAwareSelector().layers  # type: ignore[attr-de
 def test_custom_parts_cost_one_sync_each_and_are_still_checked():
     tiles = make_tiles(num_views=5, grid=(4, 4))
     selector = FunctionAwareSelector()
-    # a custom allocator: its inputs are checked before it runs (1); exact_split's weights (1)
-    assert _planner_syncs(Pruner(0.3, _custom_allocator, selector), tiles) == 2
+    # a custom allocator: its inputs are checked before it runs (1); exact_split's weights (1); its budgets
+    # read back (1), whatever it did to them after exact_split
+    assert _planner_syncs(Pruner(0.3, _custom_allocator, selector), tiles) == 3
     # a custom selector: the budgets' fetch (1), its keep mask checked (1)
     assert _planner_syncs(Pruner(0.3, HeroAllocator(), _custom_selector), tiles) == 2
 
@@ -105,3 +106,23 @@ def test_nan_is_refused_inside_the_one_sync(field):
     with count_host_syncs() as syncs, pytest.raises(HeroError, match=rf"^{field}=.*finite"):
         presets.hero(0.3).plan(tiles, relevance)
     assert syncs.count == 1
+
+
+def test_a_refused_relevance_does_not_stay_queued_on_the_tiles():
+    tiles = make_tiles(num_views=3, grid=(4, 4))
+    with pytest.raises(HeroError, match=r"^relevance="):
+        presets.hero(0.3).plan(tiles, torch.tensor([0.0, float("nan"), 0.1]))
+    with pytest.raises(HeroError, match=r"^keep_ratio="):
+        HeroAllocator()(tiles, torch.tensor([0.0, float("nan"), 0.1]), 2.0)
+    plan = presets.hero(0.3).plan(tiles, torch.zeros(3))  # the same tiles plan again
+    assert plan.keep.sum(-1).tolist() == plan.budgets.tolist()
+
+
+def test_budgets_on_another_device_or_edited_through_data_are_refused():
+    def edited(tiles, relevance, keep_ratio):
+        budgets = exact_split(tiles, keep_ratio, torch.ones(tiles.num_views - 1, dtype=torch.float64))
+        budgets.data[0] = 10_000  # does not bump the version counter: a custom allocator is read back anyway
+        return budgets
+
+    with pytest.raises(HeroError, match=r"budgets=.*valid tokens of view"):
+        Pruner(0.3, edited, FunctionAwareSelector()).plan(make_tiles(num_views=3, grid=(4, 4)))

@@ -25,11 +25,12 @@ def prepare(
     relevance values are checked for NaN/inf in the allocator's one host-device transfer (``tiles.fetch``).
     """
     checked = EncodedTiles.from_outputs(tiles)
+    ratio = check_keep_ratio(keep_ratio)
     check_relevance(relevance, checked.num_views, finite=False)
     moved = None if relevance is None else to_device(relevance, checked.device, relevance.dtype)
     if moved is not None:
         checked.check_later("relevance", moved, *RELEVANCE_FINITE)
-    return checked, moved, check_keep_ratio(keep_ratio)
+    return checked, moved, ratio
 
 
 def tile_views(tiles: EncodedTiles) -> list[int]:
