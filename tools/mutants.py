@@ -74,6 +74,15 @@ SEQUENCE = (
 )
 HOSTS = ("tests/adapters/test_host_matrix.py", "tests/adapters/test_llava_next_layout.py")
 SCORERS = (GAPS_ADAPTERS, "tests/adapters/test_text_scorers.py")
+SAFETY = ("tests/adapters/test_safety.py",)
+SYNCS = ("tests/core/test_syncs.py", "tests/adapters/test_syncs.py")
+THREADS = (
+    "tests/adapters/test_safety.py::test_two_threads_record_only_their_own_tower_calls",
+    "tests/adapters/test_attach.py::test_reports_from_two_threads_are_each_their_own",
+    "tests/adapters/test_attach.py::test_an_attached_wrapper_and_another_wrapper_in_threads_each_get_their_single_"
+    "thread_result",
+    "tests/adapters/test_host_matrix.py::test_two_wrappers_in_two_threads_each_get_their_own_result",
+)
 
 RANK = "hero_core/selectors/_rank.py"
 FUNCTION_AWARE = "hero_core/selectors/function_aware.py"
@@ -84,6 +93,9 @@ ARITH = "hero_core/_arith.py"
 HOOKS_PY = "hero_adapters/towers/hooks.py"
 SEQUENCE_PY = "hero_adapters/sequence.py"
 SCORER_PY = "hero_adapters/text_scorers/_core.py"
+EVALUATE_PY = "hero_adapters/evaluate.py"
+CLI_PY = "hero_adapters/cli.py"
+HF_CLIP_PY = "hero_adapters/text_scorers/transformers.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ----------------------------------------------------------------------------------------- hero_core
@@ -516,6 +528,169 @@ MUTANTS: tuple[Mutant, ...] = (
         "return ((x - mean_t) * std_t).to(dtype)",
         SCORERS,
         "normalisation multiplies by the std",
+    ),
+    # -------------------------------------------- safety: no checkpoint code runs, writes only to the outputs
+    Mutant(
+        "S01",
+        EVALUATE_PY,
+        "config = transformers.AutoConfig.from_pretrained(text, trust_remote_code=False)",
+        "config = transformers.AutoConfig.from_pretrained(text, trust_remote_code=True)",
+        SAFETY,
+        "host_config trusts the checkpoint's code (its auto_map config class is imported and run)",
+    ),
+    Mutant(
+        "S02",
+        EVALUATE_PY,
+        "processor = transformers.AutoProcessor.from_pretrained(text, trust_remote_code=False)",
+        "processor = transformers.AutoProcessor.from_pretrained(text)",
+        SAFETY,
+        "load_host's processor load leaves trust_remote_code to transformers (an interactive prompt, or a refusal)",
+    ),
+    Mutant(
+        "S03",
+        EVALUATE_PY,
+        "text, dtype=dtype, trust_remote_code=False, weights_only=True",
+        "text, dtype=dtype, trust_remote_code=True, weights_only=True",
+        SAFETY,
+        "load_host's model load trusts the checkpoint's code (its auto_map model class)",
+    ),
+    Mutant(
+        "S04",
+        EVALUATE_PY,
+        "text, dtype=dtype, trust_remote_code=False, weights_only=True",
+        "text, dtype=dtype, trust_remote_code=False, weights_only=False",
+        SAFETY,
+        "load_host unpickles a pytorch_model.bin in full (torch.load(weights_only=False): its objects run)",
+    ),
+    Mutant(
+        "S05",
+        EVALUATE_PY,
+        "    except (OSError, ValueError, pickle.UnpicklingError) as error:\n        refused = refused_checkpoint(",
+        "    except (OSError, ValueError) as error:\n        refused = refused_checkpoint(",
+        SAFETY,
+        "a refused pickle escapes load_host as a traceback (not one line, exit 2)",
+    ),
+    Mutant(
+        "S06",
+        CLI_PY,
+        "source, local_files_only=local.is_dir(), trust_remote_code=False",
+        "source, local_files_only=local.is_dir(), trust_remote_code=True",
+        SAFETY,
+        "--clip's config check trusts the checkpoint's code",
+    ),
+    Mutant(
+        "S07",
+        HF_CLIP_PY,
+        "config = transformers.AutoConfig.from_pretrained(source, local_files_only=local, trust_remote_code=False)",
+        "config = transformers.AutoConfig.from_pretrained(source, local_files_only=local, trust_remote_code=True)",
+        SAFETY,
+        "HFClipTextScorer.from_pretrained's config trusts the checkpoint's code",
+    ),
+    Mutant(
+        "S08",
+        HF_CLIP_PY,
+        "source, local_files_only=local, trust_remote_code=False\n",
+        "source, local_files_only=local, trust_remote_code=True\n",
+        SAFETY,
+        "HFClipTextScorer.from_pretrained's tokenizer trusts the checkpoint's code (its auto_map tokenizer)",
+    ),
+    Mutant(
+        "S09",
+        HF_CLIP_PY,
+        "                weights_only=True,\n",
+        "                weights_only=False,\n",
+        SAFETY,
+        "HFClipTextScorer.from_pretrained unpickles a pytorch_model.bin in full",
+    ),
+    Mutant(
+        "S10",
+        "hero_adapters/text_scorers/open_clip.py",
+        'pretrained=source, device=device or "cpu", weights_only=True)',
+        'pretrained=source, device=device or "cpu", weights_only=False)',
+        SAFETY,
+        "OpenClipTextScorer.create unpickles an open_clip checkpoint in full",
+    ),
+    Mutant(
+        "S11",
+        "hero_adapters/lmms.py",
+        "config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)",
+        "config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=True)",
+        SAFETY,
+        "the lmms-eval plugin's model-type check trusts the checkpoint's code",
+    ),
+    Mutant(
+        "S12",
+        CLI_PY,
+        'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")',
+        'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")\n'
+        '        Path(".hero-last-show.json").write_text(args.json.read_text())',
+        SAFETY,
+        "hero show leaves a copy of its JSON in the working directory",
+    ),
+    Mutant(
+        "S13",
+        CLI_PY,
+        "        folder = path.resolve().parent\n",
+        "        folder = path.resolve().parent\n        folder.mkdir(parents=True, exist_ok=True)\n",
+        SAFETY,
+        "the output checks make a missing output folder, also for a call refused afterwards",
+    ),
+    Mutant(
+        "S14",
+        "hero_adapters/bench/_common.py",
+        'path.write_text(json.dumps(payload, indent=2) + "\\n")',
+        'path.write_text(json.dumps(payload, indent=2) + "\\n")\n'
+        '    (Path.home() / ".hero-bench-last.json").write_text(path.read_text())',
+        SAFETY,
+        "hero bench keeps a copy of its last record in HOME",
+    ),
+    # ---------------------------------------------------------- thread safety: per-call hook recordings
+    Mutant(
+        "T01",
+        HOOKS_PY,
+        '_ACTIVE: contextvars.ContextVar[tuple[dict[int, _Slot], ...]] = contextvars.ContextVar("hero_recordings", '
+        "default=())",
+        "class _OneForAll:  # one recording stack for the whole process instead of one per calling context\n"
+        "    value: Any = ()\n\n"
+        "    def get(self) -> Any:\n        return self.value\n\n"
+        "    def set(self, value: Any) -> Any:\n        token, self.value = self.value, value\n        return token\n\n"
+        "    def reset(self, token: Any) -> None:\n        self.value = token\n\n\n"
+        "_ACTIVE: Any = _OneForAll()",
+        THREADS,
+        "hooks: the active recordings are a module global, so a call records the tower calls of other threads",
+    ),
+    # ---------------------------------------------------------- host syncs: one per image in Pruner.plan
+    Mutant(
+        "Y01",
+        "hero_core/tiles.py",
+        "moved = torch.cat(parts).tolist() if parts else []  # the one host sync",
+        "moved = [x for part in parts for x in part.tolist()]  # one read per part",
+        SYNCS,
+        "fetch: the host facts and the values are read part by part (several syncs per image)",
+    ),
+    Mutant(
+        "Y02",
+        "hero_core/_device.py",
+        "return host.to(device, non_blocking=True)  # the tensor itself",
+        "return host.to(device)  # the tensor itself",
+        SYNCS,
+        "to_device: a blocking upload (a sync on CUDA; the counter sees it on the CPU too)",
+    ),
+    Mutant(
+        "Y03",
+        "hero_core/plan.py",
+        "counts = tiles.known_counts(budgets) if trusted else None",
+        "counts = tiles.known_counts(budgets)",
+        SYNCS,
+        "plan: a custom allocator's remembered budgets escape the read-back (edited through .data: silently wrong)",
+    ),
+    Mutant(
+        "Y04",
+        "hero_core/plan.py",
+        "        return keep  # keep_top keeps exactly min(budget, valid) valid positions, and budgets <= valid",
+        "        pass",
+        SYNCS,
+        "plan: the shipped selectors' masks are read back again (one more sync per image)",
     ),
 )
 

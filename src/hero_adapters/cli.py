@@ -679,9 +679,13 @@ def _check_clip(source: str) -> None:
     if local.exists() and not (local / "config.json").is_file():
         raise HeroError.field("--clip", source, "a CLIP checkpoint directory with a config.json, or a cached hub id")
     try:
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local.is_dir())
+        config = transformers.AutoConfig.from_pretrained(
+            source, local_files_only=local.is_dir(), trust_remote_code=False
+        )
     except (OSError, ValueError) as error:
-        raise HeroError.field(
+        from .evaluate import refused_checkpoint
+
+        raise refused_checkpoint("--clip", source, error) or HeroError.field(
             "--clip",
             source,
             "a CLIP checkpoint directory or a cached hub id",

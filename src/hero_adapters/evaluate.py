@@ -19,7 +19,9 @@ HERO's encode, score and plan. Both paths are timed in the same run, on the same
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pickle
 import re
 import statistics
 import string
@@ -51,6 +53,7 @@ __all__ = [
     "host_config",
     "load_host",
     "normalize_answer",
+    "refused_checkpoint",
     "setting_key",
 ]
 
@@ -67,6 +70,68 @@ def device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype == "auto":
         return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
     return chosen, getattr(torch, dtype)
+
+
+#: The pickled weight files ``torch.load`` reads (transformers' ``pytorch_model*.bin``, open_clip's ``.pt``/``.pth``).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def refused_checkpoint(
+    flag: str, source: str, error: BaseException, *, files: str | Path | None = None
+) -> HeroError | None:
+    """The message for a checkpoint that hero refuses on purpose, or None for any other loading error.
+
+    hero never runs code that comes with a checkpoint: every transformers loader it calls gets
+    ``trust_remote_code=False`` (there is no option to turn it on), and weights load through safetensors or
+    ``torch.load(weights_only=True)``. So a checkpoint that needs classes of its own (``auto_map`` in its
+    configs) and pickled weights holding objects other than tensors fail to load; this names the refusal and
+    the fix instead of transformers' advice to pass ``trust_remote_code=True`` / ``weights_only=False``.
+
+    Args:
+        flag: the flag or argument that named the checkpoint.
+        source: its value, as given.
+        error: what loading it raised.
+        files: where its files are, when ``source`` is not their path (default: ``source``).
+    """
+    if isinstance(error, pickle.UnpicklingError):
+        local = Path(source if files is None else files)
+        names = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES) if local.is_dir() else []
+        if local.is_file():
+            names = [local.name]
+        where = ", ".join(names) if names else "Its pickled weights file"
+        return HeroError.field(
+            flag,
+            source,
+            "weights that load without running code (safetensors, or a pickled file holding tensors only)",
+            f"{where} holds pickled objects other than tensors, and hero never unpickles those "
+            "(torch.load(weights_only=True)). Use the checkpoint's safetensors weights, or convert this file to "
+            "safetensors yourself if you trust where it came from.",
+        )
+    if isinstance(error, ValueError) and _needs_own_code(source, error):
+        return HeroError.field(
+            flag,
+            source,
+            "a checkpoint whose classes transformers itself implements",
+            "Its configs name code of their own (auto_map) that would have to be imported and run; hero never "
+            "runs code shipped with a checkpoint (trust_remote_code is always off). Use a release of the model "
+            "in transformers' own classes (the '-hf' checkpoints, e.g. llava-hf/llava-v1.6-vicuna-7b-hf).",
+        )
+    return None
+
+
+def _needs_own_code(source: str, error: BaseException) -> bool:
+    """transformers refused custom code (its message names trust_remote_code), or the local config.json maps a
+    model type transformers lacks to classes of its own."""
+    if "trust_remote_code" in str(error):
+        return True
+    try:
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    from .extras import require
+
+    known = require("transformers").models.auto.configuration_auto.CONFIG_MAPPING
+    return isinstance(config, dict) and "auto_map" in config and config.get("model_type") not in known
 
 
 @dataclass(frozen=True)
@@ -109,8 +174,8 @@ def host_config(source: str | Path) -> Any:
     only the config is read, so the command line calls it before anything loads.
 
     Raises:
-        HeroError: on a path without ``config.json``, an unreadable config or a model type without an adapter
-            (each names ``--model``).
+        HeroError: on a path without ``config.json``, an unreadable config, a config that needs code of its own
+            (``auto_map``; never run) or a model type without an adapter (each names ``--model``).
     """
     from . import hosts  # noqa: F401  (registers the host adapters)
     from .adapter import list_adapters
@@ -122,9 +187,12 @@ def host_config(source: str | Path) -> Any:
     if local.exists() and not (local / "config.json").is_file():
         raise HeroError.field("--model", text, "a checkpoint directory with a config.json")
     try:
-        config = transformers.AutoConfig.from_pretrained(text)
+        config = transformers.AutoConfig.from_pretrained(text, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise HeroError.field("--model", text, "a checkpoint directory or a cached hub id", str(error)) from error
+        refused = refused_checkpoint("--model", text, error)
+        raise refused or HeroError.field(
+            "--model", text, "a checkpoint directory or a cached hub id", str(error)
+        ) from error
     if config.model_type not in list_adapters():
         raise HeroError.field(
             "--model model_type",
@@ -156,7 +224,9 @@ def load_host(
 
     Raises:
         HeroError: on a path without ``config.json``, a model type without an adapter, missing processor
-            files or weights that do not load (each names ``--model``), or from ``check_processor``.
+            files, weights that do not load, a checkpoint that needs code of its own or pickled weights holding
+            more than tensors (both refused: nothing from the checkpoint runs; each names ``--model``), or from
+            ``check_processor``.
     """
     from .extras import require
 
@@ -170,9 +240,9 @@ def load_host(
     if steps is not None:
         steps.set_description("loading processor")
     try:
-        processor = transformers.AutoProcessor.from_pretrained(text)
+        processor = transformers.AutoProcessor.from_pretrained(text, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as error:
-        raise HeroError.field(
+        raise refused_checkpoint("--model", text, error) or HeroError.field(
             "--model", text, "a checkpoint with its processor files (preprocessor/tokenizer configs)", str(error)
         ) from error
     if check_processor is not None:
@@ -184,9 +254,12 @@ def load_host(
         steps.update()
         steps.set_description("loading model")
     try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(text, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise HeroError.field("--model", text, "loadable weights", str(error)) from error
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            text, dtype=dtype, trust_remote_code=False, weights_only=True
+        )
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
+        refused = refused_checkpoint("--model", text, error)
+        raise refused or HeroError.field("--model", text, "loadable weights", str(error)) from error
     if steps is not None:
         steps.update()
     return Host(source=text, model=model.to(device).eval(), processor=processor, device=device, dtype=dtype)

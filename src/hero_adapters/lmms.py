@@ -375,10 +375,12 @@ def _checked_model_type(pretrained: str, llava_hf: Any) -> str:
     from .extras import require
 
     transformers = require("transformers")
-    try:
-        config = transformers.AutoConfig.from_pretrained(pretrained)
+    try:  # hero's own read never runs checkpoint code (llava_hf follows model_args' trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise HeroError.field(
+        from .evaluate import refused_checkpoint
+
+        raise refused_checkpoint("pretrained", pretrained, error) or HeroError.field(
             "pretrained", pretrained, "a checkpoint directory or a cached hub id", str(error)
         ) from error
     model_type = getattr(config, "model_type", None)

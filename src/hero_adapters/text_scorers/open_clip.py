@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -112,7 +113,8 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
             The scorer, with the model in eval mode.
 
         Raises:
-            HeroError: if open_clip is missing, the name is unknown, or the weights cannot be loaded.
+            HeroError: if open_clip is missing, the name is unknown, or the weights cannot be loaded (pickled
+                weights holding objects other than tensors are refused, never unpickled).
         """
         open_clip = require("open_clip")
         has_schema = model_name.startswith(("hf-hub:", "local-dir:"))
@@ -125,8 +127,17 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
                 f"Similar names: {known}. See open_clip.list_models()." if known else "See open_clip.list_models().",
             )
         source = None if pretrained is None else os.fspath(pretrained)
-        try:
-            model = open_clip.create_model(model_name, pretrained=source, device=device or "cpu")
+        try:  # a pickled checkpoint only through torch.load(weights_only=True): no object in it runs
+            model = open_clip.create_model(model_name, pretrained=source, device=device or "cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            from ..evaluate import refused_checkpoint
+
+            local = model_name.removeprefix("local-dir:") if source is None else source
+            flag, value = ("model_name", model_name) if source is None else ("pretrained", source)
+            refused = refused_checkpoint(flag, value, exc, files=local)
+            if refused is None:  # pragma: no cover - an UnpicklingError always has its message
+                raise
+            raise refused from exc
         except RuntimeError as exc:
             if source is None:
                 raise

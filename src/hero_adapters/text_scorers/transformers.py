@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
 
         Raises:
             HeroError: if transformers is missing, the checkpoint cannot be loaded, or the loaded
-                tokenizer is degenerate (no vocabulary files found).
+                tokenizer is degenerate (no vocabulary files found). Nothing from the checkpoint runs: one that
+                needs code of its own (``auto_map``) and pickled weights holding more than tensors are refused.
         """
         transformers = require("transformers")
         local = Path(path_or_id).is_dir()
@@ -151,10 +153,15 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
             else "Check the id, or download the checkpoint and pass its directory."
         )
         expected = "a CLIPModel checkpoint (directory or cached hub id)"
+        from ..evaluate import refused_checkpoint
+
+        # Nothing from the checkpoint runs: no code of its own (trust_remote_code=False), and pickled weights only
+        # through torch.load(weights_only=True) (safetensors first).
         try:
-            config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
+            config = transformers.AutoConfig.from_pretrained(source, local_files_only=local, trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            raise HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
+            refused = refused_checkpoint("path_or_id", source, exc)
+            raise refused or HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
         if getattr(config, "model_type", None) != "clip":
             raise HeroError.field(
                 "path_or_id model_type",
@@ -165,10 +172,17 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         try:
             dtype_kwargs = {} if dtype is None else {"dtype": dtype}
             model, info = transformers.CLIPModel.from_pretrained(
-                source, config=config, local_files_only=local, output_loading_info=True, **dtype_kwargs
+                source,
+                config=config,
+                local_files_only=local,
+                output_loading_info=True,
+                trust_remote_code=False,
+                weights_only=True,
+                **dtype_kwargs,
             )
-        except (OSError, ValueError) as exc:
-            raise HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
+        except (OSError, ValueError, pickle.UnpicklingError) as exc:
+            refused = refused_checkpoint("path_or_id", source, exc)
+            raise refused or HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
         missing = list(info.get("missing_keys", []))
         if missing:
             raise HeroError.field(
@@ -181,9 +195,11 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         loaded = tokenizer is None
         if loaded:
             try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    source, local_files_only=local, trust_remote_code=False
+                )
             except (OSError, ValueError, TypeError) as exc:
-                raise HeroError.field(
+                raise refused_checkpoint("path_or_id", source, exc) or HeroError.field(
                     "path_or_id", source, "a checkpoint with tokenizer files", f"{_TOKENIZER_FIX} ({exc})"
                 ) from exc
         mean, std = _mean_std_from_checkpoint(Path(source)) if local else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
