@@ -31,6 +31,7 @@ import torch
 from hero_core import VICUNA_7B, VICUNA_13B, HeroError, ModelShape, presets
 
 from . import __version__
+from ._paths import check_folder, is_file
 from .bench import BENCHMARKS
 from .rows import PLACEHOLDER, Row, check_placeholders, open_image
 
@@ -73,7 +74,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one readable line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"hero: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"hero: error: {_one_line(message)} (see `{self.prog} --help`)\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -848,7 +849,7 @@ def _shape(name: str) -> ModelShape:
     if name in SHAPES:
         return SHAPES[name]
     path = Path(name)
-    if not path.is_file():
+    if not is_file(path):
         raise HeroError.field("--shape", name, f"one of {sorted(SHAPES)} or a config.json file that exists")
     try:
         return ModelShape.from_config(path, name=path.name)
@@ -890,6 +891,7 @@ def _bench(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------- demo
 def _check_demo_folder(out: Path) -> None:
     """``demo --out`` is a folder: refuse an existing file, and a folder holding anything a demo did not write."""
+    check_folder("--out", out, parents=False)
     if out.exists() and not out.is_dir():
         raise HeroError.field(
             "--out", str(out), "a folder for the demo's report and pictures, not an existing file", "Name a folder."

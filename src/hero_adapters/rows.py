@@ -23,6 +23,8 @@ from typing import Any
 
 from hero_core import HeroError
 
+from ._paths import is_file
+
 __all__ = ["KEYS", "PLACEHOLDER", "Row", "check_placeholders", "open_image", "read_rows"]
 
 #: The keys a row may have; the first three are required.
@@ -205,7 +207,7 @@ def _pillow(path: str | Path, name: str, *, decode: bool) -> Any:
 
     image_module = require("PIL.Image")
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise HeroError.field(name, str(path), "an image file that exists", "Check the path.")
     bombs = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
     try:

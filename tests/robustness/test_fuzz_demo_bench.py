@@ -9,8 +9,8 @@ strings, unicode, missing paths, directories and repeated options, run in a fres
   ``Reached``, whose arguments are then checked (a folder that can be created, a thread count torch can use);
 
 and in every case nothing is written to disk (the folder's tree is compared). Anything else (another exception, a
-traceback, a hang) fails. ``KNOWN_BUGS`` are open bugs: the fuzzing sets their examples aside (``assume``) and
-each has a strict ``xfail`` test below, which starts failing once the bug is fixed (then delete both).
+traceback, a hang) fails. ``KNOWN_BUGS`` are the bugs this fuzzing found (all fixed): each has a test below that
+keeps it fixed, and the fuzzing fails if one comes back.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import assume, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from hero_adapters.bench import BENCHMARKS, _common
 from hero_adapters.cli import DEMO_FILES, build_parser, main
 
-#: Open bugs the fuzzing finds (reported to the owners of src/hero_adapters): id -> what goes wrong.
+#: The bugs the fuzzing found (fixed): id -> what went wrong.
 KNOWN_BUGS = {
     "encode-threads": "hero bench encode --threads N: N < 1 or a huge N is not refused (torch.set_num_threads "
     "raises RuntimeError / ValueError with a traceback; 100000 threads segfault in the first matmul)",
@@ -418,9 +418,7 @@ def check(outcome: Outcome) -> str:
 
 def _fuzz(argv: list[str], checkout: bool) -> None:
     outcome = call(argv, checkout)
-    if outcome.bug is not None:
-        event(f"known bug: {outcome.bug}")
-        assume(False)
+    assert outcome.bug is None, (argv, KNOWN_BUGS[outcome.bug])
     event(outcome.kind)
 
 
@@ -475,26 +473,22 @@ def _refused(argv: list[str], flag: str) -> None:
     assert outcome.kind == "error" and flag in outcome.stderr, outcome
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["encode-threads"])
 @pytest.mark.parametrize("threads", ["0", "-1", "100000", str(2**64)])
 def test_bench_encode_refuses_thread_counts_torch_cannot_use(threads: str) -> None:
     _refused(["bench", "encode", "--threads", threads], "--threads")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["bench-out"])
 @pytest.mark.parametrize("out", ["file.txt/sub", "/proc/hero-fuzz", "a\x00b"])
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_bench_refuses_an_out_folder_it_cannot_create(name: str, out: str) -> None:
     _refused(["bench", name, "--out", out], "--out")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["demo-out"])
 @pytest.mark.parametrize("out", ["/proc/hero-fuzz", "a\x00b"])
 def test_demo_refuses_an_out_folder_it_cannot_create(out: str) -> None:
     _refused(["demo", "--out", out], "--out")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["line-break"])
 @pytest.mark.parametrize(
     "argv", [["demo", "a\nb"], ["bench", "core", "a\nb"], ["bench", "threads", "\r"]], ids=["demo", "core", "threads"]
 )
@@ -504,7 +498,6 @@ def test_an_unrecognized_argument_with_a_line_break_is_still_one_line(argv: list
     assert outcome.kind == "error"
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["long-name"])
 @pytest.mark.parametrize(
     "argv", [["demo", "--out"], ["demo", "--image"], ["bench", "core", "--out"]], ids=["demo-out", "demo-image", "core"]
 )

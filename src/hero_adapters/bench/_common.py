@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any, NoReturn
 import torch
 
 from hero_core import HeroError
+
+from .._paths import check_folder
 
 #: CLIP ViT-L/14-336's vision tower (LLaVA-NeXT's encoder and HERO's relevance model), as config fields.
 VIT_L14_336: dict[str, Any] = {
@@ -61,6 +64,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2, as everywhere in the ``hero`` command."""
 
     def error(self, message: str) -> NoReturn:
+        message = re.sub(r"\s*[\r\n]+\s*", " ", message).strip()  # an echoed argument may hold line breaks
         self.exit(2, f"hero: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -111,8 +115,7 @@ def output_folder(out: Path | None, write_results: bool) -> Path:
             )
         return folder
     folder = Path(DEFAULT_OUT) if out is None else out
-    if folder.exists() and not folder.is_dir():
-        raise HeroError.field("--out", str(folder), "a folder (or a path to create one at)", "It is a file.")
+    check_folder("--out", folder)
     return folder if folder.is_absolute() else Path.cwd() / folder
 
 

@@ -178,6 +178,21 @@ TOWERS: dict[str, Tower] = {
 }
 
 
+#: The most CPU threads ``--threads`` takes (torch accepts more and then crashes in its first matmul).
+MAX_THREADS = 1024
+
+
+def _threads(text: str) -> int:
+    """``--threads``: an int in [1, MAX_THREADS]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text} is not a thread count in [1, {MAX_THREADS}]")
+    return value
+
+
 def build_host(tower: Tower, tiny: bool) -> Any:
     """The tower's host (``BuiltHost``), real vision size and a tiny LLM, or everything tiny; seeded."""
     from ..testing import LLAVA_NEXT_7B_PINPOINTS, build_internvl, build_llava_next, build_llava_onevision
@@ -540,7 +555,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the three modes (median)")
     parser.add_argument("--plan-repeats", type=int, default=50, help="repeats of planning alone (median)")
     parser.add_argument("--views", type=int, default=5, choices=[3, 4, 5], help="views of the one image")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=_threads, default=torch.get_num_threads(), help=f"torch CPU threads (1 to {MAX_THREADS})"
+    )
     parser.add_argument(
         "--eager",
         default="auto",

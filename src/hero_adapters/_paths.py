@@ -1,0 +1,59 @@
+"""Output and input paths the command line checks before any work: one line (``HeroError``) for every path
+the file system would refuse later (with a traceback, after minutes of work)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hero_core import HeroError
+
+__all__ = ["check_folder", "is_file"]
+
+_NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
+_VIRTUAL = (("proc",), ("sys",))  # kernel file systems: writable to root by os.access, yet no folder can be made
+
+
+def _check_text(flag: str, path: Path) -> None:
+    text = str(path)
+    if "\x00" in text:
+        raise HeroError.field(flag, text, "a path without NUL bytes")
+    long = [part for part in path.parts if len(os.fsencode(part)) > _NAME_MAX]
+    if long:
+        raise HeroError.field(
+            flag, text, f"file names of at most {_NAME_MAX} bytes", f"{long[0][:40]!r}... is {len(long[0])} long."
+        )
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an exception) for a path the file system cannot even look up."""
+    try:
+        return "\x00" not in str(path) and path.is_file()
+    except OSError:  # e.g. ENAMETOOLONG: Python 3.11's is_file only swallows "not found"
+        return False
+
+
+def check_folder(flag: str, folder: Path, *, parents: bool = True) -> None:
+    """``folder`` is a writable folder, or one ``mkdir`` can make (``parents``: missing parents too).
+
+    Raises:
+        HeroError: naming ``flag``: a NUL byte, a name over 255 bytes, a file on the way, a missing parent (when
+            ``parents`` is False), a folder hero may not write in, or /proc and /sys.
+    """
+    _check_text(flag, folder)
+    text = str(folder)
+    try:
+        resolved = folder.resolve()
+        existing = resolved
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as error:  # pragma: no cover - the checks above catch what Linux refuses here
+        raise HeroError.field(flag, text, "a path the file system accepts", str(error)) from error
+    if existing == resolved and not resolved.is_dir():
+        raise HeroError.field(flag, text, "a folder (or a path to create one at)", "It is a file.")
+    if not existing.is_dir():
+        raise HeroError.field(flag, text, "a folder (or a path to create one at)", f"{existing} is a file.")
+    if not parents and existing not in (resolved, resolved.parent):
+        raise HeroError.field(flag, text, "a folder whose parent folder exists")
+    if resolved.parts[1:2] in _VIRTUAL or not os.access(existing, os.W_OK | os.X_OK):
+        raise HeroError.field(flag, text, "a folder hero may write in", f"{existing} is not writable.")
