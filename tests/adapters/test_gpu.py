@@ -127,13 +127,15 @@ def test_everything_stays_on_the_models_device_and_dtype(cuda_host: Any, dtype: 
     for image in report.images:
         assert image.plan.keep.device.type == "cuda" and image.plan.budgets.device.type == "cuda"
         assert image.encoded.cls_tokens.device.type == "cuda" and image.encoded.valid_mask.device.type == "cuda"
-    run_features = [out.features for out in vlm._run(None, None, vlm._split(inputs)[0], None, _timer()).assembled]
+    ids, mask = vlm._check_prompt(inputs["input_ids"], inputs["attention_mask"])
+    run = vlm._run(ids, mask, vlm._split(inputs)[0], None, _timer(vlm))
+    run_features = [out.features for out in run.assembled]
     assert all(f.device.type == "cuda" and f.dtype == dtype for f in run_features)
     out = vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert out.device.type == "cuda"
 
 
-def _timer() -> Any:
+def _timer(vlm: HeroVLM) -> Any:
     from hero_adapters._timing import StageTimer
 
-    return StageTimer(torch.device("cuda"))
+    return StageTimer(next(vlm.model.parameters()).device)
