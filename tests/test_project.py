@@ -41,3 +41,13 @@ def test_docstring_examples_use_the_section_mkdocstrings_renders_as_code() -> No
         if re.fullmatch(r"\s*Example:\s*", line)
     ]
     assert wrong == [], "write `Examples:` (a section mkdocstrings renders as code)"
+
+
+def test_every_mutant_snippet_is_still_in_the_source():
+    """``make mutants`` refuses a stale list before running anything; catch it in the default run instead."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mutants.py"), "--list"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr

@@ -288,8 +288,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "C24",
         "hero_core/tiles.py",
-        "index = torch.tensor([self.attention_layers.index(layer) for layer in layers], device=self.device)",
-        "index = torch.tensor(list(range(len(layers))), device=self.device)",
+        "index = to_device([self.attention_layers.index(layer) for layer in layers], self.device, torch.long)",
+        "index = to_device(list(range(len(layers))), self.device, torch.long)",
         CORE_ALL,
         "layer_attention reads the first recorded layers, not the requested ones",
     ),
@@ -418,8 +418,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "A14",
         SEQUENCE_PY,
-        "prompt = original_ids.to(generated.device).repeat_interleave(generated.shape[0] // batch, dim=0)",
-        "prompt = original_ids.to(generated.device).repeat(generated.shape[0] // batch, 1)",
+        "prompt = prompt.repeat_interleave(generated.shape[0] // batch, dim=0)",
+        "prompt = prompt.repeat(generated.shape[0] // batch, 1)",
         SEQUENCE,
         "splice: prompts tiled instead of interleaved for beams / num_return_sequences",
     ),
@@ -451,8 +451,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "A18",
         "hero_adapters/hosts/_shared.py",
-        "sent = is_newline | flat[image.source.clamp(min=0)]  # (T,)",
-        "sent = flat[image.source.clamp(min=0)]  # (T,)",
+        "sent = is_newline | flat[source.clamp(min=0)]  # (T,)",
+        "sent = flat[source.clamp(min=0)]  # (T,)",
         HOSTS,
         "assemble_source drops the newline tokens",
     ),
@@ -751,7 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for m in mutants:
             print(f"{m.id}  src/{m.file}: {m.what}" + (f"  [expected to survive: {m.survives}]" if m.survives else ""))
-        return 0
+        stale = _check_snippets(ROOT, mutants)  # the listed snippets must still be in the working tree's src/
+        for problem in stale:
+            print(f"stale: {problem}", file=sys.stderr)
+        return 2 if stale else 0
     with tempfile.TemporaryDirectory(prefix="hero-mutants-") as temp:
         tree = Path(temp)
         _copy_tree(tree)

@@ -8,28 +8,44 @@ from pathlib import Path
 
 from hero_core import HeroError
 
-__all__ = ["check_folder", "is_file"]
+__all__ = ["check_folder", "check_path", "exists", "is_file"]
 
 _NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
 _VIRTUAL = (("proc",), ("sys",))  # kernel file systems: writable to root by os.access, yet no folder can be made
 
 
-def _check_text(flag: str, path: Path) -> None:
+def _bytes(part: str) -> int:
+    try:
+        return len(os.fsencode(part))
+    except UnicodeError:  # a lone surrogate (only from Python, never from argv)
+        return len(part.encode("utf-8", "surrogatepass"))
+
+
+def check_path(flag: str, path: Path) -> None:
+    """Refuse a path no file system takes: a NUL byte or a file name over 255 bytes (HeroError naming ``flag``)."""
     text = str(path)
     if "\x00" in text:
         raise HeroError.field(flag, text, "a path without NUL bytes")
-    long = [part for part in path.parts if len(os.fsencode(part)) > _NAME_MAX]
+    long = [part for part in path.parts if _bytes(part) > _NAME_MAX]
     if long:
         raise HeroError.field(
-            flag, text, f"file names of at most {_NAME_MAX} bytes", f"{long[0][:40]!r}... is {len(long[0])} long."
+            flag, text, f"file names of at most {_NAME_MAX} bytes", f"{long[0][:40]!r}... is {_bytes(long[0])} bytes."
         )
+
+
+def exists(path: Path) -> bool:
+    """``path.exists()``, False (not an exception) for a path the file system cannot even look up."""
+    try:
+        return "\x00" not in str(path) and path.exists()
+    except (OSError, RuntimeError):  # ENAMETOOLONG; a symlink loop (Python 3.11)
+        return False
 
 
 def is_file(path: Path) -> bool:
     """``path.is_file()``, False (not an exception) for a path the file system cannot even look up."""
     try:
         return "\x00" not in str(path) and path.is_file()
-    except OSError:  # e.g. ENAMETOOLONG: Python 3.11's is_file only swallows "not found"
+    except (OSError, RuntimeError):  # e.g. ENAMETOOLONG: Python 3.11's is_file only swallows "not found"
         return False
 
 
@@ -40,14 +56,16 @@ def check_folder(flag: str, folder: Path, *, parents: bool = True) -> None:
         HeroError: naming ``flag``: a NUL byte, a name over 255 bytes, a file on the way, a missing parent (when
             ``parents`` is False), a folder hero may not write in, or /proc and /sys.
     """
-    _check_text(flag, folder)
+    check_path(flag, folder)
     text = str(folder)
     try:
+        if folder.is_symlink() and not folder.exists():
+            raise HeroError.field(flag, text, "a folder (or a path to create one at)", "It is a broken symbolic link.")
         resolved = folder.resolve()
         existing = resolved
         while not existing.exists():
             existing = existing.parent
-    except OSError as error:  # pragma: no cover - the checks above catch what Linux refuses here
+    except (OSError, RuntimeError) as error:  # a symlink loop raises RuntimeError on Python 3.11
         raise HeroError.field(flag, text, "a path the file system accepts", str(error)) from error
     if existing == resolved and not resolved.is_dir():
         raise HeroError.field(flag, text, "a folder (or a path to create one at)", "It is a file.")

@@ -31,7 +31,7 @@ import torch
 from hero_core import VICUNA_7B, VICUNA_13B, HeroError, ModelShape, presets
 
 from . import __version__
-from ._paths import check_folder, is_file
+from ._paths import check_folder, check_path, exists, is_file
 from .bench import BENCHMARKS
 from .rows import PLACEHOLDER, Row, check_placeholders, open_image
 
@@ -602,7 +602,7 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.resolve() == b.resolve():
         return True
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        return exists(a) and exists(b) and os.path.samefile(a, b)
     except OSError:
         return False
 
@@ -624,6 +624,7 @@ def _check_outputs(
     for flag, path, kind in outputs:
         if path is None:
             continue
+        check_path(flag, path)
         if path.is_dir():
             raise HeroError.field(flag, str(path), "a file path, not a directory", "Name a file inside it.")
         suffix = path.suffix.lower()
@@ -677,11 +678,11 @@ def _check_clip(source: str) -> None:
 
     transformers = require("transformers")
     local = Path(source)
-    if local.exists() and not (local / "config.json").is_file():
+    if exists(local) and not (local / "config.json").is_file():
         raise HeroError.field("--clip", source, "a CLIP checkpoint directory with a config.json, or a cached hub id")
     try:
         config = transformers.AutoConfig.from_pretrained(
-            source, local_files_only=local.is_dir(), trust_remote_code=False
+            source, local_files_only=exists(local) and local.is_dir(), trust_remote_code=False
         )
     except (OSError, ValueError) as error:
         from .evaluate import refused_checkpoint
@@ -905,8 +906,6 @@ def _check_demo_folder(out: Path) -> None:
                 "a new or empty folder, or one an earlier `hero demo` wrote",
                 f"It holds {foreign[0]!r}{' and more' if len(foreign) > 1 else ''}; name another folder.",
             )
-    if not out.resolve().parent.is_dir():
-        raise HeroError.field("--out", str(out), "a folder whose parent folder exists")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -1436,14 +1435,14 @@ def _image_paths(paths: Sequence[Path]) -> list[Path]:
     image_module = require("PIL.Image")
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if exists(path) and path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not inside:
                 raise HeroError.field(
                     "--images", str(path), f"image files or a folder with images in it ({', '.join(IMAGE_SUFFIXES)})"
                 )
             found += inside
-        elif path.is_file():
+        elif is_file(path):
             found.append(path)
         else:
             raise HeroError.field("--images", str(path), "image files or folders that exist", "Check the path.")

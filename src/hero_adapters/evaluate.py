@@ -39,6 +39,7 @@ from torch import Tensor
 from hero_core import HeroError
 from hero_core import presets as _presets
 
+from ._paths import exists
 from .attach import host_generate
 from .rows import Row, open_image
 
@@ -93,11 +94,15 @@ def refused_checkpoint(
         error: what loading it raised.
         files: where its files are, when ``source`` is not their path (default: ``source``).
     """
-    if isinstance(error, pickle.UnpicklingError):
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        # torch's weights_only unpickler met an object that is not a tensor (a corrupt file says otherwise)
         local = Path(source if files is None else files)
-        names = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES) if local.is_dir() else []
-        if local.is_file():
-            names = [local.name]
+        try:
+            names = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES) if local.is_dir() else []
+            if local.is_file():
+                names = [local.name]
+        except OSError:  # a folder that may be entered but not listed
+            names = []
         where = ", ".join(names) if names else "Its pickled weights file"
         return HeroError.field(
             flag,
@@ -122,7 +127,7 @@ def refused_checkpoint(
 def _needs_own_code(source: str, error: BaseException) -> bool:
     """transformers refused custom code (its message names trust_remote_code), or the local config.json maps a
     model type transformers lacks to classes of its own."""
-    if "trust_remote_code" in str(error):
+    if "trust_remote_code" in str(error).replace(source, ""):  # transformers' advice, not the echoed path
         return True
     try:
         config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
@@ -184,7 +189,7 @@ def host_config(source: str | Path) -> Any:
     transformers = require("transformers")
     text = str(source)
     local = Path(text)
-    if local.exists() and not (local / "config.json").is_file():
+    if exists(local) and not (local / "config.json").is_file():
         raise HeroError.field("--model", text, "a checkpoint directory with a config.json")
     try:
         config = transformers.AutoConfig.from_pretrained(text, trust_remote_code=False)

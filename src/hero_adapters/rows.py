@@ -68,7 +68,7 @@ def read_rows(path: str | Path, *, name: str = "--data") -> list[Row]:
             image file that does not exist.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise HeroError.field(name, str(path), "a JSON Lines file that exists", "Check the path.")
     try:
         raw = path.read_bytes()
@@ -140,7 +140,7 @@ def _row(text: str, where: str, number: int, folder: Path) -> Row:
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise HeroError.field(f"{where}: answer", answer, "a non-empty string, null, or no answer key")
     resolved = folder / image
-    if not resolved.is_file():
+    if not is_file(resolved):
         raise HeroError.field(
             f"{where}: image",
             image,

@@ -320,10 +320,20 @@ def test_python_loaders_refuse_code_running_pickles_and_load_tensor_pickles(ckpt
     with pytest.raises(HeroError, match=r"^pretrained=.*open_clip_pytorch_model\.bin holds pickled objects"):
         OpenClipTextScorer.create("hero-tiny-test", pretrained=folder / "open_clip_pytorch_model.bin")
     assert _ran(ckpt) == []
-    # Pickles of tensors only still load (through torch.load(weights_only=True)).
+    # Pickles of tensors only still load, and torch.load itself is asked for weights_only=True (transformers'
+    # .bin path does not forward hero's weights_only: this records what torch.load really receives).
+    seen: list[object] = []
+    load = torch.load
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording)
     assert load_host(ckpt["bin"], device="cpu").model.config.model_type == "llava_next"
     plain = _open_clip_folder(tmp_path / "open-clip", None)
     assert OpenClipTextScorer.create(f"local-dir:{plain}").image_size == (32, 32)
+    assert len(seen) >= 2 and all(value is True for value in seen), seen
 
 
 # ------------------------------------------------------------------------------------ nothing else written

@@ -503,3 +503,23 @@ def test_an_unrecognized_argument_with_a_line_break_is_still_one_line(argv: list
 )
 def test_a_file_name_too_long_for_the_file_system_is_refused(argv: list[str]) -> None:
     _refused([*argv, "a" * 300], argv[-1])
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+@pytest.mark.parametrize("argv", [["bench", "core", "--out"], ["demo", "--out"]], ids=["bench", "demo"])
+def test_a_symlinked_out_folder_that_cannot_be_made_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], link: str, argv: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if link == "dangling":
+        os.symlink(tmp_path / "missing", tmp_path / "out")
+    else:
+        os.symlink(tmp_path / "out", tmp_path / "out")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = main([*argv, "out"])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("hero: error: --out="), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -85,7 +85,10 @@ def _said(error: Exception | None) -> str:
 
 
 def _allowed(hero: Exception, host: Exception | None, what: str) -> None:
-    """HERO's exception: a HeroError that says what was wrong, or the very type the host's generate raised."""
+    """HERO's exception, only where the host's own generate raised too: a HeroError that says what was wrong, or
+    the very type the host raised (an input the host takes must not be refused)."""
+    if host is None:
+        raise AssertionError(f"{what} raised {type(hero).__name__} where the host succeeded: {_said(hero)}") from hero
     if isinstance(hero, HeroError):
         assert str(hero).strip(), "a HeroError must say what was wrong"
         return
