@@ -573,8 +573,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "S06",
         CLI_PY,
-        "source, local_files_only=local.is_dir(), trust_remote_code=False",
-        "source, local_files_only=local.is_dir(), trust_remote_code=True",
+        "source, local_files_only=exists(local) and local.is_dir(), trust_remote_code=False",
+        "source, local_files_only=exists(local) and local.is_dir(), trust_remote_code=True",
         SAFETY,
         "--clip's config check trusts the checkpoint's code",
     ),

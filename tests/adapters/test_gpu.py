@@ -139,3 +139,50 @@ def _timer(vlm: HeroVLM) -> Any:
     from hero_adapters._timing import StageTimer
 
     return StageTimer(next(vlm.model.parameters()).device)
+
+
+# ------------------------------------------------------------------------------- attach() and threads on CUDA
+_GREEDY = {"max_new_tokens": 4, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+
+
+def test_attach_on_cuda_at_keep_ratio_one_is_the_host(cuda_host: Any) -> None:
+    row, model = cuda_host
+    inputs = _to(row.batch(), "cuda")
+    with torch.no_grad():
+        host = model.generate(**inputs, **_GREEDY)
+    vlm = HeroVLM(model, row.pruner(1.0), processor=row.processor)
+    with vlm.attach():
+        inside = model.generate(**inputs, **_GREEDY)
+    assert torch.equal(host.sequences, inside.sequences)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(host.logits, inside.logits, strict=True))
+
+
+def test_two_wrappers_in_two_threads_on_cuda_each_get_their_single_thread_plans(cuda_host: Any) -> None:
+    import threading
+
+    row, model = cuda_host
+    inputs = _to(row.batch(), "cuda")
+    wrappers = [
+        HeroVLM(model, row.pruner(0.3), processor=row.processor),
+        HeroVLM(model, presets.get("uniform-strided", 0.5), processor=row.processor),
+    ]
+    alone = [[image.plan.keep.cpu() for image in vlm.plan(**inputs).images] for vlm in wrappers]
+    got: list[Any] = [None, None]
+    start = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        start.wait()
+        plans = []
+        for _ in range(5):
+            plans.append([image.plan.keep.cpu() for image in wrappers[i].plan(**inputs).images])
+        got[i] = plans
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(2):
+        assert got[i] is not None
+        for plans in got[i]:
+            assert all(torch.equal(a, b) for a, b in zip(plans, alone[i], strict=True))
