@@ -659,6 +659,32 @@ MUTANTS: tuple[Mutant, ...] = (
         THREADS,
         "hooks: the active recordings are a module global, so a call records the tower calls of other threads",
     ),
+    # ---------------------------------------------------------- robustness: memory, determinism, dtypes
+    Mutant(
+        "R01",
+        "hero_adapters/vlm.py",
+        "        self.last_report = run.report\n        return run.report",
+        "        HeroVLM._kept = [*getattr(HeroVLM, '_kept', []), run]  # every call's run kept alive\n"
+        "        self.last_report = run.report\n        return run.report",
+        ("tests/robustness/test_memory.py",),
+        "plan keeps every call's run (features, tiles, plans) alive: live tensors grow with the calls",
+    ),
+    Mutant(
+        "R02",
+        "hero_core/selectors/random.py",
+        "generator = torch.Generator().manual_seed(self.seed)",
+        "generator = torch.Generator().manual_seed(torch.seed())",
+        ("tests/robustness/test_determinism.py",),
+        "RandomSelector draws a fresh seed per call: the same inputs plan differently",
+    ),
+    Mutant(
+        "R03",
+        "hero_adapters/hosts/llava_next.py",
+        "features=features.index_select(0, to_device(rows, features.device, torch.long)),",
+        "features=features.float().index_select(0, to_device(rows, features.device, torch.long)),",
+        ("tests/robustness/test_dtypes.py",),
+        "LLaVA-NeXT's assemble hands the LLM float32 features whatever the model's dtype",
+    ),
     # ---------------------------------------------------------- host syncs: one per image in Pruner.plan
     Mutant(
         "Y01",

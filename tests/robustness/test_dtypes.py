@@ -66,7 +66,18 @@ def test_plan_and_generate_in_every_dtype(dtype: torch.dtype, tau: float) -> Non
         _check_finite(report)
         for first, again in zip(reports[0].images, report.images, strict=True):
             assert torch.equal(first.plan.keep, again.plan.keep)  # stable across repeated calls
-    first = vlm.generate(**inputs, query="what is in the picture", max_new_tokens=2, do_sample=False)
+    sent: list[torch.Tensor] = []
+    assemble = type(vlm.adapter).assemble
+
+    def recording(adapter, image, keep):  # what the LLM receives: the model's dtype and device, not float32
+        out = assemble(adapter, image, keep)
+        sent.append(out.features)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(vlm.adapter), "assemble", recording)
+        first = vlm.generate(**inputs, query="what is in the picture", max_new_tokens=2, do_sample=False)
+    assert sent and all(f.dtype == dtype and f.device == _host(dtype).device for f in sent), [f.dtype for f in sent]
     again = vlm.generate(**inputs, query="what is in the picture", max_new_tokens=2, do_sample=False)
     assert torch.equal(first, again)
     assert torch.equal(first[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
