@@ -568,6 +568,7 @@ def test_open_clip_vit_l_14_336_random_weights_scores_five_views() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_scorers_on_cuda_return_on_the_views_device(hf_model: Any, clip_tokenizer: Any, oc_model: Any) -> None:
     import copy

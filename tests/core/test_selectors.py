@@ -102,6 +102,7 @@ def test_strided_at_quarter_ratio_is_stride_two():
     assert keep.view(4, 4).nonzero().tolist() == [[0, 0], [0, 2], [2, 0], [2, 2]]
 
 
+@pytest.mark.gpu
 def test_hero_plan_on_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
