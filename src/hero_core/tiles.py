@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,8 +148,12 @@ class EncodedTiles:
         """Have the next ``fetch`` refuse ``value`` (any float tensor) with ``HeroError.field(name, ...)`` if it
         holds NaN/inf; checked at once (one sync) if the host facts were already read."""
         if getattr(self, "_capacity", None) is not None:
+            checked = getattr(self, "_checked", ())
+            if any(ref() is value for ref in checked):
+                return  # this very tensor was checked already (a plan made again on the same tiles)
             if not bool(torch.isfinite(value).all()):
                 raise HeroError.field(name, value, expected, fix)
+            object.__setattr__(self, "_checked", (*checked, weakref.ref(value)))
             return
         pending = getattr(self, "_pending", ())
         if not any(item[1] is value for item in pending):
@@ -191,6 +196,7 @@ class EncodedTiles:
                 if not ok:
                     raise HeroError.field(name, tensor, expected, fix)
             object.__setattr__(self, "_capacity", tuple(int(c) for c in counts))
+            object.__setattr__(self, "_checked", tuple(weakref.ref(item[1]) for item in checks[2:]))
             object.__setattr__(self, "_pending", ())
         out: list[list[float]] = []
         for value, host in zip(values, on_host, strict=True):

@@ -126,3 +126,16 @@ def test_budgets_on_another_device_or_edited_through_data_are_refused():
 
     with pytest.raises(HeroError, match=r"budgets=.*valid tokens of view"):
         Pruner(0.3, edited, FunctionAwareSelector()).plan(make_tiles(num_views=3, grid=(4, 4)))
+
+
+def test_planning_the_same_tiles_again_costs_only_the_weights_read():
+    tiles = make_tiles(num_views=5, grid=(4, 4))
+    relevance = torch.linspace(-0.2, 0.4, 5)
+    pruner = presets.hero(0.3)
+    first = pruner.plan(tiles, relevance)
+    with count_host_syncs() as syncs:
+        again = pruner.plan(tiles, relevance)  # the host facts and this relevance were read already
+    assert syncs.count == 1, syncs.table()  # the tile weights (they depend on the relevance)
+    assert torch.equal(first.keep, again.keep)
+    with pytest.raises(HeroError, match=r"^relevance="):  # a new tensor is still checked
+        pruner.plan(tiles, torch.tensor([0.0, float("nan"), 0.1, 0.2, 0.3]))

@@ -529,8 +529,8 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
                 del result
 
         def plan_only(images: list[Any] = images, case: Case = sdpa) -> None:
-            for image in images:
-                case.pruner.plan(image.tiles, case.relevance)
+            for image in images:  # fresh tiles, as encode hands them over: the plan reads its host facts
+                case.pruner.plan(image.tiles.replace(), case.relevance)
 
         plan_s = median_seconds(plan_only, device, repeats=args.plan_repeats, warmup=3)
     tiles = images[0].tiles
