@@ -67,10 +67,9 @@ def check_folder(flag: str, folder: Path, *, parents: bool = True) -> None:
             existing = existing.parent
     except (OSError, RuntimeError) as error:  # a symlink loop raises RuntimeError on Python 3.11
         raise HeroError.field(flag, text, "a path the file system accepts", str(error)) from error
-    if existing == resolved and not resolved.is_dir():
-        raise HeroError.field(flag, text, "a folder (or a path to create one at)", "It is a file.")
     if not existing.is_dir():
-        raise HeroError.field(flag, text, "a folder (or a path to create one at)", f"{existing} is a file.")
+        fix = "It is a file." if existing == resolved else f"{existing} is a file."
+        raise HeroError.field(flag, text, "a folder (or a path to create one at)", fix)
     if not parents and existing not in (resolved, resolved.parent):
         raise HeroError.field(flag, text, "a folder whose parent folder exists")
     if resolved.parts[1:2] in _VIRTUAL or not os.access(existing, os.W_OK | os.X_OK):

@@ -892,11 +892,7 @@ def _bench(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------- demo
 def _check_demo_folder(out: Path) -> None:
     """``demo --out`` is a folder: refuse an existing file, and a folder holding anything a demo did not write."""
-    check_folder("--out", out, parents=False)
-    if out.exists() and not out.is_dir():
-        raise HeroError.field(
-            "--out", str(out), "a folder for the demo's report and pictures, not an existing file", "Name a folder."
-        )
+    check_folder("--out", out, parents=False)  # refuses an existing file too
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not any(p.match(name) for name in DEMO_FILES))
         if foreign:

@@ -156,21 +156,28 @@ class _Counter(TorchFunctionMode):
         return False
 
     def _note(self, name: str) -> None:
-        frames = [f for f in traceback.extract_stack() if not any(part in f.filename for part in _SKIP)]
+        frames = _callers()
         inner = frames[-1] if frames else None
-        ours = [f for f in frames if "/hero_core/" in f.filename or "/hero_adapters/" in f.filename]
+        ours = [f for f in frames if _is_hero(f)]
         by = "hero" if inner is not None and ours and inner is ours[-1] else "host"
         at = ours[-1] if ours else inner
         where = "?" if at is None else f"{at.filename.rsplit('/src/', 1)[-1]}:{at.lineno} {at.name}"
         self.record.calls.append((name, where, by))
 
 
+def _callers() -> list[traceback.FrameSummary]:
+    """The calling frames, outermost first, without torch's and this module's own."""
+    return [f for f in traceback.extract_stack() if not any(part in f.filename for part in _SKIP)]
+
+
+def _is_hero(frame: traceback.FrameSummary) -> bool:
+    return "/hero_core/" in frame.filename or "/hero_adapters/" in frame.filename
+
+
 def _hero_calls() -> bool:
     """Whether the innermost caller outside torch is hero's own code."""
-    for frame in reversed(traceback.extract_stack()):
-        if not any(part in frame.filename for part in _SKIP):
-            return "/hero_core/" in frame.filename or "/hero_adapters/" in frame.filename
-    return False
+    frames = _callers()
+    return bool(frames) and _is_hero(frames[-1])
 
 
 @contextmanager
