@@ -93,7 +93,7 @@ ARITH = "hero_core/_arith.py"
 HOOKS_PY = "hero_adapters/towers/hooks.py"
 SEQUENCE_PY = "hero_adapters/sequence.py"
 SCORER_PY = "hero_adapters/text_scorers/_core.py"
-EVALUATE_PY = "hero_adapters/evaluate.py"
+EVALUATE_PY = "hero_adapters/evaluate/loading.py"
 CLI_PY = "hero_adapters/cli.py"
 HF_CLIP_PY = "hero_adapters/text_scorers/transformers.py"
 

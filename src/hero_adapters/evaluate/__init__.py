@@ -1,0 +1,41 @@
+"""Pruned against unpruned on a data file: agreement, accuracy, image tokens and the prefill speed-up.
+
+The loop behind ``hero eval``, usable from Python::
+
+    from hero_adapters.evaluate import evaluate, load_host
+    from hero_adapters.rows import read_rows
+
+    host = load_host("./llava-v1.6-vicuna-7b-hf")
+    result = evaluate(host, read_rows("rows.jsonl"), presets=("hero", "uniform-random"), keep_ratios=(1, 0.4, 0.2))
+    print(result.table())
+
+For every batch of rows (left-padded, prompts in the processor's chat template) the unpruned model runs
+first (``model.generate``, greedy), then every (preset, keep ratio) through ``HeroVLM.generate`` with the
+same options. Prefill time is the time to first token: from the start of a ``generate`` call to the first
+call of a ``LogitsProcessor``, which sees the scores of the prefill forward; for the pruned path it includes
+HERO's encode, score and plan. Both paths are timed in the same run, on the same rows.
+"""
+
+from __future__ import annotations
+
+from .loading import PICKLE_SUFFIXES, Host, device_dtype, host_config, load_host, refused_checkpoint
+from .metrics import Answer, Evaluation, EvaluationError, SettingResult, normalize_answer, setting_key
+from .runner import check_options, evaluate, route_overrides
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "Answer",
+    "Evaluation",
+    "EvaluationError",
+    "Host",
+    "SettingResult",
+    "check_options",
+    "device_dtype",
+    "evaluate",
+    "host_config",
+    "load_host",
+    "normalize_answer",
+    "refused_checkpoint",
+    "route_overrides",
+    "setting_key",
+]
