@@ -94,7 +94,8 @@ HOOKS_PY = "hero_adapters/towers/hooks.py"
 SEQUENCE_PY = "hero_adapters/sequence.py"
 SCORER_PY = "hero_adapters/text_scorers/_core.py"
 EVALUATE_PY = "hero_adapters/evaluate/loading.py"
-CLI_PY = "hero_adapters/cli.py"
+CLI_CHECKS_PY = "hero_adapters/cli/_checks.py"
+CLI_SHOW_PY = "hero_adapters/cli/show.py"
 HF_CLIP_PY = "hero_adapters/text_scorers/transformers.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -572,7 +573,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S06",
-        CLI_PY,
+        CLI_CHECKS_PY,
         "source, local_files_only=exists(local) and local.is_dir(), trust_remote_code=False",
         "source, local_files_only=exists(local) and local.is_dir(), trust_remote_code=True",
         SAFETY,
@@ -620,7 +621,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S12",
-        CLI_PY,
+        CLI_SHOW_PY,
         'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")',
         'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")\n'
         '        Path(".hero-last-show.json").write_text(args.json.read_text())',
@@ -629,7 +630,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S13",
-        CLI_PY,
+        CLI_CHECKS_PY,
         "        folder = path.resolve().parent\n",
         "        folder = path.resolve().parent\n        folder.mkdir(parents=True, exist_ok=True)\n",
         SAFETY,

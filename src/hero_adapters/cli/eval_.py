@@ -1,0 +1,147 @@
+"""``hero eval``: pruned against unpruned answers on a data file, for every preset x keep ratio (the work is
+``hero_adapters.evaluate``'s; this is its command line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+from hero_core import HeroError, presets
+
+from ._args import _device_arguments, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
+from ._checks import _check_outputs, _check_overrides, _precheck
+from ._console import _steps
+from ._load import _load_clip, _load_host
+
+_LOG = logging.getLogger("hero_adapters.cli")
+
+NAME = "eval"
+HELP = "pruned against unpruned answers on a data file: agreement, accuracy, image tokens, prefill speed-up"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        action=_Once,
+        required=True,
+        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
+    )
+    parser.add_argument(
+        "--data",
+        action=_Once,
+        required=True,
+        type=Path,
+        metavar="ROWS.jsonl",
+        help='JSON Lines, one row per line: {"id": ..., "image": PATH, "prompt": ..., "answer": ... (optional)}; '
+        "relative image paths are read from the file's folder",
+    )
+    parser.add_argument(
+        "--keep-ratios",
+        action=_Once,
+        type=_ratio,
+        nargs="+",
+        default=[1.0, 0.4, 0.2],
+        metavar="R",
+        help="fractions of patch tokens kept",
+    )
+    methods = parser.add_mutually_exclusive_group()
+    methods.add_argument(
+        "--preset",
+        action=_Once,
+        default=None,
+        choices=sorted(presets.PRESETS),
+        metavar="PRESET",
+        help="pruning method (default: hero)",
+    )
+    methods.add_argument(
+        "--presets",
+        action=_Once,
+        nargs="+",
+        default=None,
+        choices=sorted(presets.PRESETS),
+        metavar="PRESET",
+        help=f"several methods, each at every keep ratio (of {', '.join(sorted(presets.PRESETS))}; default: "
+        "--preset's one)",
+    )
+    _pruning_arguments(parser)
+    parser.add_argument("--batch-size", action=_Once, type=int, default=1, help="rows per generate call")
+    parser.add_argument("--max-new-tokens", action=_Once, type=int, default=32, help="greedy decoding limit")
+    _device_arguments(parser)
+    parser.add_argument(
+        "--json", action=_Once, type=Path, default=None, metavar="OUT.json", help="write the results (default: none)"
+    )
+    _verbosity(parser, top=False)
+
+
+def execute(args: argparse.Namespace) -> None:
+    """The options, the data file, its images' existence, the output path, the ``--set`` fields (layers against the
+    config's depth) and ``--clip``'s config are checked before the model loads; the JSON is written once, at the
+    end (or, when a row fails, with the rows before it and ``"complete": false``)."""
+    from ..adapter import get_adapter
+    from ..evaluate import Evaluation, EvaluationError, check_options, evaluate
+    from ..rows import read_rows
+
+    names, ratios = check_options(
+        args.presets or [args.preset or "hero"], args.keep_ratios, args.batch_size, args.max_new_tokens, flags=True
+    )
+    folders = [("--model", args.model), ("--clip", args.clip)]
+    _check_outputs([("--json", args.json, "json")], inputs=[("--data", args.data)], folders=folders)
+    rows = read_rows(args.data)
+    _check_outputs(
+        [("--json", args.json, "json")],
+        inputs=[(f"--data {args.data}, line {row.line}: image", row.image) for row in rows],
+    )
+    overrides = list(args.overrides)
+    checked = _precheck(args, names, ratios, overrides)
+    steps = _steps(args, 3, "loading")
+    scorer = None
+    if args.clip is not None:
+        steps.set_description("loading CLIP")
+        scorer = _load_clip(args, checked)
+    steps.update()
+    prompts = [(f"--data {args.data}, line {row.line}: prompt", row.prompt) for row in rows]
+    host = _load_host(args, checked, steps, prompts)
+    steps.close()
+    depth = int(get_adapter(host.model, processor=host.processor).num_layers)
+    _check_overrides(names, ratios, overrides, depth, "counted in the loaded model")
+    if scorer is None and any(presets.get(name, 1.0).uses_relevance for name in names):
+        _LOG.info("no --clip given: tile budgets come from visual saliency alone")
+
+    def write(result: Evaluation) -> None:
+        if args.json is not None:
+            payload = result.to_dict()
+            payload["settings"]["clip"] = args.clip
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+    calls = math.ceil(len(rows) / args.batch_size) * (1 + len(names) * len(ratios))
+    bar = _steps(args, calls, "evaluating")
+    try:
+        result = evaluate(
+            host,
+            rows,
+            presets=names,
+            keep_ratios=ratios,
+            overrides={item.key: item.value for item in overrides},
+            scorer=scorer,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            layout=args.layout,
+            data=args.data,
+            progress=bar,
+            on_failure=write,
+        )
+    except EvaluationError as error:
+        where = f" The {error.partial.rows} row(s) before it are in {args.json} (complete: false)." if args.json else ""
+        raise HeroError(f"{_one_line(error)}{where}") from error
+    finally:
+        bar.close()
+    print(result.table())
+    print()
+    overhead = result.overhead
+    print(f"overhead beyond generate: {'-' if overhead is None else f'{overhead:.1%}'} of the run")
+    if args.json is not None:
+        write(result)
+        print(f"wrote {args.json}")
