@@ -51,3 +51,13 @@ def test_every_mutant_snippet_is_still_in_the_source():
         [sys.executable, str(ROOT / "tools" / "mutants.py"), "--list"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_adapter_guides_check_code_is_the_examples() -> None:
+    """docs/adapters.md shows examples/check_my_adapter.py's "check" section as plain code (it reads on GitHub,
+    where a snippet include does not render); the two stay equal."""
+    example = (ROOT / "examples" / "check_my_adapter.py").read_text()
+    section = example.split("# --8<-- [start:check]\n")[1].split("# --8<-- [end:check]")[0].rstrip() + "\n"
+    guide = (ROOT / "docs" / "adapters.md").read_text()
+    assert f"```python\n{section}```" in guide
+    assert "--8<--" not in guide

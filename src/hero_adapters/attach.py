@@ -29,10 +29,11 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor, nn
 
@@ -40,12 +41,13 @@ from hero_core import HeroError
 
 if TYPE_CHECKING:
     from .report import PruneReport
-    from .vlm import HeroVLM
 
-__all__ = ["Attachment", "ChatTemplate", "host_generate", "prompt_text"]
+__all__ = ["Attachment", "ChatTemplate", "host_call", "host_generate", "prompt_text"]
 
 _LOCK = threading.Lock()
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
+#: Per thread: how many host ``generate`` calls started by an attachment are running (assisted decoding nests).
+_INSIDE = threading.local()
 #: Stands in for the user's text when the chat template is rendered to find its fixed words.
 _SENTINEL = "HEROQUERYSENTINEL"
 
@@ -61,6 +63,30 @@ def host_generate(model: nn.Module) -> Callable[..., Any]:
     return generate
 
 
+class Wrapper(Protocol):
+    """What an ``Attachment`` needs of its ``HeroVLM`` (this module does not import ``vlm.py``: it imports this one)."""
+
+    model: Any  # an nn.Module whose generate the attachment replaces
+    adapter: Any
+    pruner: Any
+    text_scorer: Any
+
+    def _generate(
+        self, input_ids: Tensor | None, attention_mask: Tensor | None, query: object, kwargs: dict[str, Any]
+    ) -> tuple[Any, PruneReport]: ...
+
+
+@contextmanager
+def host_call() -> Iterator[None]:
+    """Marks, for this thread, that a host ``generate`` started by a HeroVLM is running: an attached
+    ``generate`` entered meanwhile (an assistant's, in assisted decoding) is the host's original one."""
+    _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _INSIDE.depth -= 1
+
+
 class Attachment:
     """The ``with`` block of ``HeroVLM.attach()``; ``reports`` holds one ``PruneReport`` per generate call.
 
@@ -74,7 +100,7 @@ class Attachment:
             ``vlm.last_report`` (or ``report.to_dict()``) after each call instead.
     """
 
-    def __init__(self, vlm: HeroVLM, query: Query = None, processor: Any = None, keep_reports: bool = True) -> None:
+    def __init__(self, vlm: Wrapper, query: Query = None, processor: Any = None, keep_reports: bool = True) -> None:
         if query is not None and not isinstance(query, str) and not callable(query):
             raise HeroError.field("query", query, "None, a str, or a callable (prompt text) -> str")
         self.vlm = vlm
@@ -129,7 +155,14 @@ class Attachment:
 
     # ------------------------------------------------------------------------------------------ the calls
     def _generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``model.generate`` while attached: ``HeroVLM.generate`` with this block's query."""
+        """``model.generate`` while attached: ``HeroVLM.generate`` with this block's query.
+
+        A call made from inside a host ``generate`` that a HeroVLM started, in the same thread (assisted
+        decoding: the host calls its assistant's ``generate`` with the features it already pruned and its own
+        cache, also when the assistant is the model itself), goes to the host's original ``generate``.
+        """
+        if getattr(_INSIDE, "depth", 0):
+            return self.original(*args, **kwargs)
         if args:
             if len(args) > 1 or "input_ids" in kwargs or "inputs" in kwargs:
                 raise HeroError.field(

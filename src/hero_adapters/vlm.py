@@ -21,7 +21,7 @@ from hero_core.allocators import tile_views
 
 from ._timing import StageTimer
 from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
-from .attach import Attachment, Query, host_generate
+from .attach import Attachment, Query, host_call, host_generate
 from .report import ImageReport, PruneReport
 from .sequence import (
     Rebuilt,
@@ -259,7 +259,7 @@ class HeroVLM:
             generate_kwargs = _relative_lengths(self.model, generate_kwargs, ids.shape[1])
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
-        with torch.no_grad(), timer.stage("generate"):
+        with torch.no_grad(), timer.stage("generate"), host_call():
             output = host_generate(self.model)(**self._host_inputs(run, rebuilt), **generate_kwargs)
         if isinstance(output, Tensor):
             return splice(ids, output, rebuilt.input_ids.shape[1]), run.report
@@ -572,24 +572,55 @@ def _host_attention_mask(model: Any, ids: Tensor, kwargs: dict[str, Any]) -> Ten
 
 
 def _relative_lengths(model: Any, kwargs: dict[str, Any], prompt_length: int) -> dict[str, Any]:
-    """``kwargs`` with the length limits the host would apply to the caller's prompt as ``max_new_tokens`` /
-    ``min_new_tokens``: a ``max_length`` / ``min_length`` (keywords, a passed ``generation_config`` or the
-    model's defaults) counts the caller's prompt, and the shortened prompt would otherwise get more tokens.
+    """``kwargs`` with the length limits the host would apply to the caller's prompt, as ``max_new_tokens`` /
+    ``min_new_tokens`` (the shortened prompt would otherwise get other limits).
+
+    The host's own rule (transformers' ``generate``: ``has_default_max_length`` and ``_prepare_generated_length``):
+    ``max_new_tokens`` wins; else a ``max_length`` set anywhere (keyword, a passed ``generation_config`` or the
+    model's ``generation_config``) is a total that counts the caller's prompt; else, nothing set, the library's
+    default ``max_length`` counts NEW tokens (20 with today's transformers), the total capped at the model
+    config's ``max_position_embeddings`` when it has one. A ``min_length`` is a total (``min_new_tokens`` wins).
     """
     config = _generation_config(model, kwargs)
     if config is None:  # pragma: no cover
         return kwargs
     out = {key: value for key, value in kwargs.items() if key not in ("max_length", "min_length")}
     if config.max_new_tokens is None and config.max_length is not None:
-        new = int(config.max_length) - prompt_length
-        if new <= 0:
-            raise HeroError.field(
-                "max_length",
-                int(config.max_length),
-                f"more than the prompt length {prompt_length}",
-                "Pass max_new_tokens (the number of tokens to generate).",
-            )
+        if _default_max_length(model, kwargs):
+            total = int(config.max_length) + prompt_length
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            if isinstance(limit, int):
+                total = min(total, limit)
+            new = total - prompt_length
+            if new <= 0:
+                raise HeroError.field(
+                    "max_position_embeddings",
+                    limit,
+                    f"more than the prompt length {prompt_length} (the host's cap on its default max_length)",
+                    "Pass max_new_tokens (the number of tokens to generate) or a shorter prompt.",
+                )
+        else:
+            new = int(config.max_length) - prompt_length
+            if new <= 0:
+                raise HeroError.field(
+                    "max_length",
+                    int(config.max_length),
+                    f"more than the prompt length {prompt_length}",
+                    "Pass max_new_tokens (the number of tokens to generate).",
+                )
         out["max_new_tokens"] = new
     if config.min_new_tokens is None and config.min_length:
         out["min_new_tokens"] = max(int(config.min_length) - prompt_length, 0)
     return out
+
+
+def _default_max_length(model: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether no ``max_length`` was set anywhere: the host's ``has_default_max_length`` (transformers 5), under
+    which its default ``max_length`` counts new tokens, not the whole sequence."""
+    passed = kwargs.get("generation_config")
+    own = getattr(model, "generation_config", None)
+    return (
+        kwargs.get("max_length") is None
+        and getattr(passed, "max_length", None) is None
+        and getattr(own, "max_length", None) is None
+    )

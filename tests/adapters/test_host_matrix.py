@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from hero_adapters import HeroVLM, InternVLAdapter, cls_attention_hooks
+from hero_adapters import HeroVLM, InternVLAdapter, LlavaNextAdapter, cls_attention_hooks
 from hero_adapters.testing import AdapterCheckError, check_adapter, hook_snapshot
 from hero_core import HeroError, presets
 
@@ -37,7 +38,7 @@ def test_check_adapter_passes(name: str) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     arguments, options = check_arguments(name)
     report = check_adapter(*arguments, **options)
-    assert not report.failures and len(report.results) == 8
+    assert not report.failures and len(report.results) == 9
 
 
 def test_check_adapter_catches_a_container_that_mixes_prompts_under_beams() -> None:
@@ -60,6 +61,66 @@ def test_check_adapter_catches_a_container_that_mixes_prompts_under_beams() -> N
             host.pruner,
             adapter=OneTensorAdapter(host.model, processor=host.processor),
         )
+
+
+GLOBAL_VIEW = "the thumbnail is the host's global view; each view's attention and features are its own"
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "wrong"), [("internvl", InternVLAdapter, 0), ("llava_next", LlavaNextAdapter, -1)]
+)
+def test_check_adapter_catches_a_wrong_thumbnail_index(name: str, base: type, wrong: int) -> None:
+    """InternVL's thumbnail is its LAST view, LLaVA-NeXT's its first: an adapter that names the other end runs,
+    keeps exact counts and is the host at keep ratio 1, but plans with the wrong view as the global one."""
+    host = host_row(name)
+
+    @dataclass(frozen=True, eq=False)
+    class WrongThumbnail(base):  # type: ignore[misc, valid-type]
+        def encode(self, *args: Any, **kwargs: Any) -> Any:
+            return [
+                dataclasses.replace(
+                    image, tiles=dataclasses.replace(image.tiles, thumbnail_index=wrong % image.tiles.num_views)
+                )
+                for image in super().encode(*args, **kwargs)
+            ]
+
+    report = check_adapter(
+        host.model,
+        host.inputs,
+        host.prompts(),
+        host.pruner,
+        adapter=WrongThumbnail(host.model, processor=host.processor),
+        raise_on_failure=False,
+    )
+    right = 0 if wrong == -1 else 2  # the first prompt's image: 2 tiles + thumbnail
+    assert report.failures[GLOBAL_VIEW].endswith(
+        f"changes views [{right}], the adapter's thumbnail_index is {2 - right}"
+    )
+    assert report.results["keep ratio 1 = host (greedy)"][0]  # what the other checks cannot see
+
+
+def test_check_adapter_catches_attention_rows_filed_under_another_view() -> None:
+    """Attention rows rolled by one view (each view planned from its neighbour's attention) fail the check."""
+    host = host_row("llava_next")
+
+    @dataclass(frozen=True, eq=False)
+    class RolledAttention(LlavaNextAdapter):
+        def encode(self, *args: Any, **kwargs: Any) -> Any:
+            out = []
+            for image in super().encode(*args, **kwargs):
+                rolled = image.tiles.cls_attention.roll(1, dims=1)  # (L, V, H, N)
+                out.append(dataclasses.replace(image, tiles=dataclasses.replace(image.tiles, cls_attention=rolled)))
+            return out
+
+    report = check_adapter(
+        host.model,
+        host.inputs,
+        host.prompts(),
+        host.pruner,
+        adapter=RolledAttention(host.model, processor=host.processor),
+        raise_on_failure=False,
+    )
+    assert "whose CLS token changed [0, 1], whose recorded CLS attention changed [1, 2]" in report.failures[GLOBAL_VIEW]
 
 
 # ----------------------------------------------------------------------------------------- padding and masks

@@ -8,9 +8,19 @@ not only tokens: on a tiny random model the tokens rarely move when the features
    assembled sequence holds exactly the report's counts;
 3. the LLM receives exactly the report's token count (placeholders of the host's first forward call);
 4. a batch equals its prompts run one by one, greedy and with beams (new tokens equal, logits close);
-5. hooks are gone (and no attribute added) after normal calls, a call whose text scorer raises (when the
+5. the adapter's ``thumbnail_index`` is the view the host treats as global, and each view's attention rows and
+   features are its own: one corner of an image is painted, then the opposite one; the view whose CLS token
+   changes both times is the host's global view, and every view whose CLS token changed must show it in its
+   own attention rows and feature positions (skipped when no image has two tiles or the images are neither
+   PIL images nor arrays);
+6. hooks are gone (and no attribute added) after normal calls, a call whose text scorer raises (when the
    pruner reads relevance; otherwise reported as skipped), and a call that raises inside the vision tower
    after HERO's hooks on earlier layers have recorded.
+
+What it cannot prove: that the adapter's CLS rows are the right layers' rows (compare them with the tower's own
+eager ``output_attentions=True`` as tests/adapters/test_cls_hooks.py does), that its ``view_boxes`` are where the views lie, that a layout other than the host's
+(``"reference"``) is right, or anything about images unlike the prompts given (sizes, counts, aspect ratios
+the prompts do not contain).
 """
 
 from __future__ import annotations
@@ -20,9 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..adapter import EncodedImage
+from ..sequence import placeholder_runs
 from ..towers import attention_modules
 from ..vlm import HeroVLM
 
@@ -185,6 +198,11 @@ def check_adapter(
             f"new tokens differ in rows {differ}, max |logit diff| {worst:.2e} (atol {batch_atol:g})",
         )
 
+    passed, detail = _global_view(make_inputs, prompts, pruned)
+    report.add(
+        "the thumbnail is the host's global view; each view's attention and features are its own", passed, detail
+    )
+
     after_normal = hook_snapshot(model)
 
     def failing_scorer(views: Tensor, text: str, /) -> Tensor:
@@ -219,6 +237,88 @@ def check_adapter(
     if raise_on_failure and report.failures:
         raise AdapterCheckError(f"adapter {type(pruned.adapter).__name__} failed check_adapter:\n{report}")
     return report
+
+
+def _global_view(
+    make_inputs: Callable[[Sequence[str], Sequence[Any]], Mapping[str, Any]], prompts: Sequence[Prompt], vlm: HeroVLM
+) -> tuple[bool, str]:
+    """Which views the host's own processor and tower change when one corner of the image changes.
+
+    Painting the top-left corner changes the tiles over it and the thumbnail (the whole image); painting the
+    bottom-right corner changes other tiles and the thumbnail again. So the one view whose CLS token changes
+    both times is the host's global view: it must be the adapter's ``thumbnail_index``. Each time, every view
+    whose CLS token changed must also show the change in its own recorded CLS attention rows and at its own
+    positions of the unpruned features (by ``source``): rows filed under another view fail it. (More views may
+    change there than in the CLS tokens: a host that resamples the packed grid, like OneVision's
+    ``anyres_max`` downsampling, mixes neighbouring tiles.)
+    """
+    for text, group in prompts:
+        for position, image in enumerate(group):
+            if _painted(image, 0) is None:
+                return True, "skipped: the prompts' images are neither PIL images nor (H, W, C) arrays"
+            base = _encoded(vlm, make_inputs([text], list(group)))[position]
+            if base.tiles.num_views < 3:
+                continue  # fewer than two tiles: the corners do not tell the thumbnail from a tile
+            changed: list[set[int]] = []
+            for corner, name in ((0, "top-left"), (1, "bottom-right")):
+                painted = [_painted(item, corner) if i == position else item for i, item in enumerate(group)]
+                other = _encoded(vlm, make_inputs([text], painted))[position]
+                views = _changed(base.tiles.cls_tokens, other.tiles.cls_tokens)
+                attention = _changed(
+                    base.tiles.cls_attention.transpose(0, 1), other.tiles.cls_attention.transpose(0, 1)
+                )
+                tokens = int(base.tiles.cls_attention.shape[-1])
+                moved = sorted(_changed(base.features, other.features))
+                features = {int(base.source[i]) // tokens for i in moved if int(base.source[i]) >= 0}
+                if not views <= attention or not views <= features:
+                    return False, (
+                        f"image {position} of prompt {text!r}, {name} corner painted: views whose CLS token changed "
+                        f"{sorted(views)}, whose recorded CLS attention changed {sorted(attention)}, whose features "
+                        f"(by the adapter's source map) changed {sorted(features)}; a view whose pixels changed must show it "
+                        "in its own attention rows and features"
+                    )
+                changed.append(views)
+            both = changed[0] & changed[1]
+            thumbnail = int(base.tiles.thumbnail_index)
+            return both == {thumbnail}, (
+                f"image {position} of prompt {text!r} ({base.tiles.num_views} views): painting either corner changes "
+                f"views {sorted(both)}, the adapter's thumbnail_index is {thumbnail}"
+            )
+    return True, "skipped: no image of the prompts has two tiles or more"
+
+
+def _encoded(vlm: HeroVLM, inputs: Mapping[str, Any]) -> list[EncodedImage]:
+    """The adapter's ``encode`` of one prompt's processor outputs, its images mapped to the prompt's runs."""
+    image_inputs, _ = vlm._split(dict(inputs))
+    with torch.inference_mode():
+        ids, mask = vlm._check_prompt(inputs["input_ids"], inputs.get("attention_mask"))
+        runs = placeholder_runs(ids, mask, vlm.adapter.image_token_id)
+        return list(vlm.adapter.encode(image_inputs, vlm.pruner.layers, runs=runs))
+
+
+def _painted(image: Any, corner: int) -> Any:
+    """A copy of ``image`` with its top-left (0) or bottom-right (1) quarter-by-quarter box inverted; None for an
+    image of an unknown kind."""
+    from PIL import Image  # the hf extra brings pillow (the processors need it)
+
+    if isinstance(image, Image.Image):
+        return Image.fromarray(_painted(np.asarray(image.convert("RGB")).copy(), corner)).convert(image.mode)
+    if isinstance(image, np.ndarray) and image.ndim == 3:
+        out = image.copy()
+        height, width = out.shape[:2]
+        rows = slice(0, max(height // 4, 1)) if corner == 0 else slice(height - max(height // 4, 1), height)
+        cols = slice(0, max(width // 4, 1)) if corner == 0 else slice(width - max(width // 4, 1), width)
+        top = 255 if out.dtype == np.uint8 else 1.0
+        out[rows, cols] = top - out[rows, cols]
+        return out
+    return None
+
+
+def _changed(first: Tensor, second: Tensor) -> set[int]:
+    """Indices along dim 0 where the two tensors differ beyond float noise."""
+    scale = float(first.float().abs().max()) or 1.0
+    delta = (first.float() - second.float()).abs().flatten(1).amax(1)
+    return {int(i) for i in (delta > 1e-5 * scale).nonzero().flatten().tolist()}
 
 
 def _logit_diff(first: Sequence[Tensor] | None, second: Sequence[Tensor] | None) -> float:
