@@ -61,3 +61,58 @@ def test_the_adapter_guides_check_code_is_the_examples() -> None:
     guide = (ROOT / "docs" / "adapters.md").read_text()
     assert f"```python\n{section}```" in guide
     assert "--8<--" not in guide
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Per module of src/: the project modules it imports at module level (TYPE_CHECKING blocks included, since a
+    reader follows them too; imports inside functions are the lazy optional ones and are left out)."""
+    import ast
+
+    src = ROOT / "src"
+    paths = {p: ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__") for p in src.rglob("*.py")}
+    modules = set(paths.values())
+    graph: dict[str, set[str]] = {}
+    for path, name in paths.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            for statement in node.body if isinstance(node, ast.If) else [node]:
+                if isinstance(statement, ast.Import):
+                    edges |= {alias.name for alias in statement.names if alias.name in modules}
+                elif isinstance(statement, ast.ImportFrom):
+                    base = package[: len(package) - statement.level + 1] if statement.level else []
+                    target = ".".join([*base, *([statement.module] if statement.module else [])])
+                    for alias in statement.names:
+                        sub = f"{target}.{alias.name}"
+                        edges |= {sub} if sub in modules else ({target} if target in modules else set())
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_circles() -> None:
+    """No module of src/ reaches itself through module-level imports (vlm.py and attach.py once imported each other)."""
+    graph = _module_imports()
+    assert {"hero_adapters.attach", "hero_adapters.adapter"} <= graph["hero_adapters.vlm"]  # the walk sees imports
+
+    def reaches(start: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module == start:
+                return True
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph.get(module, ()))
+        return False
+
+    assert sorted(module for module in graph if reaches(module)) == []
+
+
+def test_source_modules_are_rooms_of_a_readable_size() -> None:
+    """No module of src/ over 600 lines unless its opening docstring says why it is one cohesive thing."""
+    long = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "src").rglob("*.py")
+        if len(path.read_text().splitlines()) > 600 and "One cohesive thing" not in path.read_text()[:3000]
+    }
+    assert long == {}

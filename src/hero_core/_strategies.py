@@ -6,7 +6,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from .testing import _PADDINGS, DEFAULT_LAYERS, make_tiles
+from ._make_tiles import DEFAULT_LAYERS, PADDINGS, make_tiles
 from .tiles import EncodedTiles
 
 __all__ = ["encoded_tiles", "keep_ratios", "relevances"]
@@ -20,7 +20,7 @@ def encoded_tiles(
     max_side: int = 7,
     max_heads: int = 3,
     layers: tuple[int, ...] = DEFAULT_LAYERS,
-    paddings: tuple[str, ...] = _PADDINGS,
+    paddings: tuple[str, ...] = PADDINGS,
     separated: bool | None = None,
 ) -> EncodedTiles:
     """Hypothesis strategy for valid ``EncodedTiles``: random V, grid, heads, thumbnail index and padding.
