@@ -2,7 +2,7 @@
 
 ::
 
-    pip install 'hero-prune[lmms-eval]'
+    pip install -e '.[lmms-eval]'   # in a clone of hero (hero-prune is not on PyPI)
     lmms-eval --model hero --model_args pretrained=DIR,clip=CLIP_DIR,preset=hero,keep_ratio=0.2 --tasks mme ...
 
 ``HeroLmms`` builds lmms-eval's built-in LLaVA-style HF model (``llava_hf``, resolved through lmms-eval's model
@@ -27,6 +27,11 @@ model_args (``--model_args k=v,k=v``; lmms-eval turns ``true``/``false`` and num
 - everything else goes to ``llava_hf`` (``device``, ``dtype``, ``attn_implementation``, ``device_map``, ...);
   ``batch_size``, ``max_batch_size`` and ``device`` arrive from lmms-eval's own options.
 
+Every model_arg is checked before any weights load (only configs are read; a CLIP checkpoint that relevance needs
+loads before llava_hf's weights), and errors name it as typed (``set_alpah``, ``clip``); a ``clip`` given to a
+preset that reads no relevance is checked and ignored with a warning. Once ready, one line on lmms-eval's console
+(its loguru logger) says HERO is active, with the preset and keep ratio.
+
 Each answer comes back as a ``GenerationResult`` whose ``TokenCounts.input_tokens`` is the prompt the language
 model received after pruning (text tokens plus kept image and newline tokens); lmms-eval writes it per sample
 (``token_counts`` in the samples JSONL) and sums it in ``results["efficiency"]``.
@@ -38,11 +43,13 @@ names the ``lmms-eval`` extra.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +60,8 @@ from torch import Tensor
 
 from hero_core import HeroError, presets
 
+from ._paths import exists
+
 try:  # the base class must exist when the class is defined: lmms-eval checks issubclass(HeroLmms, lmms)
     from lmms_eval.api.model import lmms as _LmmsModel  # type: ignore[import-not-found,import-untyped,unused-ignore]
 except ImportError as _error:
@@ -60,7 +69,8 @@ except ImportError as _error:
         "optional dependency",
         "lmms_eval",
         f"the package 'lmms_eval' to be importable ({_error})",
-        "Install the extra, best in its own virtual environment (about 3 GB): pip install 'hero-prune[lmms-eval]'.",
+        "Install the extra, best in its own virtual environment (about 3 GB): pip install -e '.[lmms-eval]' in a clone "
+        "of hero (or pip install 'hero-prune[lmms-eval]' where your package index carries hero-prune).",
     ) from _error
 
 __all__ = ["HERO_ARGS", "HeroLmms"]
@@ -102,8 +112,11 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         model_args: ``set_<field>`` preset overrides, and llava_hf's own arguments.
 
     Raises:
-        HeroError: on a missing ``pretrained``, a keep ratio outside (0, 1], an unknown preset, preset field or
-            model_arg, a model llava_hf cannot load or HERO has no adapter for, or lmms-eval's llava_hf missing.
+        HeroError: before any weights load, naming the model_arg as typed: a missing ``pretrained``, a
+            ``pretrained`` or ``clip`` that is not a folder (or a hub id found), a ``clip`` that is not a CLIP
+            checkpoint, a keep ratio outside (0, 1], an unknown preset, a ``set_<field>`` the preset lacks or a
+            value it refuses, an unknown model_arg, a model llava_hf cannot load or HERO has no adapter for, or
+            lmms-eval's llava_hf missing.
     """
 
     is_simple = False  # a chat model: the manifest registers the class as chat_class_path
@@ -123,6 +136,9 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         **model_args: Any,
     ) -> None:
         super().__init__()
+        # Every argument is checked before any weights load (the configs are read, nothing more): the checkpoint
+        # and the CLIP paths, the preset, its keep ratio and set_<field> overrides (layers against the encoder depth
+        # in the config), the batch size and the names of llava_hf's arguments. Errors name the argument as typed.
         if not isinstance(pretrained, str) or not pretrained:
             raise HeroError.field(
                 "pretrained",
@@ -130,11 +146,6 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                 "a checkpoint directory or hub id",
                 "Pass --model_args pretrained=DIR,clip=CLIP_DIR,keep_ratio=0.2.",
             )
-        overrides = {
-            key[len(_SET) :]: _override(key, value) for key, value in model_args.items() if key.startswith(_SET)
-        }
-        inner_args = {key: value for key, value in model_args.items() if not key.startswith(_SET)}
-        # The preset, its overrides, the keep ratio and the batch size are checked before anything loads.
         if str(batch_size).strip() != "1":
             raise HeroError.field(
                 "--batch_size",
@@ -142,8 +153,12 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                 "1 (llava_hf, which the hero model wraps, answers one request at a time and asserts on more)",
                 "Drop --batch_size or pass --batch_size 1; run several processes with accelerate launch instead.",
             )
-        self.preset, self.keep_ratio = preset, keep_ratio
-        presets.get(preset, keep_ratio, **overrides)
+        typed = {key[len(_SET) :]: key for key in model_args if key.startswith(_SET)}
+        overrides = {name: _override(key, model_args[key]) for name, key in typed.items()}
+        inner_args = {key: value for key, value in model_args.items() if not key.startswith(_SET)}
+        _checked_pruner(preset, keep_ratio, overrides, typed, None)  # names, values (no depth yet)
+        if clip is not None and (not isinstance(clip, str) or not clip):
+            raise HeroError.field("clip", clip, "a CLIP checkpoint directory or hub id, or no clip= at all")
         llava_hf = _llava_hf_class()
         known = _init_parameters(llava_hf)
         unknown = sorted(set(inner_args) - set(known))
@@ -154,7 +169,28 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                 f"keys among hero's {list(HERO_ARGS)}, set_<preset field>, or llava_hf's {known}",
                 "Check the spelling; preset fields take the set_ prefix (set_alpha=0.7).",
             )
-        model_type = _checked_model_type(pretrained, llava_hf)
+        config = _pretrained_config(pretrained, llava_hf)
+        model_type = str(config.model_type)
+        checked = _checked_pruner(preset, keep_ratio, overrides, typed, _config_depth(config))
+        self.preset, self.keep_ratio = preset, keep_ratio
+        scorer = None
+        if clip is not None:
+            _check_source("clip", clip)
+            if checked.uses_relevance:  # loaded now (CPU), so a bad CLIP checkpoint fails before LLaVA's weights
+                scorer = _clip_scorer(clip)
+            else:
+                _clip_config(clip)
+                _console().warning(
+                    f"hero: clip={clip} is ignored: preset {preset} reads no relevance "
+                    f"({type(checked.allocator).__name__}.uses_relevance is False"
+                    f"{', alpha=1' if getattr(checked.allocator, 'alpha', None) == 1 else ''}); drop clip= or use a "
+                    f"preset that reads it ({', '.join(_relevance_presets())})"
+                )
+        elif checked.uses_relevance:
+            _console().warning(
+                f"hero: no clip= checkpoint given, so {preset} allocates by visual saliency alone (the paper also "
+                "uses CLIP relevance: clip=openai/clip-vit-large-patch14-336 or its directory)"
+            )
         inner_args["pretrained"] = pretrained
         inner_args["batch_size"] = batch_size
         if device is not None:
@@ -174,22 +210,19 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         adapter = get_adapter(model, **options)
         # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit set_*layers are kept).
         self.pruner = presets.get(preset, keep_ratio, depth=int(adapter.num_layers), **overrides)
-        scorer = None
-        if clip and self.pruner.uses_relevance:
-            from .text_scorers import HFClipTextScorer
-
-            dtype = next(model.parameters()).dtype
-            scorer = HFClipTextScorer.from_pretrained(clip, device=self._inner.device, dtype=dtype)
-        elif self.pruner.uses_relevance:
-            _LOG.warning(
-                "hero: no clip= checkpoint given, so %s allocates by visual saliency alone (the paper also uses "
-                "CLIP relevance: clip=openai/clip-vit-large-patch14-336 or its directory)",
-                preset,
-            )
+        if scorer is not None:
+            scorer.model.to(device=self._inner.device, dtype=next(model.parameters()).dtype)  # in place
         from .vlm import HeroVLM
 
         self.vlm = HeroVLM(model, self.pruner, scorer, adapter=adapter, positions=positions)
-        _LOG.info("hero: %s (%s) with %r", pretrained, model_type, self.pruner)
+        notes = [f"relevance from clip={clip}" if scorer is not None else "no text relevance"]
+        if self.pruner.layers:
+            notes.append(f"encoder layers {list(self.pruner.layers)}")
+        set_text = "".join(f", {typed[name]}={value}" for name, value in overrides.items())
+        _console().info(
+            f"hero: HERO active: preset {preset}, keep ratio {float(keep_ratio):g}{set_text} ({'; '.join(notes)}) "
+            f"on {pretrained} ({model_type})"
+        )
 
     # --------------------------------------------------------------------------- what lmms-eval reads of a model
     @property
@@ -339,7 +372,7 @@ def _llava_hf_class() -> Any:
             "lmms-eval's llava_hf imports decord, which lmms-eval does not install: pip install decord "
             "(hero-prune[lmms-eval] does on x86-64)."
             if getattr(error, "name", None) == "decord"
-            else "Install the extra: pip install 'hero-prune[lmms-eval]'."
+            else "Install the extra: pip install -e '.[lmms-eval]' in a clone of hero."
         )
         raise HeroError.field("lmms-eval model", "llava_hf", f"importable ({error})", fix) from error
     if getattr(cls, "is_simple", True):
@@ -347,7 +380,8 @@ def _llava_hf_class() -> Any:
             "lmms-eval model llava_hf",
             cls.__name__,
             "its chat implementation (is_simple = False), as in lmms-eval 0.7.3",
-            "Install the lmms-eval release the extra pins: pip install 'hero-prune[lmms-eval]'.",
+            "Install the lmms-eval release the extra pins (lmms-eval==0.7.3): pip install -e '.[lmms-eval]' in a clone "
+            "of hero.",
         )
     return cls
 
@@ -368,20 +402,132 @@ def _llava_hf_types(cls: Any) -> list[str]:
     return list(_LLAVA_HF_TYPES)
 
 
-def _checked_model_type(pretrained: str, llava_hf: Any) -> str:
-    """The checkpoint's ``model_type``, if both llava_hf and a HERO adapter serve it (before any weight loads)."""
+def _console() -> Any:
+    """The logger whose lines reach lmms-eval's console: lmms-eval's own, loguru's ``logger`` (stdout, at
+    ``--verbosity``, INFO by default). The standard ``logging`` has no handler there, so its INFO lines never show;
+    without loguru (only where lmms-eval is not installed) this module's logger, whose lines are WARNINGs."""
+    try:
+        from loguru import logger  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return _Warnings()
+    return logger
+
+
+class _Warnings:
+    """The module's standard logger with ``info`` raised to WARNING (Python's last-resort handler shows those)."""
+
+    def info(self, message: str) -> None:
+        _LOG.warning(message)
+
+    def warning(self, message: str) -> None:
+        _LOG.warning(message)
+
+
+def _relevance_presets() -> list[str]:
+    """The presets whose allocator reads a text relevance (``Pruner.uses_relevance``)."""
+    return [name for name in sorted(presets.PRESETS) if presets.get(name, 1.0).uses_relevance]
+
+
+def _checked_pruner(
+    preset: str, keep_ratio: Any, overrides: dict[str, Any], typed: dict[str, str], depth: int | None
+) -> Any:
+    """The preset with its overrides, or a HeroError naming the argument as typed (``set_alpah``, not ``alpah``):
+    the preset and keep ratio first, then each override alone (its name, then its value), then all together."""
+    base = presets.get(preset, keep_ratio) if depth is None else presets.get(preset, keep_ratio, depth=depth)
+    parts: tuple[Any, ...] = (base.allocator, base.selector)
+    fields = sorted({f.name for part in parts if dataclasses.is_dataclass(part) for f in dataclasses.fields(part)})
+    depth_kw = {} if depth is None else {"depth": depth}
+    for name, value in overrides.items():
+        key = typed[name]
+        if name not in fields:
+            raise HeroError.field(
+                key,
+                value,
+                f"a field of preset {preset}, one of {[_SET + field for field in fields]}",
+                "Check the spelling.",
+            )
+        try:
+            presets.get(preset, keep_ratio, **depth_kw, **{name: value})
+        except HeroError as error:
+            raise _as_typed(error, name, key) from error
+    try:
+        return presets.get(preset, keep_ratio, **depth_kw, **overrides)
+    except HeroError as error:
+        shown = ", ".join(f"{typed[name]}={value!r}" for name, value in overrides.items())
+        raise HeroError(f"{shown}: {error}") from error
+
+
+def _as_typed(error: HeroError, name: str, key: str) -> HeroError:
+    """``error`` about the preset field ``name``, worded with the model_arg ``key`` the user typed."""
+    message = str(error)
+    if message.startswith(f"{name}="):
+        return HeroError(key + message[len(name) :])
+    return HeroError(f"{key}: {message}")
+
+
+def _config_depth(config: Any) -> int | None:
+    """The vision encoder's depth as the checkpoint's config gives it (``vision_config.num_hidden_layers``)."""
+    depth = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 2 else None
+
+
+#: A hub id's shape (``name`` or ``owner/name``); anything else that is not a folder is a path that does not exist.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(?:/[A-Za-z0-9_][\w.-]*)?")
+
+
+def _check_source(argument: str, source: str) -> bool:
+    """Whether ``source`` is a local checkpoint folder (True) or left to the hub as an id (False).
+
+    Raises:
+        HeroError: naming ``argument`` as typed: a file, a folder without config.json, or a path that is neither a
+            folder nor shaped like a hub id ("no such folder", in our words rather than the hub's).
+    """
+    path = Path(source)
+    if exists(path):
+        if not path.is_dir():
+            raise HeroError.field(argument, source, "a checkpoint folder or a hub id", "It is a file, not a folder.")
+        if not (path / "config.json").is_file():
+            raise HeroError.field(argument, source, "a checkpoint folder with a config.json")
+        return True
+    if not _HUB_ID.fullmatch(source) or ".." in source:
+        raise HeroError.field(argument, source, "a checkpoint folder or a hub id", "There is no such folder.")
+    return False
+
+
+def _missing(argument: str, source: str, local: bool, error: BaseException) -> HeroError:
+    """A config that did not load: a local folder's error in one line, or a hub id found nowhere, in our words."""
+    if local:
+        return HeroError.field(argument, source, "a checkpoint folder with a readable config.json", _one_line(error))
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    where = "in the local hub cache (HF_HUB_OFFLINE is set)" if offline else "on the hub or in its local cache"
+    return HeroError.field(
+        argument,
+        source,
+        "a checkpoint folder or a hub id",
+        f"There is no such folder, and no model {source!r} {where}.",
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _pretrained_config(pretrained: str, llava_hf: Any) -> Any:
+    """The checkpoint's config, if both llava_hf and a HERO adapter serve its model type (before any weight loads)."""
     from . import hosts  # noqa: F401  (registers the host adapters)
     from .adapter import list_adapters
     from .extras import require
 
     transformers = require("transformers")
+    local = _check_source("pretrained", pretrained)
     try:  # hero's own read never runs checkpoint code (llava_hf follows model_args' trust_remote_code)
         config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
     except (OSError, ValueError) as error:
         from .evaluate import refused_checkpoint
 
-        raise refused_checkpoint("pretrained", pretrained, error) or HeroError.field(
-            "pretrained", pretrained, "a checkpoint directory or a cached hub id", str(error)
+        raise refused_checkpoint("pretrained", pretrained, error) or _missing(
+            "pretrained", pretrained, local, error
         ) from error
     model_type = getattr(config, "model_type", None)
     loadable = _llava_hf_types(llava_hf)
@@ -395,7 +541,49 @@ def _checked_model_type(pretrained: str, llava_hf: Any) -> str:
             "LLaVA-1.5 ('llava') has no tiles to prune; for InternVL use HeroVLM(...).attach() around another "
             "lmms-eval model in Python (docs/evaluate.md).",
         )
-    return str(model_type)
+    return config
+
+
+def _checked_model_type(pretrained: str, llava_hf: Any) -> str:
+    """The checkpoint's ``model_type``, if both llava_hf and a HERO adapter serve it (before any weight loads)."""
+    return str(_pretrained_config(pretrained, llava_hf).model_type)
+
+
+def _clip_config(clip: str) -> Any:
+    """``clip``'s config, checked to be a full CLIP model's (read only: nothing runs, no weights load)."""
+    from .extras import require
+
+    transformers = require("transformers")
+    local = _check_source("clip", clip)
+    try:
+        config = transformers.AutoConfig.from_pretrained(clip, local_files_only=local, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        from .evaluate import refused_checkpoint
+
+        raise refused_checkpoint("clip", clip, error) or _missing("clip", clip, local, error) from error
+    if getattr(config, "model_type", None) != "clip":
+        raise HeroError.field(
+            "clip model_type",
+            getattr(config, "model_type", None),
+            "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
+            f"{clip} is not one.",
+        )
+    return config
+
+
+def _clip_scorer(clip: str) -> Any:
+    """``HFClipTextScorer.from_pretrained(clip)`` on the CPU (moved to the model's device and dtype once that has
+    loaded); its refusals name ``clip``, as typed, instead of the loader's ``path_or_id``."""
+    from .text_scorers import HFClipTextScorer
+
+    _clip_config(clip)
+    try:
+        return HFClipTextScorer.from_pretrained(clip)
+    except HeroError as error:
+        message = str(error)
+        if message.startswith("path_or_id"):
+            raise HeroError("clip" + message[len("path_or_id") :]) from error
+        raise
 
 
 def _override(key: str, value: Any) -> Any:
