@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,13 @@ from torch import Tensor
 
 from hero_core import EncodedTiles, PrunePlan
 
-__all__ = ["ImageReport", "PruneReport"]
+__all__ = ["RATIO_NOTE_FACTOR", "ImageReport", "PruneReport"]
+
+_LOG = logging.getLogger("hero_adapters")
+
+#: A note is due when an image's effective ratio (tokens sent / tokens the unpruned model sends) exceeds the
+#: requested keep ratio by more than this factor (1.1: more than 10%, relative).
+RATIO_NOTE_FACTOR = 1.1
 
 
 def _floats(tensor: Tensor | None) -> list[float] | None:
@@ -23,6 +30,16 @@ def _tile_scores(tensor: Tensor | None, thumbnail: int) -> list[float | None] | 
     values: list[float | None] = [float(x) for x in tensor.detach().float().cpu().tolist()]
     values[thumbnail] = None
     return values
+
+
+def _empty_views(valid: list[int]) -> str:
+    """`` (views 1 and 2 have no valid position)`` for the views without one; empty when every view has one."""
+    empty = [str(view) for view, count in enumerate(valid) if count == 0]
+    if not empty:
+        return ""
+    if len(empty) == 1:
+        return f" (view {empty[0]} has no valid position)"
+    return f" (views {', '.join(empty[:-1])} and {empty[-1]} have no valid position)"
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,41 @@ class ImageReport:
         """``tokens_out / tokens_in``: the share of the unpruned image sequence that reached the LLM."""
         return self.tokens_out / self.tokens_in if self.tokens_in else 1.0
 
+    @property
+    def ratio_note(self) -> str | None:
+        """Why this image sends more than ``RATIO_NOTE_FACTOR`` x the keep ratio of its tokens, or None when it
+        does not (the effective ratio is at most 1.1 x R).
+
+        Two causes, both read off the report's counts: the plan keeps a larger share of the patch tokens than R
+        (its budget counts all V x N view positions, padding included: ``B = floor(R V N)``, HERO_SPEC step 2,
+        so padded views' share goes to the views with content), and the row newlines, which are never pruned.
+        """
+        keep_ratio = float(self.plan.keep_ratio)
+        sent, unpruned, newlines = self.tokens_out, self.tokens_in, self.newline_tokens
+        if unpruned <= 0 or 10 * sent <= 11 * keep_ratio * unpruned:  # exact for integer counts: sent/in <= 1.1 R
+            return None
+        patches_in, kept = unpruned - newlines, self.kept_patch_tokens
+        reasons = []
+        if patches_in > 0 and 10 * kept > 11 * keep_ratio * patches_in:
+            share = (
+                f"{kept} of the {patches_in} patch tokens the unpruned model sends are kept ({kept / patches_in:.0%})"
+            )
+            views, positions, valid = self.views, self.encoded.num_tokens, self.valid_tokens
+            padding = views * positions - sum(valid)
+            if padding > 0:
+                reasons.append(
+                    f"the budget counts all {views} x {positions} = {views * positions} view positions, {padding} of "
+                    f"them padding{_empty_views(valid)}, so {share}"
+                )
+            else:
+                reasons.append(f"with budgets {self.budgets}, {share}")
+        if newlines > 0:
+            reasons.append(f"{newlines} of the {sent} tokens sent are row newlines, which are never pruned")
+        return (
+            f"image {self.index} sends {sent} of its {unpruned} image tokens ({sent / unpruned:.0%}) at keep ratio "
+            f"{keep_ratio:g}: {'; '.join(reasons)}."
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors but short per-view lists)."""
         return {
@@ -101,6 +153,7 @@ class ImageReport:
             "relevance": _tile_scores(self.relevance, self.encoded.thumbnail_index),
             "thumbnail_index": self.encoded.thumbnail_index,
             "view_boxes": [list(box) for box in self.view_boxes] if self.view_boxes is not None else None,
+            "ratio_note": self.ratio_note,
         }
 
 
@@ -142,6 +195,23 @@ class PruneReport:
         """``tokens_out / tokens_in`` over the batch (1.0 when there were no images)."""
         return self.tokens_out / self.tokens_in if self.tokens_in else 1.0
 
+    @property
+    def ratio_note(self) -> str | None:
+        """The images' ``ratio_note``s in one line, or None when no image sends more than 1.1 x its keep ratio."""
+        notes = [note for note in (image.ratio_note for image in self.images) if note is not None]
+        if not notes:
+            return None
+        return "effective keep ratio above the requested one: " + " ".join(
+            f"{note[0].upper()}{note[1:]}" for note in notes
+        )
+
+    def warn_ratio(self) -> None:
+        """Log ``ratio_note`` once, as a WARNING of the ``hero_adapters`` logger (nothing when it is None);
+        ``HeroVLM`` calls it once per call."""
+        note = self.ratio_note
+        if note is not None:
+            _LOG.warning("%s", note)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: totals, timings and one entry per image."""
         return {
@@ -153,4 +223,5 @@ class PruneReport:
             "positions": self.positions,
             "timings": dict(self.timings),
             "images": [image.to_dict() for image in self.images],
+            "ratio_note": self.ratio_note,
         }
