@@ -1,7 +1,8 @@
 """Pictures of a plan (like HERO's Figure 7): which tokens of every view were kept, and why.
 
 ``render_plan`` draws the original image with each local tile's patches marked, the thumbnail panel beside
-it, each tile labelled with its budget and the importance split (saliency vs relevance), and a legend.
+it, each tile labelled with its budget and the importance split (saliency vs relevance), and a legend; a tile
+without valid positions (all padding) is drawn as padding and labelled "no valid positions" instead.
 ``render_layer_strip`` draws one view's CLS attention, layer by layer, with a colour scale and the layers
 the preset reads marked: the view HERO section 3.2 uses to motivate low layers for tiles and a late layer
 for the thumbnail.
@@ -147,6 +148,9 @@ class _Layout:
         boxes: np.ndarray = np.stack([xe[c], ye[r], xe[c + 1], ye[r + 1]], axis=-1).reshape(-1, 4)
         return boxes
 
+
+#: The label of a view without valid positions (all padding), in place of its kept/valid count and importance.
+_NO_VALID = "no valid positions (all padding)"
 
 _LEGEND = (
     ("kept", "kept patch (region outlined)"),
@@ -299,6 +303,11 @@ def render_plan(
     for k, view in enumerate(tiles):
         bx0, by0, bx1, by1 = layout.views[view]
         _tile_edge(draw, (bx0, by0, bx1 - 1, by1 - 1))
+        if counts[view] == 0:
+            # All padding: nothing to keep, so no importance is shown (the allocator still scores the view's CLS
+            # like any tile's, e.g. 1/3 for three identical padding tiles, but its budget is capped at 0).
+            _label(draw, (bx0 + 6, by0 + 6), f"tile {k + 1}: {_NO_VALID}", small)
+            continue
         label = f"tile {k + 1}: {budgets[view]}/{counts[view]}"
         if importance is not None:
             label += f"  s={importance[view]:.2f}"
