@@ -622,9 +622,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "S12",
         CLI_SHOW_PY,
-        'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")',
-        'args.json.write_text(json.dumps({"preset": args.preset, "report": report.to_dict()}, indent=2) + "\\n")\n'
-        '        Path(".hero-last-show.json").write_text(args.json.read_text())',
+        "        written.append(args.json)\n",
+        "        written.append(args.json)\n"
+        '        Path(".hero-last-show.json").write_text(args.json.read_text())\n',
         SAFETY,
         "hero show leaves a copy of its JSON in the working directory",
     ),

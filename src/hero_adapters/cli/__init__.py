@@ -30,7 +30,7 @@ from ._args import _Formatter, _one_line, _Parser, _verbosity
 from ._checks import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from ._checks import LAYER_FIELDS as LAYER_FIELDS
 from ._console import LOGGERS as LOGGERS
-from ._console import _configure_logging
+from ._console import PIPE_CLOSED, _configure_logging, _stdout_closed
 from .demo import DEMO_FILES as DEMO_FILES
 from .flops import SHAPES as SHAPES
 
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -------------------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hero`` console script; returns the exit code (0, 2 for any bad input, 130 on ^C).
+    """Entry point of the ``hero`` console script; returns the exit code (0, 2 for any bad input, 130 on ^C, 141
+    when stdout's reader went away: ``| head``, quietly, after the files asked for are written).
 
     ``hero`` without a command prints the help and returns 0.
     """
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore = _configure_logging(verbose, quiet)
     try:
         handler(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe shows inside the try
+    except BrokenPipeError:  # `hero show ... | head -1`: the reader went away; every file asked for is written
+        _stdout_closed()
+        return PIPE_CLOSED
     except HeroError as error:
         print(f"hero: error: {_one_line(error)}", file=sys.stderr)
         return 2

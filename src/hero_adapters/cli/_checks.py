@@ -4,6 +4,7 @@ the presets and the encoder depth in the checkpoint's ``config.json``, and ``--c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,6 +142,80 @@ def _check_clip(source: str) -> None:
             "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
             f"{source} is not one.",
         )
+    _check_weights("--clip", source)
+
+
+#: safetensors refuses headers over 100 MB; a larger length is a damaged file, not a header to read.
+_HEADER_MAX = 100_000_000
+
+
+def _checkpoint_folder(source: str) -> Path | None:
+    """The local folder holding a checkpoint's files: ``source`` itself, or a cached hub id's snapshot (None when
+    neither is found: the loader then reports it)."""
+    local = Path(source)
+    if exists(local):
+        return local if local.is_dir() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+    except (ImportError, ValueError, OSError):  # not a hub id either
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (empty, cut short, a damaged header), or None. Reads the
+    header alone: 8 bytes of length, the JSON header, whose tensors' ``data_offsets`` must end at the file's end."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(8)
+            if len(head) < 8:
+                return f"it is {size} bytes long: empty or cut short"
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, _HEADER_MAX):
+                return f"it is {size} bytes long, shorter than its own header ({length} bytes): cut short or damaged"
+            header = json.loads(file.read(length))
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return "its header is not valid JSON: the file is damaged"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object: the file is damaged"
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2 and isinstance(entry["data_offsets"][1], int)
+    ]  # fmt: skip
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return f"it is {size} bytes long, its header says {expected}: cut short"
+    return None
+
+
+def _check_weights(flag: str, source: str) -> None:
+    """Every ``*.safetensors`` file of the checkpoint ``flag`` names is whole (an interrupted download leaves a
+    file cut short, or empty): read before any weights load, so that it is one line naming the file, not
+    safetensors' traceback minutes later."""
+    folder = _checkpoint_folder(source)
+    if folder is None:
+        return
+    try:
+        files = sorted(folder.glob("*.safetensors"))
+    except OSError:  # a folder that may be entered but not listed: the loader reports it
+        return
+    for path in files:
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            raise HeroError.field(
+                flag,
+                source,
+                "a checkpoint with complete weights files",
+                f"{path} is not a whole safetensors file: {problem} (an interrupted download?). Download or copy "
+                "it again.",
+            )
 
 
 def _set_error(item: _Override, error: HeroError, preset: str | None) -> HeroError:
@@ -212,6 +287,7 @@ class _Checked:
     device: torch.device
     dtype: torch.dtype
     depth: int | None
+    config: Any = None  # the checkpoint's transformers config (None: read again when needed)
 
 
 def _precheck(
@@ -223,8 +299,9 @@ def _precheck(
 
     device, dtype = device_dtype(args.device, args.dtype)
     config = host_config(args.model)
+    _check_weights("--model", args.model)
     depth = _config_depth(config)
     _check_overrides(names, ratios, overrides, depth, "vision_config.num_hidden_layers in its config.json")
     if args.clip is not None:
         _check_clip(args.clip)
-    return _Checked(device, dtype, depth)
+    return _Checked(device, dtype, depth, config)

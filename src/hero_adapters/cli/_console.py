@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -80,3 +81,28 @@ class _Steps:
 
 def _steps(args: argparse.Namespace, total: int, desc: str) -> _Steps:
     return _Steps(total, desc, bool(getattr(args, "quiet", False)))
+
+
+#: The exit code of a command whose stdout reader went away (``hero show ... | head -1``): 128 + SIGPIPE, what a
+#: shell reports for a program the closed pipe ended.
+PIPE_CLOSED = 141
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout is gone: send what is still buffered, and anything printed later, to the null
+    device, so that neither a later ``print`` nor Python's flush at exit raises again (no traceback)."""
+    if sys.stdout is not sys.__stdout__ or sys.stdout is None:  # a test's capture: nothing of the process's own
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind stdout
+        pass
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

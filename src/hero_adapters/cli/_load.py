@@ -18,8 +18,8 @@ from hero_core import HeroError, ModelShape, presets
 
 from ..rows import PLACEHOLDER, check_placeholders, open_image
 from ._args import _one_line, _Override
-from ._checks import _check_outputs, _check_overrides, _check_prompt, _Checked, _precheck
-from ._console import _Steps
+from ._checks import _check_outputs, _check_overrides, _check_prompt, _Checked, _checkpoint_folder, _precheck
+from ._console import _stderr_is_terminal, _Steps
 
 _LOG = logging.getLogger("hero_adapters.cli")
 
@@ -40,11 +40,14 @@ def _load_clip(args: argparse.Namespace, checked: _Checked) -> Any:
 
 @contextmanager
 def _hf_bars(args: argparse.Namespace) -> Iterator[None]:
-    """transformers' own loading bars off under ``-q`` (and on again after)."""
+    """transformers' (and huggingface_hub's) own loading bars off under ``-q`` and whenever stderr is not a terminal
+    (and on again after). transformers draws them with plain tqdm, which draws into a pipe or a log file too:
+    ``disable=None``, our own bars' "only on a terminal", is not its default."""
     from ..extras import require
 
     hf_logging = require("transformers").utils.logging
-    off = bool(getattr(args, "quiet", False)) and hf_logging.is_progress_bar_enabled()
+    hidden = bool(getattr(args, "quiet", False)) or not _stderr_is_terminal()
+    off = hidden and hf_logging.is_progress_bar_enabled()
     if off:
         hf_logging.disable_progress_bar()
     try:
@@ -54,18 +57,25 @@ def _hf_bars(args: argparse.Namespace) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_host(args: argparse.Namespace, checked: _Checked, steps: _Steps, prompts: Sequence[tuple[str, str]]) -> Any:
-    """``load_host`` with the prompts checked against the processor's placeholder before the weights load."""
+def _load_host(
+    args: argparse.Namespace,
+    checked: _Checked,
+    steps: _Steps,
+    prompts: Sequence[tuple[str, str]],
+    also: Callable[[Any], None] | None = None,
+) -> Any:
+    """``load_host`` with, after the processor loads and before the weights do: the prompts checked against the
+    processor's placeholder, the processor tried once (``_check_processor``), and ``also(processor)``."""
     from ..evaluate import load_host
 
+    def check(processor: Any) -> None:
+        _image_token_check(prompts)(processor)
+        _check_processor(args.model, processor, checked.config)
+        if also is not None:
+            also(processor)
+
     with _hf_bars(args):
-        return load_host(
-            args.model,
-            device=checked.device,
-            dtype=checked.dtype,
-            steps=steps,
-            check_processor=_image_token_check(prompts),
-        )
+        return load_host(args.model, device=checked.device, dtype=checked.dtype, steps=steps, check_processor=check)
 
 
 def _image_token_check(prompts: Sequence[tuple[str, str]]) -> Callable[[Any], None]:
@@ -78,6 +88,64 @@ def _image_token_check(prompts: Sequence[tuple[str, str]]) -> Callable[[Any], No
             check_placeholders(flag, prompt, tokens)
 
     return check
+
+
+def _processor_files(source: str) -> str:
+    """The processor config files of a checkpoint, for messages: their paths, or a description."""
+    folder = _checkpoint_folder(source)
+    names = ("preprocessor_config.json", "processor_config.json")
+    found = [str(folder / name) for name in names if folder is not None and (folder / name).is_file()]
+    return " / ".join(found) if found else "its processor config (preprocessor_config.json / processor_config.json)"
+
+
+def _processor_pixels(source: str, processor: Any, prompt: str, image: Any) -> torch.Tensor:
+    """The processor's ``pixel_values`` for one image and prompt, as the host will make them; a failure is the
+    processor config's (one line naming its file)."""
+    from ..evaluate import Host
+
+    host = Host(source=source, model=None, processor=processor, device=torch.device("cpu"), dtype=torch.float32)
+    try:
+        pixels = host.inputs([prompt], [image]).get("pixel_values")
+    except Exception as error:  # whatever a processor raises on values it cannot use (TypeError, KeyError, ...)
+        raise HeroError(
+            f"--model {source}: the processor made from {_processor_files(source)} fails on a plain image: "
+            f"{type(error).__name__}: {_one_line(error).rstrip('.')}. The processor config is broken; copy the "
+            "checkpoint's own."
+        ) from error
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (4, 5):
+        raise HeroError(
+            f"--model {source}: the processor made from {_processor_files(source)} returns no pixel_values of views "
+            f"(got {type(pixels).__name__}). The processor config is broken; copy the checkpoint's own."
+        )
+    return pixels
+
+
+def _check_processor(source: str, processor: Any, config: Any) -> None:
+    """Try the processor once on a small plain image before the weights load: it must run, and make views of the
+    size the vision encoder takes (``vision_config.image_size``), else the processor config is broken or belongs
+    to another model (later it would show as a pixel_values error of the host)."""
+    from ..extras import require
+
+    if config is None:
+        from ..evaluate import host_config
+
+        config = host_config(source)
+    image = require("PIL.Image").new("RGB", (64, 48), (128, 128, 128))
+    pixels = _processor_pixels(source, processor, "describe", image)
+    size = getattr(getattr(config, "vision_config", None), "image_size", None)
+    expected = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    if all(isinstance(x, int) for x in expected) and tuple(pixels.shape[-2:]) != expected:
+        height, width = pixels.shape[-2:]
+        raise HeroError(
+            f"--model {source}: the processor made from {_processor_files(source)} makes views of {height}x{width} "
+            f"pixels, but the vision encoder takes {expected[0]}x{expected[1]} (vision_config.image_size in its "
+            "config.json): the processor config is broken or another model's; copy the checkpoint's own."
+        )
+
+
+def _processor_views(pixels: torch.Tensor) -> int:
+    """How many views (tiles and thumbnail) the processor made of one image: (V, 3, H, W) or (1, V, 3, H, W)."""
+    return int(pixels.shape[1] if pixels.ndim == 5 else pixels.shape[0])
 
 
 @dataclass
@@ -103,6 +171,7 @@ def _start(
     overrides: Sequence[_Override],
     prompts: Sequence[tuple[str, str]],
     steps: _Steps,
+    also: Callable[[Any], None] | None = None,
 ) -> _Session:
     """Load ``--clip`` (when given, used or not), then the host; build the preset at the encoder's real depth."""
     from ..adapter import get_adapter
@@ -115,7 +184,7 @@ def _start(
         scorer = _load_clip(args, checked)
         _LOG.debug("loaded --clip %s in %.2f s", args.clip, time.perf_counter() - started)
     steps.update()
-    host = _load_host(args, checked, steps, prompts)
+    host = _load_host(args, checked, steps, prompts, also)
     _LOG.debug("loaded --model %s in %.2f s on %s, %s", args.model, time.perf_counter() - started, host.device,
                str(host.dtype).removeprefix("torch."))  # fmt: skip
     # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit --set layers are kept).
@@ -152,25 +221,41 @@ def _strip_path(out: Path) -> Path:
     return out.with_name(out.stem + "_layers.png")
 
 
+def _view_names(encoded: Any) -> list[str]:
+    """Each view's name as the picture labels it (``render_plan``): ``thumbnail``, and ``tile 1`` .. ``tile K`` in
+    view order over the other views, wherever the host puts its thumbnail (first for LLaVA-NeXT, last for
+    InternVL); ``hero show --layers K`` takes the same numbers."""
+    from hero_core.allocators import tile_views
+
+    names = ["thumbnail"] * int(encoded.num_views)
+    for number, view in enumerate(tile_views(encoded), 1):
+        names[view] = f"tile {number}"
+    return names
+
+
 def _table(report: Any, session: _Session, inputs: dict[str, Any], image_index: int = 0) -> str:
-    """Per view: budget, kept, importance and its parts; totals: tokens, ratio, FLOPs, KV cache, stage times."""
+    """Per view: budget, kept, importance and its parts; totals: tokens, ratio, FLOPs, KV cache, stage times. A view
+    without valid positions (all padding: an extreme aspect ratio) shows ``-`` for its scores, which mean nothing
+    there, and says so."""
     image = report.images[image_index]
     plan = image.plan
     valid = image.valid_tokens
     kept = plan.keep.sum(-1).tolist()
 
     def column(tensor: torch.Tensor | None) -> list[str]:
-        return ["-"] * len(valid) if tensor is None else [f"{x:.3f}" for x in tensor.tolist()]
+        if tensor is None:
+            return ["-"] * len(valid)
+        return [f"{x:.3f}" if count else "-" for x, count in zip(tensor.tolist(), valid, strict=True)]
 
     importance, saliency, relevance = column(plan.importance), column(plan.saliency), column(plan.relevance)
     lines = [
         f"{'view':<10} {'valid':>6} {'budget':>7} {'kept':>6} {'importance':>11} {'saliency':>9} {'relevance':>10}"
     ]
-    for view, budget in enumerate(image.budgets):
-        name = "thumbnail" if view == image.encoded.thumbnail_index else f"tile {view}"
+    for view, (name, budget) in enumerate(zip(_view_names(image.encoded), image.budgets, strict=True)):
+        note = "" if valid[view] else "  no valid positions (all padding)"
         lines.append(
             f"{name:<10} {valid[view]:>6} {budget:>7} {kept[view]:>6} {importance[view]:>11} {saliency[view]:>9} "
-            f"{relevance[view]:>10}"
+            f"{relevance[view]:>10}{note}"
         )
     prompt_tokens = int(inputs["input_ids"].shape[1])
     before, after = prompt_tokens, prompt_tokens - report.tokens_in + report.tokens_out

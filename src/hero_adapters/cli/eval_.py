@@ -8,6 +8,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from hero_core import HeroError, presets
 
@@ -15,6 +16,7 @@ from ._args import _device_arguments, _Once, _one_line, _pruning_arguments, _rat
 from ._checks import _check_outputs, _check_overrides, _precheck
 from ._console import _steps
 from ._load import _load_clip, _load_host
+from ._output import _write_text
 
 _LOG = logging.getLogger("hero_adapters.cli")
 
@@ -77,6 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> None:
+    """``_evaluate``; ^C before the evaluation starts (while loading) says that nothing was written."""
+    try:
+        _evaluate(args)
+    except KeyboardInterrupt as interrupt:
+        if not getattr(interrupt, "hero_reported", False):
+            _LOG.warning(_interrupted(args.json, None))
+        raise
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     """The options, the data file, its images' existence, the output path, the ``--set`` fields (layers against the
     config's depth) and ``--clip``'s config are checked before the model loads; the JSON is written once, at the
     end (or, when a row fails, with the rows before it and ``"complete": false``)."""
@@ -114,7 +126,13 @@ def execute(args: argparse.Namespace) -> None:
         if args.json is not None:
             payload = result.to_dict()
             payload["settings"]["clip"] = args.clip
-            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+            _write_text("--json", args.json, json.dumps(payload, indent=2) + "\n")
+
+    failed: list[Evaluation] = []
+
+    def on_failure(partial: Evaluation) -> None:
+        failed.append(partial)
+        write(partial)
 
     calls = math.ceil(len(rows) / args.batch_size) * (1 + len(names) * len(ratios))
     bar = _steps(args, calls, "evaluating")
@@ -131,11 +149,18 @@ def execute(args: argparse.Namespace) -> None:
             layout=args.layout,
             data=args.data,
             progress=bar,
-            on_failure=write,
+            on_failure=on_failure,
         )
     except EvaluationError as error:
         where = f" The {error.partial.rows} row(s) before it are in {args.json} (complete: false)." if args.json else ""
         raise HeroError(f"{_one_line(error)}{where}") from error
+    except (
+        KeyboardInterrupt
+    ) as interrupt:  # ^C: say where the partial results are (main then says "interrupted", exit 130)
+        bar.close()
+        _LOG.warning(_interrupted(args.json, failed[-1] if failed else None))
+        interrupt.hero_reported = True  # type: ignore[attr-defined]
+        raise
     finally:
         bar.close()
     print(result.table())
@@ -145,3 +170,15 @@ def execute(args: argparse.Namespace) -> None:
     if args.json is not None:
         write(result)
         print(f"wrote {args.json}")
+
+
+def _interrupted(json_path: Path | None, partial: Any) -> str:
+    """Where an interrupted evaluation left its results: the partial file (``complete: false``), or none."""
+    if partial is None:
+        where = f"nothing was written to {json_path}" if json_path is not None else "no --json given"
+        return f"interrupted before any row was evaluated: {where}"
+    error = str(partial.error or "interrupted")
+    done = error[error.index("interrupted at ") :] if "interrupted at " in error else error
+    if json_path is None:
+        return f"{done}; no --json given: the {partial.rows} row(s) before it are not kept"
+    return f"{done}; the {partial.rows} row(s) before it are in {json_path} (complete: false)"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from hero_core import VICUNA_7B, VICUNA_13B, HeroError, ModelShape
 
@@ -40,9 +42,40 @@ def _shape(name: str) -> ModelShape:
     if not is_file(path):
         raise HeroError.field("--shape", name, f"one of {sorted(SHAPES)} or a config.json file that exists")
     try:
-        return ModelShape.from_config(path, name=path.name)
+        shape = ModelShape.from_config(path, name=path.name)
     except HeroError as error:
         raise HeroError(f"--shape {name}: {_one_line(error)}") from error
+    _check_decoder(name, json.loads(path.read_text()))  # readable JSON: from_config read it
+    return shape
+
+
+def _check_decoder(name: str, config: dict[str, Any]) -> None:
+    """The language model part of ``config`` (its ``text_config`` / ``llm_config``, else itself, as
+    ``ModelShape.from_config`` reads it) is a decoder LLM: not an encoder-decoder, and of a model type that
+    transformers knows as a causal LM, when it knows the type at all (a CLIP config's text tower is an encoder of
+    the same fields, and its FLOPs would be wrong without a word)."""
+    text = config.get("text_config") or config.get("llm_config") or config
+    kind = text.get("model_type") if isinstance(text, dict) else None
+    why = ""
+    if config.get("is_encoder_decoder") or (isinstance(text, dict) and text.get("is_encoder_decoder")):
+        why = "it is an encoder-decoder model"
+    elif isinstance(kind, str):
+        try:
+            from transformers.models.auto import configuration_auto, modeling_auto
+        except ImportError:  # without transformers the type cannot be told; the fields were there
+            return
+        known = getattr(configuration_auto, "CONFIG_MAPPING_NAMES", {})
+        if kind in known and kind not in getattr(modeling_auto, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", {kind: None}):
+            top = config.get("model_type")
+            part = f" (the {'text_config' if text is not config else 'config'} of a {top!r} config)" if top else ""
+            why = f"its language part is model_type {kind!r}{part}, not a decoder LLM"
+    if why:
+        raise HeroError.field(
+            "--shape",
+            name,
+            "the config.json of a decoder LLM (LLaMA-style) or of a VLM whose text_config is one",
+            f"{why[0].upper()}{why[1:]}. Give the VLM's or the LLM's own config.json.",
+        )
 
 
 def execute(args: argparse.Namespace) -> None:

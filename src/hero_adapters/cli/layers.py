@@ -14,9 +14,10 @@ from hero_core import HeroError
 from .._paths import exists, is_file
 from ..rows import open_image
 from ._args import _device_arguments, _Once, _one_line, _verbosity
-from ._checks import IMAGE_SUFFIXES, _check_outputs, _check_prompt, _Checked
+from ._checks import IMAGE_SUFFIXES, _check_outputs, _check_prompt, _check_weights, _Checked
 from ._console import _steps
 from ._load import _load_host
+from ._output import _write_text
 
 NAME, HELP = "layers", "profile every encoder layer's CLS attention and suggest HERO's low / high layers"
 
@@ -70,6 +71,7 @@ def _image_paths(paths: Sequence[Path]) -> list[Path]:
             found.append(path)
         else:
             raise HeroError.field("--images", str(path), "image files or folders that exist", "Check the path.")
+    found = _distinct(found)
     bombs = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
     for path in found:
         try:
@@ -89,6 +91,23 @@ def _image_paths(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
+def _distinct(paths: Sequence[Path]) -> list[Path]:
+    """Each file once, in the order first named: the same file named twice, or through a folder and by name, or
+    through another path to it (a link, ``./``), is one image, not two."""
+    kept: list[Path] = []
+    seen: set[tuple[int, int] | Path] = set()
+    for path in paths:
+        try:
+            status = path.stat()
+            key: tuple[int, int] | Path = (status.st_dev, status.st_ino)
+        except OSError:
+            key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            kept.append(path)
+    return kept
+
+
 def execute(args: argparse.Namespace) -> None:
     from ..adapter import get_adapter
     from ..evaluate import device_dtype, host_config
@@ -99,9 +118,10 @@ def execute(args: argparse.Namespace) -> None:
     _check_outputs([("--json", args.json, "json")], inputs=[("--images", p) for p in paths],
                    folders=[("--model", args.model)])  # fmt: skip
     device, dtype = device_dtype(args.device, args.dtype)
-    host_config(args.model)
+    config = host_config(args.model)
+    _check_weights("--model", args.model)
     steps = _steps(args, 2 + len(paths), "loading")
-    host = _load_host(args, _Checked(device, dtype, None), steps, [("--prompt", args.prompt)])
+    host = _load_host(args, _Checked(device, dtype, None, config), steps, [("--prompt", args.prompt)])
     adapter = get_adapter(host.model, processor=host.processor)
 
     def batches() -> Iterator[dict[str, Any]]:
@@ -114,6 +134,9 @@ def execute(args: argparse.Namespace) -> None:
     profile = layer_profile(adapter, batches())
     steps.close()
     low, high = profile.suggest()
+    if args.json is not None:  # the file asked for first: a closed stdout (`| head`) cannot cost it
+        payload = {"model": str(args.model), "images": [str(p) for p in paths], "profile": profile.to_dict()}
+        _write_text("--json", args.json, json.dumps(payload, indent=2) + "\n")
     print(
         f"{args.model}: {host.model.config.model_type}, vision encoder of {profile.depth} layers, query "
         f"{profile.query_source!r}; {profile.num_images} image(s), {profile.num_views} views of {profile.num_tokens} "
@@ -135,6 +158,4 @@ def execute(args: argparse.Namespace) -> None:
         "  (a heuristic from the paper's finding 2; docs/presets.md)"
     )
     if args.json is not None:
-        payload = {"model": str(args.model), "images": [str(p) for p in paths], "profile": profile.to_dict()}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -4,9 +4,11 @@ every row of a ``--data`` file."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +22,9 @@ from hero_core import HeroError
 from ..rows import Row, open_image
 from ._args import _model_arguments, _Once, _one_line
 from ._checks import _check_outputs, _positive, _precheck
-from ._console import _Steps, _steps
+from ._console import _stdout_closed, _Steps, _steps
 from ._load import _decode, _Session, _single, _start, _table, _timed
+from ._output import _write_file, _write_text
 
 _LOG = logging.getLogger("hero_adapters.cli")
 
@@ -125,14 +128,31 @@ def execute(args: argparse.Namespace) -> None:
         _LOG.debug("pruned generate: %.3f s", seconds)
     steps.close()
     answer = _decode(session, sequences, length)
+    unpruned = None if timing is None else _decode(session, plain, length)
+    # the files asked for first, each whole or not at all: a closed stdout (`| head -1`) cannot cost them
+    if args.show is not None:
+        from ..visualize import render_plan
+
+        _write_file("--show", args.show, lambda path: render_plan(image, report.images[0], path))
+    if args.json is not None:
+        payload: dict[str, Any] = {"answer": answer, "preset": args.preset, "report": report.to_dict()}
+        if timing is not None:
+            payload["unpruned"] = {"answer": unpruned, "seconds": timing["unpruned_median"]}
+            payload["timing"] = timing
+        _write_text("--json", args.json, json.dumps(payload, indent=2) + "\n")
     print(f"answer ({args.preset}, keep ratio {args.keep_ratio:g}): {answer}")
     if timing is not None:
-        print(f"answer (unpruned): {_decode(session, plain, length)}")
+        print(f"answer (unpruned): {unpruned}")
         speedup = timing["unpruned_median"] / timing["pruned_median"] if timing["pruned_median"] > 0 else math.nan
         print(
             f"time: pruned {timing['pruned_median']:.3f} s, unpruned {timing['unpruned_median']:.3f} s "
             f"({speedup:.2f}x; generate, median of {repeats} alternating runs after one warm-up of each; "
             f"{timing['pruned_new_tokens']} and {timing['unpruned_new_tokens']} new tokens)"
+        )
+        print(
+            f"spread (min-max of the {repeats} timed runs): pruned {min(timing['pruned_seconds']):.3f}-"
+            f"{max(timing['pruned_seconds']):.3f} s, unpruned {min(timing['unpruned_seconds']):.3f}-"
+            f"{max(timing['unpruned_seconds']):.3f} s"
         )
         if timing["pruned_new_tokens"] != timing["unpruned_new_tokens"]:
             _LOG.warning(
@@ -141,18 +161,9 @@ def execute(args: argparse.Namespace) -> None:
             )
     print()
     print(_table(report, session, inputs))
-    if args.show is not None:
-        from ..visualize import render_plan
-
-        render_plan(image, report.images[0], args.show)
-        print(f"wrote {args.show}")
-    if args.json is not None:
-        payload: dict[str, Any] = {"answer": answer, "preset": args.preset, "report": report.to_dict()}
-        if timing is not None:
-            payload["unpruned"] = {"answer": _decode(session, plain, length), "seconds": timing["unpruned_median"]}
-            payload["timing"] = timing
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    for path in (args.show, args.json):
+        if path is not None:
+            print(f"wrote {path}")
 
 
 def _compare(
@@ -258,7 +269,23 @@ def _run_rows(args: argparse.Namespace) -> None:
     where = f"--data {args.data}"
     options = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     bar = _steps(args, len(rows), "answering")
-    out: Any = None  # opened with the first answered batch: a run that fails at once leaves an existing file as it was
+    printing = True
+
+    def say(line: str) -> None:
+        """A result line on stdout; when its reader is gone, the rest of the rows still go to --json, if asked."""
+        nonlocal printing
+        if not printing:
+            return
+        try:
+            bar.write(line)
+        except BrokenPipeError:
+            printing = False
+            _stdout_closed()
+            if args.json is None:  # nothing else was asked for: stop here
+                raise
+
+    # opened with the first answered batch: a run that fails at once leaves an existing file as it was
+    out: _JsonLines | None = None
     done: list[dict[str, Any]] = []
     try:
         for start in range(0, len(rows), batch_size):
@@ -293,21 +320,22 @@ def _run_rows(args: argparse.Namespace) -> None:
             length = int(inputs["input_ids"].shape[1])
             seconds = time.perf_counter() - began
             _LOG.debug("%s: %.3f s", located, seconds)
+            printed = []
             for i, row in enumerate(batch):
                 images_of_row = [image for image in report.images if image.prompt == i]
                 result = _row_result(row, _decode(session, sequences, length, i), images_of_row, args.preset,
                                      args.keep_ratio)  # fmt: skip
                 result["batch_seconds"] = seconds
                 done.append(result)
-                if args.json is not None:
-                    if out is None:
-                        out = args.json.open("w", encoding="utf-8")
-                    out.write(json.dumps(result) + "\n")
-                bar.write(
+                printed.append(
                     f"{row.id}: {result['answer']}  [{result['tokens_in']} -> {result['tokens_out']} image tokens]"
                 )
-            if out is not None:
-                out.flush()
+            if args.json is not None:  # the batch's lines on disk before they go to stdout
+                if out is None:
+                    out = _JsonLines(args.json)
+                out.add(done[-len(batch) :], len(done))
+            for line in printed:
+                say(line)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -315,9 +343,54 @@ def _run_rows(args: argparse.Namespace) -> None:
             out.close()
     tokens_in = sum(r["tokens_in"] for r in done)
     tokens_out = sum(r["tokens_out"] for r in done)
-    print(
+    say(
         f"{len(done)} rows ({args.preset}, keep ratio {args.keep_ratio:g}): image tokens {tokens_in} -> {tokens_out} "
         f"(effective ratio {tokens_out / tokens_in if tokens_in else 1.0:.3f})"
     )
     if args.json is not None:
-        print(f"wrote {args.json}")
+        say(f"wrote {args.json}")
+    if not printing:  # every row answered and written; the exit code still says that stdout was cut short
+        raise BrokenPipeError("stdout closed")
+
+
+class _JsonLines:
+    """``run --data --json``: one JSON line per row, written and flushed batch by batch, so that a failure keeps the
+    rows before it. A failed write (a full disk) cuts the file back to the last whole batch (none: the file is
+    removed) and is one line naming ``--json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("w", encoding="utf-8")
+        self.whole = 0  # bytes of whole batches on disk
+        self.rows = 0
+
+    def add(self, results: Sequence[dict[str, Any]], rows: int) -> None:
+        try:
+            for result in results:
+                self.file.write(json.dumps(result) + "\n")
+            self.file.flush()
+            self.whole, self.rows = self.file.tell(), rows
+        except OSError as error:
+            self._cut()
+            kept = f" The {self.rows} row(s) before it are in it." if self.rows else " Nothing was written."
+            raise HeroError.field(
+                "--json",
+                str(self.path),
+                "a file hero can write",
+                f"Writing the line(s) of row(s) {self.rows + 1}-{rows} failed: {error.strerror or error}.{kept}",
+            ) from error
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):  # the buffered rest fails again: it is cut below
+            self.file.close()
+        try:
+            if self.whole:
+                os.truncate(self.path, self.whole)
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()

@@ -1,0 +1,73 @@
+"""Writing the files a command was asked for: whole or not at all (a full disk leaves no half-written file, and
+an existing file as it was), and a failed write is one line naming the flag."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from hero_core import HeroError
+
+from .._paths import exists
+
+
+def _failed(flag: str, path: Path, error: OSError) -> HeroError:
+    reason = error.strerror or str(error)
+    return HeroError.field(
+        flag, str(path), "a file hero can write", f"Writing it failed: {reason}. Free space or name another file."
+    )
+
+
+#: An existing output up to this size is kept in memory while it is rewritten, to be put back if the write fails.
+_KEEP_OLD = 64 * 2**20
+
+
+def _write_file(flag: str, path: Path, write: Callable[[Path], None]) -> None:
+    """``write(path)``, whole or not at all: when it fails (a full disk, a quota, an I/O error), the half-written
+    file is removed, or an existing file's old content (up to 64 MiB) is put back. The command writes nothing but
+    the file asked for (no temporary file beside it: tests/adapters/test_safety.py watches every write); a path
+    that exists and is not a regular file (``/dev/full``, a FIFO) is written as it is.
+
+    Raises:
+        HeroError: naming ``flag`` and ``path`` when the write fails.
+    """
+    regular = exists(path) and path.is_file()
+    special = exists(path) and not regular
+    old: bytes | None = None
+    if regular:
+        with contextlib.suppress(OSError):
+            old = path.read_bytes() if path.stat().st_size <= _KEEP_OLD else None
+    try:
+        write(path)
+    except OSError as error:
+        if not special:
+            _undo(path, old)
+        raise _failed(flag, path, error) from error
+    except BaseException:
+        if not special:
+            _undo(path, old)
+        raise
+
+
+def _undo(path: Path, old: bytes | None) -> None:
+    """The old content back (it takes no more room than the write just freed by truncating it), else no file."""
+    try:
+        if old is not None:
+            path.write_bytes(old)
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _write_text(flag: str, path: Path, text: str) -> None:
+    """``text`` into ``path``, whole or not at all (``_write_file``)."""
+
+    def write(target: Path) -> None:
+        with target.open("w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()  # a full disk shows here (or in close), inside the try of _write_file
+
+    _write_file(flag, path, write)
