@@ -205,12 +205,18 @@ class PruneReport:
             f"{note[0].upper()}{note[1:]}" for note in notes
         )
 
-    def warn_ratio(self) -> None:
-        """Log ``ratio_note`` once, as a WARNING of the ``hero_adapters`` logger (nothing when it is None);
-        ``HeroVLM`` calls it once per call."""
+    def warn_ratio(self, said: set[str] | None = None) -> None:
+        """Log ``ratio_note`` as a note (INFO) of the ``hero_adapters`` logger, unless it is None or already in
+        ``said`` (then added to it): ``HeroVLM`` passes its own set, so a wrapper says each distinct note once.
+        The command line shows notes unless ``-q``; in Python, read ``ratio_note`` or enable the logger's INFO."""
         note = self.ratio_note
-        if note is not None:
-            _LOG.warning("%s", note)
+        if note is None or (said is not None and note in said):
+            return
+        if said is not None:
+            if len(said) >= 1024:  # bounded: a long evaluation meets many distinct notes
+                said.clear()
+            said.add(note)
+        _LOG.info("%s", note)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: totals, timings and one entry per image."""

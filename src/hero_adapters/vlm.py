@@ -142,6 +142,7 @@ class HeroVLM:
         self.text_scorer = text_scorer
         self.positions = positions
         self.last_report: PruneReport | None = None
+        self._notes: set[str] = set()  # the ratio notes this wrapper has logged (each distinct one once)
 
     @property
     def layout(self) -> str:
@@ -454,7 +455,7 @@ class HeroVLM:
             for i, (image, plan, out) in enumerate(zip(encoded, plans, assembled, strict=True))
         ]
         report = PruneReport(images=images, timings=timer.seconds, positions=self.positions)
-        report.warn_ratio()  # a note when an image sends more than 1.1 x the keep ratio, with the reason
+        report.warn_ratio(self._notes)  # a note when an image sends over 1.1 x the keep ratio, with the reason
         return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask)
 
     def _score(self, image: EncodedImage, text: str, index: int) -> Tensor:

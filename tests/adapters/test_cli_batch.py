@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from .notes import others
 from .test_cli import LAYERS, counting_loads, main, save_checkpoint, snapshot
 
 RESULT_KEYS = {"id", "line", "image", "prompt", "reference", "answer", "preset", "keep_ratio", "tokens_in",
@@ -58,7 +59,7 @@ def test_run_data_loads_once_and_answers_every_row_in_order(files, tmp_path, cap
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert loads == [str(files["model"])]
-    assert captured.err.strip() == "hero: note: no --clip given: tile budgets come from visual saliency alone"
+    assert others(captured.err) == "hero: note: no --clip given: tile budgets come from visual saliency alone"
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in results] == ["card", 2, "tall"]
     assert [r["line"] for r in results] == [1, 3, 4]

@@ -23,6 +23,7 @@ from hero_adapters.evaluate import Evaluation, EvaluationError, Host, evaluate, 
 from hero_adapters.rows import Row, read_rows
 from hero_core import HeroError
 
+from .notes import others
 from .test_cli import hero
 
 RATIOS = (1.0, 0.5)
@@ -312,7 +313,7 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert loads == [str(files["model"])]
-    assert captured.err.strip() == "hero: note: no --clip given: tile budgets come from visual saliency alone"
+    assert others(captured.err) == "hero: note: no --clip given: tile budgets come from visual saliency alone"
     table = [line for line in captured.out.splitlines() if line.startswith("|")]
     assert table[0].startswith("| preset | keep ratio | agreement | first divergence | accuracy | right -> wrong /")
     assert len(table) == 2 + 1 + 4 and table[2].startswith("| unpruned |")
@@ -382,7 +383,7 @@ def test_failing_row_writes_the_rows_done_and_exits_2(files, loads, capsys, tmp_
                 "--keep-ratios", "0.5", "--max-new-tokens", "2", "--json", out)  # fmt: skip
     captured = capsys.readouterr()
     assert code == 2
-    (line,) = captured.err.strip().splitlines()
+    (line,) = others(captured.err).splitlines()
     assert line.startswith(f"hero: error: --data {files['broken']}, line 3: image=") and "complete: false" in line
     assert loads == [str(files["model"])]
     payload = json.loads(out.read_text())
