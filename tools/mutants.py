@@ -613,7 +613,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S11",
-        "hero_adapters/lmms.py",
+        "hero_adapters/_lmms_args.py",
         "config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)",
         "config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=True)",
         SAFETY,

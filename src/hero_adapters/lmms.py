@@ -43,15 +43,12 @@ names the ``lmms-eval`` extra.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import inspect
 import json
 import logging
 import os
-import re
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +57,18 @@ from torch import Tensor
 
 from hero_core import HeroError, presets
 
-from ._paths import exists
+from ._lmms_args import (
+    SET,
+    check_source,
+    checked_model_type,
+    checked_pruner,
+    clip_config,
+    clip_scorer,
+    config_depth,
+    override,
+    pretrained_config,
+    relevance_presets,
+)
 
 try:  # the base class must exist when the class is defined: lmms-eval checks issubclass(HeroLmms, lmms)
     from lmms_eval.api.model import lmms as _LmmsModel  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -81,9 +89,7 @@ _LOG = logging.getLogger(__name__)
 HERO_ARGS = ("pretrained", "clip", "preset", "keep_ratio", "layout", "positions", "reports")
 #: What lmms-eval passes besides model_args (``create_from_arg_string``'s additional config).
 _LMMS_ARGS = ("batch_size", "max_batch_size", "device")
-_SET = "set_"
 #: model types lmms-eval's llava_hf loads, if its module does not say (its ``model_map``).
-_LLAVA_HF_TYPES = ("llava", "llava_next", "llava_onevision")
 
 
 @dataclass
@@ -153,10 +159,10 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                 "1 (llava_hf, which the hero model wraps, answers one request at a time and asserts on more)",
                 "Drop --batch_size or pass --batch_size 1; run several processes with accelerate launch instead.",
             )
-        typed = {key[len(_SET) :]: key for key in model_args if key.startswith(_SET)}
-        overrides = {name: _override(key, model_args[key]) for name, key in typed.items()}
-        inner_args = {key: value for key, value in model_args.items() if not key.startswith(_SET)}
-        _checked_pruner(preset, keep_ratio, overrides, typed, None)  # names, values (no depth yet)
+        typed = {key[len(SET) :]: key for key in model_args if key.startswith(SET)}
+        overrides = {name: override(key, model_args[key]) for name, key in typed.items()}
+        inner_args = {key: value for key, value in model_args.items() if not key.startswith(SET)}
+        checked_pruner(preset, keep_ratio, overrides, typed, None)  # names, values (no depth yet)
         if clip is not None and (not isinstance(clip, str) or not clip):
             raise HeroError.field("clip", clip, "a CLIP checkpoint directory or hub id, or no clip= at all")
         llava_hf = _llava_hf_class()
@@ -169,22 +175,22 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                 f"keys among hero's {list(HERO_ARGS)}, set_<preset field>, or llava_hf's {known}",
                 "Check the spelling; preset fields take the set_ prefix (set_alpha=0.7).",
             )
-        config = _pretrained_config(pretrained, llava_hf)
+        config = pretrained_config(pretrained, llava_hf)
         model_type = str(config.model_type)
-        checked = _checked_pruner(preset, keep_ratio, overrides, typed, _config_depth(config))
+        checked = checked_pruner(preset, keep_ratio, overrides, typed, config_depth(config))
         self.preset, self.keep_ratio = preset, keep_ratio
         scorer = None
         if clip is not None:
-            _check_source("clip", clip)
+            check_source("clip", clip)
             if checked.uses_relevance:  # loaded now (CPU), so a bad CLIP checkpoint fails before LLaVA's weights
-                scorer = _clip_scorer(clip)
+                scorer = clip_scorer(clip)
             else:
-                _clip_config(clip)
+                clip_config(clip)
                 _console().warning(
                     f"hero: clip={clip} is ignored: preset {preset} reads no relevance "
                     f"({type(checked.allocator).__name__}.uses_relevance is False"
                     f"{', alpha=1' if getattr(checked.allocator, 'alpha', None) == 1 else ''}); drop clip= or use a "
-                    f"preset that reads it ({', '.join(_relevance_presets())})"
+                    f"preset that reads it ({', '.join(relevance_presets())})"
                 )
         elif checked.uses_relevance:
             _console().warning(
@@ -393,15 +399,6 @@ def _init_parameters(cls: Any) -> list[str]:
     return [p.name for p in params if p.name != "self" and p.kind not in skip]
 
 
-def _llava_hf_types(cls: Any) -> list[str]:
-    """The ``config.model_type`` values llava_hf loads: its module's ``model_map`` (else the 0.7.3 list)."""
-    for klass in getattr(cls, "__mro__", ()):
-        found = getattr(sys.modules.get(klass.__module__), "model_map", None)
-        if isinstance(found, dict) and found:
-            return sorted(found)
-    return list(_LLAVA_HF_TYPES)
-
-
 def _console() -> Any:
     """The logger whose lines reach lmms-eval's console: lmms-eval's own, loguru's ``logger`` (stdout, at
     ``--verbosity``, INFO by default). The standard ``logging`` has no handler there, so its INFO lines never show;
@@ -421,190 +418,6 @@ class _Warnings:
 
     def warning(self, message: str) -> None:
         _LOG.warning(message)
-
-
-def _relevance_presets() -> list[str]:
-    """The presets whose allocator reads a text relevance (``Pruner.uses_relevance``)."""
-    return [name for name in sorted(presets.PRESETS) if presets.get(name, 1.0).uses_relevance]
-
-
-def _checked_pruner(
-    preset: str, keep_ratio: Any, overrides: dict[str, Any], typed: dict[str, str], depth: int | None
-) -> Any:
-    """The preset with its overrides, or a HeroError naming the argument as typed (``set_alpah``, not ``alpah``):
-    the preset and keep ratio first, then each override alone (its name, then its value), then all together."""
-    base = presets.get(preset, keep_ratio) if depth is None else presets.get(preset, keep_ratio, depth=depth)
-    parts: tuple[Any, ...] = (base.allocator, base.selector)
-    fields = sorted({f.name for part in parts if dataclasses.is_dataclass(part) for f in dataclasses.fields(part)})
-    depth_kw = {} if depth is None else {"depth": depth}
-    for name, value in overrides.items():
-        key = typed[name]
-        if name not in fields:
-            raise HeroError.field(
-                key,
-                value,
-                f"a field of preset {preset}, one of {[_SET + field for field in fields]}",
-                "Check the spelling.",
-            )
-        try:
-            presets.get(preset, keep_ratio, **depth_kw, **{name: value})
-        except HeroError as error:
-            raise _as_typed(error, name, key) from error
-    try:
-        return presets.get(preset, keep_ratio, **depth_kw, **overrides)
-    except HeroError as error:
-        shown = ", ".join(f"{typed[name]}={value!r}" for name, value in overrides.items())
-        raise HeroError(f"{shown}: {error}") from error
-
-
-def _as_typed(error: HeroError, name: str, key: str) -> HeroError:
-    """``error`` about the preset field ``name``, worded with the model_arg ``key`` the user typed."""
-    message = str(error)
-    if message.startswith(f"{name}="):
-        return HeroError(key + message[len(name) :])
-    return HeroError(f"{key}: {message}")
-
-
-def _config_depth(config: Any) -> int | None:
-    """The vision encoder's depth as the checkpoint's config gives it (``vision_config.num_hidden_layers``)."""
-    depth = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
-    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 2 else None
-
-
-#: A hub id's shape (``name`` or ``owner/name``); anything else that is not a folder is a path that does not exist.
-_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(?:/[A-Za-z0-9_][\w.-]*)?")
-
-
-def _check_source(argument: str, source: str) -> bool:
-    """Whether ``source`` is a local checkpoint folder (True) or left to the hub as an id (False).
-
-    Raises:
-        HeroError: naming ``argument`` as typed: a file, a folder without config.json, or a path that is neither a
-            folder nor shaped like a hub id ("no such folder", in our words rather than the hub's).
-    """
-    path = Path(source)
-    if exists(path):
-        if not path.is_dir():
-            raise HeroError.field(argument, source, "a checkpoint folder or a hub id", "It is a file, not a folder.")
-        if not (path / "config.json").is_file():
-            raise HeroError.field(argument, source, "a checkpoint folder with a config.json")
-        return True
-    if not _HUB_ID.fullmatch(source) or ".." in source:
-        raise HeroError.field(argument, source, "a checkpoint folder or a hub id", "There is no such folder.")
-    return False
-
-
-def _missing(argument: str, source: str, local: bool, error: BaseException) -> HeroError:
-    """A config that did not load: a local folder's error in one line, or a hub id found nowhere, in our words."""
-    if local:
-        return HeroError.field(argument, source, "a checkpoint folder with a readable config.json", _one_line(error))
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    where = "in the local hub cache (HF_HUB_OFFLINE is set)" if offline else "on the hub or in its local cache"
-    return HeroError.field(
-        argument,
-        source,
-        "a checkpoint folder or a hub id",
-        f"There is no such folder, and no model {source!r} {where}.",
-    )
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _pretrained_config(pretrained: str, llava_hf: Any) -> Any:
-    """The checkpoint's config, if both llava_hf and a HERO adapter serve its model type (before any weight loads)."""
-    from . import hosts  # noqa: F401  (registers the host adapters)
-    from .adapter import list_adapters
-    from .extras import require
-
-    transformers = require("transformers")
-    local = _check_source("pretrained", pretrained)
-    try:  # hero's own read never runs checkpoint code (llava_hf follows model_args' trust_remote_code)
-        config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        from .evaluate import refused_checkpoint
-
-        raise refused_checkpoint("pretrained", pretrained, error) or _missing(
-            "pretrained", pretrained, local, error
-        ) from error
-    model_type = getattr(config, "model_type", None)
-    loadable = _llava_hf_types(llava_hf)
-    supported = [name for name in list_adapters() if name in loadable]
-    if model_type not in supported:
-        raise HeroError.field(
-            "pretrained model_type",
-            model_type,
-            f"one of {supported}: a tiled (AnyRes) model that lmms-eval's llava_hf loads ({loadable}) and HERO has "
-            f"an adapter for ({list_adapters()})",
-            "LLaVA-1.5 ('llava') has no tiles to prune; for InternVL use HeroVLM(...).attach() around another "
-            "lmms-eval model in Python (docs/evaluate.md).",
-        )
-    return config
-
-
-def _checked_model_type(pretrained: str, llava_hf: Any) -> str:
-    """The checkpoint's ``model_type``, if both llava_hf and a HERO adapter serve it (before any weight loads)."""
-    return str(_pretrained_config(pretrained, llava_hf).model_type)
-
-
-def _clip_config(clip: str) -> Any:
-    """``clip``'s config, checked to be a full CLIP model's (read only: nothing runs, no weights load)."""
-    from .extras import require
-
-    transformers = require("transformers")
-    local = _check_source("clip", clip)
-    try:
-        config = transformers.AutoConfig.from_pretrained(clip, local_files_only=local, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        from .evaluate import refused_checkpoint
-
-        raise refused_checkpoint("clip", clip, error) or _missing("clip", clip, local, error) from error
-    if getattr(config, "model_type", None) != "clip":
-        raise HeroError.field(
-            "clip model_type",
-            getattr(config, "model_type", None),
-            "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
-            f"{clip} is not one.",
-        )
-    return config
-
-
-def _clip_scorer(clip: str) -> Any:
-    """``HFClipTextScorer.from_pretrained(clip)`` on the CPU (moved to the model's device and dtype once that has
-    loaded); its refusals name ``clip``, as typed, instead of the loader's ``path_or_id``."""
-    from .text_scorers import HFClipTextScorer
-
-    _clip_config(clip)
-    try:
-        return HFClipTextScorer.from_pretrained(clip)
-    except HeroError as error:
-        message = str(error)
-        if message.startswith("path_or_id"):
-            raise HeroError("clip" + message[len("path_or_id") :]) from error
-        raise
-
-
-def _override(key: str, value: Any) -> Any:
-    """A ``set_<field>`` value: layer lists (``[5,6,7,8]``, ``5:6:7:8``, one int) become int tuples."""
-    name = key[len(_SET) :]
-    if not name.endswith("layers"):
-        return value
-    if isinstance(value, bool):
-        raise HeroError.field(key, value, "layer indices, e.g. [5,6,7,8]")
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, (list, tuple)):
-        parts: Iterable[Any] = value
-    elif isinstance(value, str):
-        parts = value.strip().strip("[]()").replace(":", ",").split(",")
-    else:
-        raise HeroError.field(key, value, "layer indices, e.g. [5,6,7,8]")
-    try:
-        return tuple(int(str(part).strip()) for part in parts if str(part).strip())
-    except ValueError:
-        raise HeroError.field(key, value, "layer indices, e.g. [5,6,7,8] or 5:6:7:8") from None
 
 
 def _marked(request: Any, index: int, marks: list[tuple[int, int]], calls: list[_Call]) -> Any:
@@ -667,3 +480,7 @@ def _arg(request: Any, position: int) -> Any:
 
 def _doc(request: Any) -> Any:
     return _arg(request, 3)
+
+
+#: The plugin's config read, under the name tests/adapters/test_safety.py imports.
+_checked_model_type = checked_model_type
