@@ -268,6 +268,7 @@ def test_an_interrupted_eval_says_where_its_partial_file_is(ckpt, tmp_path, caps
         assert warning.endswith(f"the 1 row(s) before it are in {out_json} (complete: false)")
         payload = json.loads(out_json.read_text())
         assert (payload["complete"], payload["rows"]) == (False, 1)
+        assert payload["error"] == f"interrupted at --data {ckpt['rows']}, line 2"  # the location once
     else:
         assert warning.endswith("no --json given: the 1 row(s) before it are not kept")
         assert not out_json.exists()
@@ -390,3 +391,17 @@ def test_compare_prints_the_spread_of_its_repeats(ckpt, tmp_path, capsys):
         f"spread (min-max of the 3 timed runs): pruned {min(pruned):.3f}-{max(pruned):.3f} s, unpruned "
         f"{min(unpruned):.3f}-{max(unpruned):.3f} s"
     )
+
+
+@pytest.mark.parametrize("kind", ["half", "empty"])
+def test_library_loaders_refuse_cut_weights_with_a_hero_error(ckpt, kind):
+    """Python callers (not only the command line, which checks the files first) get a HeroError naming the
+    argument and the folder, not safetensors' own error, from load_host and HFClipTextScorer.from_pretrained."""
+    from hero_adapters.evaluate import load_host
+    from hero_adapters.text_scorers import HFClipTextScorer
+    from hero_core import HeroError
+
+    with pytest.raises(HeroError, match=r"^--model=.*model-" + kind):
+        load_host(str(ckpt[f"model-{kind}"]))
+    with pytest.raises(HeroError, match=r"^path_or_id=.*clip-" + kind):
+        HFClipTextScorer.from_pretrained(ckpt[f"clip-{kind}"])

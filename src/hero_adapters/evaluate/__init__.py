@@ -18,7 +18,7 @@ HERO's encode, score and plan. Both paths are timed in the same run, on the same
 
 from __future__ import annotations
 
-from .loading import PICKLE_SUFFIXES, Host, device_dtype, host_config, load_host, refused_checkpoint
+from .loading import PICKLE_SUFFIXES, Host, device_dtype, host_config, load_host, refused_checkpoint, weight_errors
 from .metrics import Answer, Evaluation, EvaluationError, SettingResult, normalize_answer, setting_key
 from .runner import check_options, evaluate, route_overrides
 
@@ -38,4 +38,5 @@ __all__ = [
     "refused_checkpoint",
     "route_overrides",
     "setting_key",
+    "weight_errors",
 ]

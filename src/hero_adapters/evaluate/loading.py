@@ -17,7 +17,15 @@ from hero_core import HeroError
 
 from .._paths import exists
 
-__all__ = ["PICKLE_SUFFIXES", "Host", "device_dtype", "host_config", "load_host", "refused_checkpoint"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "Host",
+    "device_dtype",
+    "host_config",
+    "load_host",
+    "refused_checkpoint",
+    "weight_errors",
+]
 
 
 def device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -33,6 +41,18 @@ def device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 #: The pickled weight files ``torch.load`` reads (transformers' ``pytorch_model*.bin``, open_clip's ``.pt``/``.pth``).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def weight_errors() -> tuple[type[BaseException], ...]:
+    """What a weight load raises for a checkpoint that cannot load: OS and value errors, a pickle torch refuses,
+    and safetensors' own error (an empty or cut-short ``*.safetensors`` file, as an interrupted download leaves
+    one), which is none of the others."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - the hf extra brings safetensors
+        return errors
+    return (*errors, SafetensorError)
 
 
 def refused_checkpoint(
@@ -220,7 +240,7 @@ def load_host(
         model = transformers.AutoModelForImageTextToText.from_pretrained(
             text, dtype=dtype, trust_remote_code=False, weights_only=True
         )
-    except (OSError, ValueError, pickle.UnpicklingError) as error:
+    except weight_errors() as error:
         refused = refused_checkpoint("--model", text, error)
         raise refused or HeroError.field("--model", text, "loadable weights", str(error)) from error
     if steps is not None:

@@ -282,11 +282,12 @@ def evaluate(
                 if progress is not None:
                     progress.update()
         except BaseException as error:
-            message = (
-                f"interrupted at {located}" if isinstance(error, KeyboardInterrupt) else " ".join(str(error).split())
-            )
-            if not message.startswith(f"{where}, line"):
-                message = f"{located}: {message}"
+            if isinstance(error, KeyboardInterrupt):
+                message = f"interrupted at {located}"  # the location once
+            else:
+                message = " ".join(str(error).split())
+                if not message.startswith(f"{where}, line"):
+                    message = f"{located}: {message}"
             partial = result(False, message)
             if on_failure is not None:
                 on_failure(partial)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
             else "Check the id, or download the checkpoint and pass its directory."
         )
         expected = "a CLIPModel checkpoint (directory or cached hub id)"
-        from ..evaluate import refused_checkpoint
+        from ..evaluate import refused_checkpoint, weight_errors
 
         # Nothing from the checkpoint runs: no code of its own (trust_remote_code=False), and pickled weights only
         # through torch.load(weights_only=True) (safetensors first).
@@ -180,7 +179,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
                 weights_only=True,
                 **dtype_kwargs,
             )
-        except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        except weight_errors() as exc:
             refused = refused_checkpoint("path_or_id", source, exc)
             raise refused or HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
         missing = list(info.get("missing_keys", []))
