@@ -623,8 +623,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "S12",
         CLI_SHOW_PY,
         "        written.append(args.json)\n",
-        "        written.append(args.json)\n"
-        '        Path(".hero-last-show.json").write_text(args.json.read_text())\n',
+        '        written.append(args.json)\n        Path(".hero-last-show.json").write_text(args.json.read_text())\n',
         SAFETY,
         "hero show leaves a copy of its JSON in the working directory",
     ),

@@ -113,7 +113,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "hero_adapters" and r.levelno == logging.INFO]
 
 
-def test_a_4000_by_20_image_gets_one_note_per_wrapper_with_the_reason(tiny: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_4000_by_20_image_gets_one_note_per_wrapper(tiny: Any, caplog: pytest.LogCaptureFixture) -> None:
     """The issue's case on the tiny LLaVA-NeXT (56-px views of 4 x 4 patches, N = 16): a 4000 x 20 image goes
     into a 1 x 2 grid (112 x 56 px), where it is under one patch high, so both tiles are padding; the unpruned
     model sends the thumbnail's 16 tokens and no newline (the unpadded map has no row). B = floor(0.2 x 3 x 16)

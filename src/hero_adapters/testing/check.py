@@ -17,10 +17,10 @@ not only tokens: on a tiny random model the tokens rarely move when the features
    pruner reads relevance; otherwise reported as skipped), and a call that raises inside the vision tower
    after HERO's hooks on earlier layers have recorded.
 
-What it cannot prove: that the adapter's CLS rows are the right layers' rows (compare them with the tower's own
-eager ``output_attentions=True`` as tests/adapters/test_cls_hooks.py does), that its ``view_boxes`` are where the views lie, that a layout other than the host's
-(``"reference"``) is right, or anything about images unlike the prompts given (sizes, counts, aspect ratios
-the prompts do not contain).
+What it cannot prove: that the adapter's CLS rows are the right layers' rows (compare them with the tower's
+own eager ``output_attentions=True`` as tests/adapters/test_cls_hooks.py does), that its ``view_boxes`` are
+where the views lie, that a layout other than the host's (``"reference"``) is right, or anything about images
+unlike the prompts given (sizes, counts, aspect ratios the prompts do not contain).
 """
 
 from __future__ import annotations
@@ -274,8 +274,8 @@ def _global_view(
                     return False, (
                         f"image {position} of prompt {text!r}, {name} corner painted: views whose CLS token changed "
                         f"{sorted(views)}, whose recorded CLS attention changed {sorted(attention)}, whose features "
-                        f"(by the adapter's source map) changed {sorted(features)}; a view whose pixels changed must show it "
-                        "in its own attention rows and features"
+                        f"(by the adapter's source map) changed {sorted(features)}; a view whose pixels changed must "
+                        "show it in its own attention rows and features"
                     )
                 changed.append(views)
             both = changed[0] & changed[1]
