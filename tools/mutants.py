@@ -566,10 +566,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "S05",
         EVALUATE_PY,
-        "    except (OSError, ValueError, pickle.UnpicklingError) as error:\n        refused = refused_checkpoint(",
-        "    except (OSError, ValueError) as error:\n        refused = refused_checkpoint(",
+        "errors: tuple[type[BaseException], ...] = (OSError, ValueError, pickle.UnpicklingError)",
+        "errors: tuple[type[BaseException], ...] = (OSError, ValueError)",
         SAFETY,
-        "a refused pickle escapes load_host as a traceback (not one line, exit 2)",
+        "a refused pickle escapes load_host (and the CLIP loader) as a traceback (not one line, exit 2)",
     ),
     Mutant(
         "S06",
