@@ -674,7 +674,7 @@ def refresh_map(tree: Path) -> None:
     )
     for test in failing:
         print(f"  left out of the map (fails unmutated): {test}", flush=True)
-    import coverage  # the test extra's pytest-cov brings it
+    import coverage  # pytest-cov brings it (not in the test extra yet: pip install pytest-cov)
 
     cov = coverage.Coverage(data_file=str(data))
     cov.load()
