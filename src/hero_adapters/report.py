@@ -83,12 +83,19 @@ class ImageReport:
 
     @property
     def budgets(self) -> list[int]:
-        """Patch tokens kept per view (the thumbnail is view ``encoded.thumbnail_index``)."""
-        return [int(b) for b in self.plan.budgets.tolist()]
+        """Patch tokens kept per view (the thumbnail is view ``encoded.thumbnail_index``); the planner's host ints
+        when it recorded them (no device read)."""
+        known = getattr(self.encoded, "known_counts", None)
+        counts = known(self.plan.budgets) if callable(known) else None
+        return [int(b) for b in (counts if counts is not None else self.plan.budgets.tolist())]
 
     @property
     def valid_tokens(self) -> list[int]:
-        """Non-padding patch positions per view (the most a view can keep)."""
+        """Non-padding patch positions per view (the most a view can keep); ``EncodedTiles`` read them already
+        when the plan was made (no device read)."""
+        capacity = getattr(self.encoded, "capacity", None)
+        if isinstance(capacity, tuple):
+            return [int(v) for v in capacity]
         return [int(v) for v in self.encoded.valid_mask.sum(-1).tolist()]
 
     @property
