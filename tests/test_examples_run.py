@@ -62,4 +62,4 @@ def test_custom_hr_lvlm_runs_and_passes_check_adapter(
     out = capsys.readouterr().out
     assert "image tokens to the LLM" in out
     checks = out.split("check_adapter:")[1].strip().splitlines()
-    assert len(checks) == 8 and all(line.startswith("ok ") for line in checks)
+    assert len(checks) == 9 and all(line.startswith("ok ") for line in checks)

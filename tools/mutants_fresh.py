@@ -410,10 +410,10 @@ FRESH: tuple[Mutant, ...] = (
     Mutant(
         "F43",
         f"{AD}/sequence.py",
-        "new_pos = torch.ones((len(rows), width), dtype=torch.long)",
         "new_pos = torch.zeros((len(rows), width), dtype=torch.long)",
+        "new_pos = torch.ones((len(rows), width), dtype=torch.long)",
         (),
-        "position ids under padding 0 instead of the host's 1",
+        "position ids under padding 1 instead of the host's 0 (transformers 5; it wrote 1 before)",
     ),
     Mutant(
         "F44",

@@ -317,7 +317,8 @@ def rebuild(
     width = max(lengths) + shared
     new_ids = torch.full((len(rows), width), pad_id, dtype=ids.dtype)
     new_mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype)
-    new_pos = torch.ones((len(rows), width), dtype=torch.long)  # the host writes 1 under padding
+    # Under padding, what transformers 5's generate writes there (_prepare_position_ids_for_generation: 0).
+    new_pos = torch.zeros((len(rows), width), dtype=torch.long)
     new_labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=labs.dtype) if labs is not None else None
     for row, (row_ids, row_labels, row_pos) in enumerate(rows):
         n = row_ids.numel()
