@@ -173,13 +173,18 @@ def _pruning_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_arguments(parser: argparse.ArgumentParser, *, batch: bool) -> None:
+def _model_flag(parser: argparse.ArgumentParser) -> None:
+    """``--model``: every command that loads a host takes it."""
     parser.add_argument(
         "--model",
         action=_Once,
         required=True,
         help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
     )
+
+
+def _model_arguments(parser: argparse.ArgumentParser, *, batch: bool) -> None:
+    _model_flag(parser)
     parser.add_argument(
         "--image",
         action=_Once,

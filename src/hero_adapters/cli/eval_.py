@@ -12,7 +12,7 @@ from typing import Any
 
 from hero_core import HeroError, presets
 
-from ._args import _device_arguments, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
+from ._args import _device_arguments, _model_flag, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
 from ._checks import _check_outputs, _check_overrides, _precheck
 from ._console import _steps
 from ._load import _load_clip, _load_host
@@ -25,12 +25,7 @@ HELP = "pruned against unpruned answers on a data file: agreement, accuracy, ima
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action=_Once,
-        required=True,
-        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
-    )
+    _model_flag(parser)
     parser.add_argument(
         "--data",
         action=_Once,

@@ -13,7 +13,7 @@ from hero_core import HeroError
 
 from .._paths import exists, is_file
 from ..rows import open_image
-from ._args import _device_arguments, _Once, _one_line, _verbosity
+from ._args import _device_arguments, _model_flag, _Once, _one_line, _verbosity
 from ._checks import IMAGE_SUFFIXES, _check_outputs, _check_prompt, _check_weights, _Checked
 from ._console import _steps
 from ._load import _load_host
@@ -23,12 +23,7 @@ NAME, HELP = "layers", "profile every encoder layer's CLS attention and suggest 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action=_Once,
-        required=True,
-        help="checkpoint directory or cached hub id of a supported host (LLaVA-NeXT, InternVL, LLaVA-OneVision)",
-    )
+    _model_flag(parser)
     parser.add_argument(
         "--images",
         action=_Once,
