@@ -749,6 +749,22 @@ def _pytest(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, fl
     return ("passed" if done.returncode == 0 else "failed"), time.perf_counter() - start, tail
 
 
+def _imports_the_copy(tree: Path) -> bool:
+    """Whether Python started in ``tree`` with its environment imports the copy's packages (not the checkout's)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import hero_core, hero_adapters; print(hero_core.__file__, hero_adapters.__file__)"],
+        cwd=tree,
+        env=_environment(tree),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if not all(path.startswith(str(tree)) for path in probe.stdout.split()):
+        print(f"the copy is not the imported package: {probe.stdout}", file=sys.stderr)
+        return False
+    return True
+
+
 def _check_snippets(tree: Path, mutants: tuple[Mutant, ...]) -> list[str]:
     problems = []
     for mutant in mutants:
@@ -788,20 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("stale mutant list:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 2
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import hero_core, hero_adapters; print(hero_core.__file__, hero_adapters.__file__)",
-            ],
-            cwd=tree,
-            env=_environment(tree),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        if not all(path.startswith(str(tree)) for path in probe.stdout.split()):
-            print(f"the copy is not the imported package: {probe.stdout}", file=sys.stderr)
+        if not _imports_the_copy(tree):
             return 2
         files = tuple(sorted({t for m in mutants for t in m.tests}))
         status, seconds, tail = _pytest(tree, files, args.timeout * 2)

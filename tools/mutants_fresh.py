@@ -36,7 +36,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutants import ROOT, Mutant, _check_snippets, _copy_tree, _environment, _pytest
+from mutants import ROOT, Mutant, _check_snippets, _copy_tree, _environment, _imports_the_copy, _pytest
 
 MAP_DIR = ROOT / ".mutants"
 MAP_FILE = MAP_DIR / "coverage-map.json"
@@ -780,20 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hero-mutants-fresh-") as temp:
         tree = Path(temp)
         _copy_tree(tree)  # one snapshot: the map, the baseline and every mutant see the same files
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import hero_core, hero_adapters; print(hero_core.__file__, hero_adapters.__file__)",
-            ],
-            cwd=tree,
-            env=_environment(tree),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        if not all(path.startswith(str(tree)) for path in probe.stdout.split()):
-            print(f"the copy is not the imported package: {probe.stdout}", file=sys.stderr)
+        if not _imports_the_copy(tree):
             return 2
         if args.refresh_map:
             refresh_map(tree)
