@@ -65,10 +65,12 @@ docs: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"
 	$(PY) -m mkdocs build --strict --site-dir site
 
-# Opt-in, several minutes: hand-made mutants of hero_core and the adapters' critical paths, each applied to a
-# temporary copy of the tree and run against the fast tests that guard it (docs/reliability.md, "Mutation testing").
+# Opt-in, several minutes each: hand-made mutants of hero_core and the adapters' critical paths, each applied to a
+# temporary copy of the tree and run against the fast tests that guard it (docs/reliability.md, "Mutation testing");
+# then the second reader's fresh set, each run against the tests that execute its lines (a coverage map, refreshed).
 mutants: $(STAMP)
 	$(PY) tools/mutants.py
+	$(PY) tools/mutants_fresh.py --refresh-map
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
