@@ -390,3 +390,23 @@ def test_an_encode_whose_token_count_disagrees_with_the_placeholder_run_is_refus
     vlm = HeroVLM(host.model, host.pruner(0.5), adapter=ShortEncode(host.model, processor=host.processor))
     with pytest.raises(HeroError, match="input_ids"):
         vlm.generate(**host.batch(), max_new_tokens=2)
+
+
+def test_the_global_view_check_passes_a_right_adapter_on_every_image_kind() -> None:
+    """RGBA with transparency and palette images are painted and compared in RGB (painting them in their own
+    mode changes pixels far from the corner, and every view would change); channel-first arrays are skipped."""
+    import numpy as np
+
+    from hero_adapters.testing.check import _global_view
+
+    host = host_row("llava_next")
+    vlm = _vlm(host, 0.5)
+    image = host.image(40, 100)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(128)
+    prompt = host.text("USER: {} describe ASSISTANT:")
+    for kind in (image, rgba, image.quantize(64), np.asarray(image)):
+        passed, detail = _global_view(host.inputs, [(prompt, [kind])], vlm)
+        assert passed and detail.endswith("changes views [0], the adapter's thumbnail_index is 0"), detail
+    passed, detail = _global_view(host.inputs, [(prompt, [np.asarray(image).transpose(2, 0, 1)])], vlm)
+    assert passed and detail.startswith("skipped")

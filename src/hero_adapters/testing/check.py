@@ -11,8 +11,8 @@ not only tokens: on a tiny random model the tokens rarely move when the features
 5. the adapter's ``thumbnail_index`` is the view the host treats as global, and each view's attention rows and
    features are its own: one corner of an image is painted, then the opposite one; the view whose CLS token
    changes both times is the host's global view, and every view whose CLS token changed must show it in its
-   own attention rows and feature positions (skipped when no image has two tiles or the images are neither
-   PIL images nor arrays);
+   own attention rows and feature positions (PIL images are compared in RGB; skipped when no image has two
+   tiles and is a PIL image or an (H, W, C) array);
 6. hooks are gone (and no attribute added) after normal calls, a call whose text scorer raises (when the
    pruner reads relevance; otherwise reported as skipped), and a call that raises inside the vision tower
    after HERO's hooks on earlier layers have recorded.
@@ -254,14 +254,17 @@ def _global_view(
     """
     for text, group in prompts:
         for position, image in enumerate(group):
-            if _painted(image, 0) is None:
-                return True, "skipped: the prompts' images are neither PIL images nor (H, W, C) arrays"
-            base = _encoded(vlm, make_inputs([text], list(group)))[position]
+            probes = _probes(image)
+            if probes is None:
+                continue  # an image kind this check cannot paint
+            base_image, corners = probes
+            base_group = [base_image if i == position else item for i, item in enumerate(group)]
+            base = _encoded(vlm, make_inputs([text], base_group))[position]
             if base.tiles.num_views < 3:
                 continue  # fewer than two tiles: the corners do not tell the thumbnail from a tile
             changed: list[set[int]] = []
             for corner, name in ((0, "top-left"), (1, "bottom-right")):
-                painted = [_painted(item, corner) if i == position else item for i, item in enumerate(group)]
+                painted = [corners[corner] if i == position else item for i, item in enumerate(group)]
                 other = _encoded(vlm, make_inputs([text], painted))[position]
                 views = _changed(base.tiles.cls_tokens, other.tiles.cls_tokens)
                 attention = _changed(
@@ -284,7 +287,7 @@ def _global_view(
                 f"image {position} of prompt {text!r} ({base.tiles.num_views} views): painting either corner changes "
                 f"views {sorted(both)}, the adapter's thumbnail_index is {thumbnail}"
             )
-    return True, "skipped: no image of the prompts has two tiles or more"
+    return True, "skipped: no image of the prompts has two tiles or more and is a PIL image or an (H, W, C) array"
 
 
 def _encoded(vlm: HeroVLM, inputs: Mapping[str, Any]) -> list[EncodedImage]:
@@ -296,22 +299,31 @@ def _encoded(vlm: HeroVLM, inputs: Mapping[str, Any]) -> list[EncodedImage]:
         return list(vlm.adapter.encode(image_inputs, vlm.pruner.layers, runs=runs))
 
 
-def _painted(image: Any, corner: int) -> Any:
-    """A copy of ``image`` with its top-left (0) or bottom-right (1) quarter-by-quarter box inverted; None for an
-    image of an unknown kind."""
+def _probes(image: Any) -> tuple[Any, tuple[Any, Any]] | None:
+    """``(base, (top-left painted, bottom-right painted))`` for one image, or None for a kind this cannot paint.
+
+    A PIL image is compared in RGB (the base too): converting a painted copy back to its own mode (a palette, an
+    alpha channel, 16-bit) would change pixels far from the painted corner. An array must be (H, W, C) with C in
+    1, 3 or 4, channels last."""
     from PIL import Image  # the hf extra brings pillow (the processors need it)
 
     if isinstance(image, Image.Image):
-        return Image.fromarray(_painted(np.asarray(image.convert("RGB")).copy(), corner)).convert(image.mode)
-    if isinstance(image, np.ndarray) and image.ndim == 3:
-        out = image.copy()
-        height, width = out.shape[:2]
-        rows = slice(0, max(height // 4, 1)) if corner == 0 else slice(height - max(height // 4, 1), height)
-        cols = slice(0, max(width // 4, 1)) if corner == 0 else slice(width - max(width // 4, 1), width)
-        top = 255 if out.dtype == np.uint8 else 1.0
-        out[rows, cols] = top - out[rows, cols]
-        return out
+        rgb = np.asarray(image.convert("RGB"))
+        return Image.fromarray(rgb), (Image.fromarray(_painted(rgb, 0)), Image.fromarray(_painted(rgb, 1)))
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (1, 3, 4) and image.shape[0] > 4:
+        return image, (_painted(image, 0), _painted(image, 1))
     return None
+
+
+def _painted(image: np.ndarray, corner: int) -> np.ndarray:
+    """A copy of an (H, W, C) array with its top-left (0) or bottom-right (1) quarter-by-quarter box inverted."""
+    out = image.copy()
+    height, width = out.shape[:2]
+    rows = slice(0, max(height // 4, 1)) if corner == 0 else slice(height - max(height // 4, 1), height)
+    cols = slice(0, max(width // 4, 1)) if corner == 0 else slice(width - max(width // 4, 1), width)
+    top = 255 if out.dtype == np.uint8 else 1.0
+    out[rows, cols] = top - out[rows, cols]
+    return out
 
 
 def _changed(first: Tensor, second: Tensor) -> set[int]:
