@@ -174,6 +174,40 @@ def test_json_that_does_not_fit_leaves_no_partial_file_and_an_old_file_as_it_was
     assert done.stdout == ""  # nothing printed before the file that failed
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_data_json_through_a_link_to_a_full_device_leaves_the_link(ckpt, tmp_path, capsys):
+    """run --data --json: a path that is not a regular file is written as it is; a failed batch does not unlink
+    (nor truncate) it (found in review: the link to /dev/full was removed)."""
+    link = tmp_path / "answers.jsonl"
+    link.symlink_to("/dev/full")
+    code = main("run", "--model", ckpt["model"], "--data", ckpt["rows"], "--max-new-tokens", "1", "--json", link,
+                *LAYERS)  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"hero: error: --json={str(link)!r} is invalid: expected a file hero can")
+    assert "No space left on device" in line
+    assert link.is_symlink() and Path("/dev/full").is_char_device()
+
+
+def test_data_json_that_fails_at_its_first_batch_puts_the_old_file_back(ckpt, tmp_path):
+    """run --data --json over an existing file: when the first batch cannot be written (512-byte file limit), the
+    old content is back, as for every other output file."""
+    out_json = tmp_path / "answers.jsonl"
+    out_json.write_text("old\n")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hero_adapters.cli", "run", "--model", str(ckpt["model"]), "--data",
+         str(ckpt["rows"]), "--batch-size", "3", "--max-new-tokens", "1", "--json", str(out_json), *LAYERS],
+        capture_output=True, text=True, env=_env(), preexec_fn=limit, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "File too large" in _one_error_line(done.stderr)
+    assert out_json.read_text() == "old\n"
+
+
 # ---------------------------------------------------------------------------------- 4. --layers before loads
 def test_show_layers_beyond_the_tiles_is_refused_before_the_weights_load(ckpt, tmp_path, capsys):
     """The processor alone (loaded before the weights) says how many tiles the image makes: one more is refused

@@ -4,11 +4,9 @@ every row of a ``--data`` file."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +22,7 @@ from ._args import _model_arguments, _Once, _one_line
 from ._checks import _check_outputs, _positive, _precheck
 from ._console import _stdout_closed, _Steps, _steps
 from ._load import _decode, _Session, _single, _start, _table, _timed
-from ._output import _write_file, _write_text
+from ._output import _JsonLines, _write_file, _write_text
 
 _LOG = logging.getLogger("hero_adapters.cli")
 
@@ -351,46 +349,3 @@ def _run_rows(args: argparse.Namespace) -> None:
         say(f"wrote {args.json}")
     if not printing:  # every row answered and written; the exit code still says that stdout was cut short
         raise BrokenPipeError("stdout closed")
-
-
-class _JsonLines:
-    """``run --data --json``: one JSON line per row, written and flushed batch by batch, so that a failure keeps the
-    rows before it. A failed write (a full disk) cuts the file back to the last whole batch (none: the file is
-    removed) and is one line naming ``--json``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = path.open("w", encoding="utf-8")
-        self.whole = 0  # bytes of whole batches on disk
-        self.rows = 0
-
-    def add(self, results: Sequence[dict[str, Any]], rows: int) -> None:
-        try:
-            for result in results:
-                self.file.write(json.dumps(result) + "\n")
-            self.file.flush()
-            self.whole, self.rows = self.file.tell(), rows
-        except OSError as error:
-            self._cut()
-            kept = f" The {self.rows} row(s) before it are in it." if self.rows else " Nothing was written."
-            raise HeroError.field(
-                "--json",
-                str(self.path),
-                "a file hero can write",
-                f"Writing the line(s) of row(s) {self.rows + 1}-{rows} failed: {error.strerror or error}.{kept}",
-            ) from error
-
-    def _cut(self) -> None:
-        with contextlib.suppress(OSError):  # the buffered rest fails again: it is cut below
-            self.file.close()
-        try:
-            if self.whole:
-                os.truncate(self.path, self.whole)
-            else:
-                self.path.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
