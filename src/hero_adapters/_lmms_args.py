@@ -15,12 +15,13 @@ from typing import Any
 
 from hero_core import HeroError, presets
 
-from ._paths import exists
+from ._paths import check_folder, check_path, exists
 
 __all__ = [
     "SET",
     "check_source",
     "checked_model_type",
+    "checked_options",
     "checked_pruner",
     "clip_config",
     "clip_scorer",
@@ -227,3 +228,28 @@ def override(key: str, value: Any) -> Any:
         return tuple(int(str(part).strip()) for part in parts if str(part).strip())
     except ValueError:
         raise HeroError.field(key, value, "layer indices, e.g. [5,6,7,8] or 5:6:7:8") from None
+
+
+def checked_options(model_type: str, layout: str | None, positions: str, reports: str | None) -> None:
+    """``layout`` (one the host's adapter offers), ``positions`` and ``reports`` (a file path whose folder hero may
+    write in), before any weights load.
+
+    Raises:
+        HeroError: naming the argument as typed.
+    """
+    from .adapter import _ADAPTERS
+    from .vlm import POSITIONS
+
+    if positions not in POSITIONS:
+        raise HeroError.field("positions", positions, f"one of {POSITIONS}")
+    layouts = tuple(getattr(_ADAPTERS.get(model_type), "layouts", ()))
+    if layout is not None and layout not in layouts:
+        raise HeroError.field("layout", layout, f"one of {layouts} (the {model_type} adapter's layouts)")
+    if reports is not None:
+        if not isinstance(reports, str) or not reports:
+            raise HeroError.field("reports", reports, "a file path for one JSON line per request")
+        path = Path(reports)
+        check_path("reports", path)
+        if exists(path) and path.is_dir():
+            raise HeroError.field("reports", reports, "a file path for one JSON line per request", "It is a folder.")
+        check_folder("reports", path.parent)

@@ -61,6 +61,7 @@ from ._lmms_args import (
     SET,
     check_source,
     checked_model_type,
+    checked_options,
     checked_pruner,
     clip_config,
     clip_scorer,
@@ -144,7 +145,8 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         super().__init__()
         # Every argument is checked before any weights load (the configs are read, nothing more): the checkpoint
         # and the CLIP paths, the preset, its keep ratio and set_<field> overrides (layers against the encoder depth
-        # in the config), the batch size and the names of llava_hf's arguments. Errors name the argument as typed.
+        # in the config), layout, positions, the reports path, the batch size and the names of llava_hf's arguments.
+        # Errors name the argument as typed.
         if not isinstance(pretrained, str) or not pretrained:
             raise HeroError.field(
                 "pretrained",
@@ -177,6 +179,7 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
             )
         config = pretrained_config(pretrained, llava_hf)
         model_type = str(config.model_type)
+        checked_options(model_type, layout, positions, reports)
         checked = checked_pruner(preset, keep_ratio, overrides, typed, config_depth(config))
         self.preset, self.keep_ratio = preset, keep_ratio
         scorer = None

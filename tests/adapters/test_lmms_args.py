@@ -289,3 +289,27 @@ def test_the_line_reaches_loguru_as_lmms_eval_configures_it(folders: dict[str, P
         f"INFO | hero: HERO active: preset uniform-random, keep ratio 0.25 (no text relevance) "
         f"on {folders['llava_next']} (llava_next)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("model_args", "message"),
+    [
+        ({"positions": "orignal"}, "positions='orignal' is invalid: expected one of ('contiguous', 'original')."),
+        (
+            {"layout": "refrence"},
+            "layout='refrence' is invalid: expected one of ('vanilla', 'reference') "
+            "(the llava_next adapter's layouts).",
+        ),
+        (
+            {"reports": "."},
+            "reports='.' is invalid: expected a file path for one JSON line per request. It is a folder.",
+        ),
+    ],
+)
+def test_layout_positions_and_reports_are_checked_before_any_weights_load(
+    folders: dict[str, Path], model_args: dict[str, Any], message: str
+) -> None:
+    """Found in review: these three were checked only once llava_hf had loaded the model (or, reports, at the
+    first write after generating)."""
+    assert _refusal(folders, **model_args) == message
+    assert FakeLlavaHf.built == []
