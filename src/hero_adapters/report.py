@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from torch import Tensor
@@ -114,11 +115,12 @@ class ImageReport:
         """
         keep_ratio = float(self.plan.keep_ratio)
         sent, unpruned, newlines = self.tokens_out, self.tokens_in, self.newline_tokens
-        if unpruned <= 0 or 10 * sent <= 11 * keep_ratio * unpruned:  # exact for integer counts: sent/in <= 1.1 R
+        bound = Fraction(repr(RATIO_NOTE_FACTOR)) * Fraction(repr(keep_ratio))  # exact for the values as written
+        if unpruned <= 0 or Fraction(sent, unpruned) <= bound:
             return None
         patches_in, kept = unpruned - newlines, self.kept_patch_tokens
         reasons = []
-        if patches_in > 0 and 10 * kept > 11 * keep_ratio * patches_in:
+        if patches_in > 0 and Fraction(kept, patches_in) > bound:
             share = (
                 f"{kept} of the {patches_in} patch tokens the unpruned model sends are kept ({kept / patches_in:.0%})"
             )

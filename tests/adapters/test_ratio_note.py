@@ -91,6 +91,9 @@ def test_the_bound_is_more_than_ten_percent_relative() -> None:
     )
     assert _report([16, 16, 16], (2, 8), 1.0, newlines=12).ratio_note is None  # R = 1 sends everything: 100%
     assert _report([16, 16, 16], (2, 8), 0.5, newlines=0).ratio_note is None  # 24 of 48: exactly R
+    # keep ratio 0.7: 77 of 100 is exactly 1.1 x R, which floats put above it (11 * 0.7 * 100 = 769.9999999999999)
+    assert _report([16, 16, 16], (2, 8), 0.7, newlines=0, tokens_in=100, tokens_out=77, kept=77).ratio_note is None
+    assert _report([16, 16, 16], (2, 8), 0.7, newlines=0, tokens_in=100, tokens_out=78, kept=78).ratio_note
 
 
 def test_the_batch_note_joins_the_images_that_have_one() -> None:
