@@ -209,6 +209,16 @@ def test_data_json_that_fails_at_its_first_batch_puts_the_old_file_back(ckpt, tm
 
 
 # ---------------------------------------------------------------------------------- 4. --layers before loads
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "0", "-1", "1.5"])
+def test_show_layers_that_is_no_tile_number_is_one_line(ckpt, tmp_path, capsys, value):
+    """A superscript two or an Arabic-Indic three are digits to str.isdigit but no tile number (found in review:
+    int('\u00b2') raised a ValueError traceback)."""
+    code = main("show", "--model", ckpt["model"], "--image", ckpt["image"], "--prompt", "x", "--out",
+                tmp_path / "a.png", "--layers", value)  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"hero: error: --layers={value!r} is invalid: expected 'thumbnail' or a tile")
+
+
 def test_show_layers_beyond_the_tiles_is_refused_before_the_weights_load(ckpt, tmp_path, capsys):
     """The processor alone (loaded before the weights) says how many tiles the image makes: one more is refused
     before any weights load, the last one is drawn after."""

@@ -48,7 +48,8 @@ def execute(args: argparse.Namespace) -> None:
     print the table: a closed stdout (``| head -1``) cannot cost a file asked for."""
     from ..visualize import render_layer_strip, render_plan
 
-    if args.layers is not None and args.layers != "thumbnail" and not (args.layers.isdigit() and int(args.layers)):
+    number = args.layers is not None and args.layers.isascii() and args.layers.isdecimal()  # '²' is a digit too
+    if args.layers is not None and args.layers != "thumbnail" and not (number and int(args.layers)):
         raise HeroError.field("--layers", args.layers, "'thumbnail' or a tile number >= 1")
     image, overrides, checked = _single(args)
 
