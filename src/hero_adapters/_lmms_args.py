@@ -6,7 +6,6 @@ configs are read here; ``clip_scorer`` alone loads weights (CLIP's, on the CPU).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from typing import Any
 from hero_core import HeroError, presets
 
 from ._paths import check_folder, check_path, exists
+from .evaluate import hub_offline
 
 __all__ = [
     "SET",
@@ -25,7 +25,6 @@ __all__ = [
     "checked_pruner",
     "clip_config",
     "clip_scorer",
-    "config_depth",
     "override",
     "pretrained_config",
     "relevance_presets",
@@ -88,12 +87,6 @@ def _as_typed(error: HeroError, name: str, key: str) -> HeroError:
     return HeroError(f"{key}: {message}")
 
 
-def config_depth(config: Any) -> int | None:
-    """The vision encoder's depth as the checkpoint's config gives it (``vision_config.num_hidden_layers``)."""
-    depth = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
-    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 2 else None
-
-
 #: A hub id's shape (``name`` or ``owner/name``); anything else that is not a folder is a path that does not exist.
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(?:/[A-Za-z0-9_][\w.-]*)?")
 
@@ -121,8 +114,7 @@ def _missing(argument: str, source: str, local: bool, error: BaseException) -> H
     """A config that did not load: a local folder's error in one line, or a hub id found nowhere, in our words."""
     if local:
         return HeroError.field(argument, source, "a checkpoint folder with a readable config.json", _one_line(error))
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    where = "in the local hub cache (HF_HUB_OFFLINE is set)" if offline else "on the hub or in its local cache"
+    where = "in the local hub cache (HF_HUB_OFFLINE is set)" if hub_offline() else "on the hub or in its local cache"
     return HeroError.field(
         argument,
         source,

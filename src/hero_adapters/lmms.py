@@ -65,11 +65,11 @@ from ._lmms_args import (
     checked_pruner,
     clip_config,
     clip_scorer,
-    config_depth,
     override,
     pretrained_config,
     relevance_presets,
 )
+from .evaluate import config_depth
 
 try:  # the base class must exist when the class is defined: lmms-eval checks issubclass(HeroLmms, lmms)
     from lmms_eval.api.model import lmms as _LmmsModel  # type: ignore[import-not-found,import-untyped,unused-ignore]

@@ -107,12 +107,6 @@ def _check_prompt(flag: str, prompt: str) -> None:
     check_placeholders(flag, prompt)
 
 
-def _config_depth(config: Any) -> int | None:
-    """The vision encoder's depth as the checkpoint's config gives it (``vision_config.num_hidden_layers``)."""
-    depth = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
-    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 2 else None
-
-
 def _check_clip(source: str) -> None:
     """``--clip``'s config, read before anything loads: a directory with a config.json, or a cached hub id, of a
     full CLIP model."""
@@ -300,7 +294,9 @@ def _precheck(
     device, dtype = device_dtype(args.device, args.dtype)
     config = host_config(args.model)
     _check_weights("--model", args.model)
-    depth = _config_depth(config)
+    from ..evaluate import config_depth
+
+    depth = config_depth(config)
     _check_overrides(names, ratios, overrides, depth, "vision_config.num_hidden_layers in its config.json")
     if args.clip is not None:
         _check_clip(args.clip)

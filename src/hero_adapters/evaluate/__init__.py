@@ -18,7 +18,17 @@ HERO's encode, score and plan. Both paths are timed in the same run, on the same
 
 from __future__ import annotations
 
-from .loading import PICKLE_SUFFIXES, Host, device_dtype, host_config, load_host, refused_checkpoint, weight_errors
+from .loading import (
+    PICKLE_SUFFIXES,
+    Host,
+    config_depth,
+    device_dtype,
+    host_config,
+    hub_offline,
+    load_host,
+    refused_checkpoint,
+    weight_errors,
+)
 from .metrics import Answer, Evaluation, EvaluationError, SettingResult, normalize_answer, setting_key
 from .runner import check_options, evaluate, route_overrides
 
@@ -30,9 +40,11 @@ __all__ = [
     "Host",
     "SettingResult",
     "check_options",
+    "config_depth",
     "device_dtype",
     "evaluate",
     "host_config",
+    "hub_offline",
     "load_host",
     "normalize_answer",
     "refused_checkpoint",

@@ -4,6 +4,7 @@ refusals (code shipped with a checkpoint, pickles holding more than tensors) nam
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from .._paths import exists
 __all__ = [
     "PICKLE_SUFFIXES",
     "Host",
+    "config_depth",
     "device_dtype",
     "host_config",
+    "hub_offline",
     "load_host",
     "refused_checkpoint",
     "weight_errors",
@@ -41,6 +44,17 @@ def device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 #: The pickled weight files ``torch.load`` reads (transformers' ``pytorch_model*.bin``, open_clip's ``.pt``/``.pth``).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def config_depth(config: Any) -> int | None:
+    """The vision encoder's depth as the checkpoint's config gives it (``vision_config.num_hidden_layers``)."""
+    depth = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 2 else None
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (a hub id is then read from the local cache only)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def weight_errors() -> tuple[type[BaseException], ...]:

@@ -145,14 +145,14 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         transformers = require("transformers")
         local = Path(path_or_id).is_dir()
         source = os.fspath(path_or_id)
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        from ..evaluate import hub_offline, refused_checkpoint, weight_errors
+
         fix = (
             "Pass a local checkpoint directory (config.json + model weights)."
-            if local or offline
+            if local or hub_offline()
             else "Check the id, or download the checkpoint and pass its directory."
         )
         expected = "a CLIPModel checkpoint (directory or cached hub id)"
-        from ..evaluate import refused_checkpoint, weight_errors
 
         # Nothing from the checkpoint runs: no code of its own (trust_remote_code=False), and pickled weights only
         # through torch.load(weights_only=True) (safetensors first).
