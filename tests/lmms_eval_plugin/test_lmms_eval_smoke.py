@@ -197,7 +197,12 @@ def lmms_eval(setup: dict[str, Path], name: str, model: str, model_args: str) ->
     for row in rows:
         assert row["target"] == ROWS[row["doc_id"]][1]
         assert isinstance(_answer(row), str)
-    return {"results": payload, "samples": {row["doc_id"]: row for row in rows}, "log": log}
+    return {
+        "results": payload,
+        "samples": {row["doc_id"]: row for row in rows},
+        "log": log,
+        "console": run.stdout + run.stderr,
+    }
 
 
 def _prompt_tokens(llava: Path) -> list[int]:
@@ -243,6 +248,9 @@ def runs(setup: dict[str, Path]) -> dict[str, dict[str, Any]]:
 def test_hero_runs_through_the_cli_and_reports_the_pruned_prompt(runs: dict[str, Any], setup: dict[str, Path]) -> None:
     pruned, full = runs["pruned"], runs["full"]
     assert pruned["results"]["config"]["model"] == "hero"
+    # one visible line on lmms-eval's console (loguru) says HERO is active, with its preset and keep ratio
+    assert pruned["console"].count("hero: HERO active: preset hero, keep ratio 0.5 (relevance from clip=") == 1
+    assert full["console"].count("hero: HERO active: preset hero, keep ratio 1 (") == 1
     unpruned = _prompt_tokens(setup["llava"])
     assert _input_tokens(full) == unpruned  # keep ratio 1: the whole prompt reaches the LLM
     assert all(p < u for p, u in zip(_input_tokens(pruned), unpruned)), (_input_tokens(pruned), unpruned)
