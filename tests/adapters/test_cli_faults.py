@@ -151,19 +151,21 @@ def test_json_on_a_full_device_is_one_line_naming_the_flag(ckpt, capsys):
     assert Path("/dev/full").is_char_device()  # written through, not replaced by a file
 
 
+def _at_most_512_bytes_per_file() -> None:
+    """In the child, before it runs: writes past 512 bytes per file fail with EFBIG (a short write, like a quota)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails instead of the process being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+
 def test_json_that_does_not_fit_leaves_no_partial_file_and_an_old_file_as_it_was(ckpt, tmp_path):
     """A real short write: the process may write at most 512 bytes per file (RLIMIT_FSIZE); the JSON is longer."""
     out_json = tmp_path / "report.json"
     out_json.write_text("old\n")
 
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
-
     done = subprocess.run(
         [sys.executable, "-m", "hero_adapters.cli", "run", "--model", str(ckpt["model"]), "--image",
          str(ckpt["image"]), "--prompt", "what is it", "--max-new-tokens", "1", "--json", str(out_json), *LAYERS],
-        capture_output=True, text=True, env=_env(), preexec_fn=limit, timeout=300,
+        capture_output=True, text=True, env=_env(), preexec_fn=_at_most_512_bytes_per_file, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     line = _one_error_line(done.stderr)
@@ -194,14 +196,10 @@ def test_data_json_that_fails_at_its_first_batch_puts_the_old_file_back(ckpt, tm
     out_json = tmp_path / "answers.jsonl"
     out_json.write_text("old\n")
 
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
-
     done = subprocess.run(
         [sys.executable, "-m", "hero_adapters.cli", "run", "--model", str(ckpt["model"]), "--data",
          str(ckpt["rows"]), "--batch-size", "3", "--max-new-tokens", "1", "--json", str(out_json), *LAYERS],
-        capture_output=True, text=True, env=_env(), preexec_fn=limit, timeout=300,
+        capture_output=True, text=True, env=_env(), preexec_fn=_at_most_512_bytes_per_file, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "File too large" in _one_error_line(done.stderr)
