@@ -420,9 +420,7 @@ class HeroVLM:
         relevance: list[Tensor | None] = [None] * len(encoded)
         if self.text_scorer is not None and bool(getattr(self.pruner, "uses_relevance", False)):
             with timer.stage("score"):
-                for i, (image, text) in enumerate(zip(encoded, queries, strict=True)):
-                    if text is not None:
-                        relevance[i] = self._score(image, text, i)
+                relevance = self._score(encoded, queries)
         with timer.stage("plan"):
             plans = [self.pruner.plan(image.tiles, rel) for image, rel in zip(encoded, relevance, strict=True)]
         with timer.stage("assemble"):
@@ -458,34 +456,59 @@ class HeroVLM:
         report.warn_ratio(self._notes)  # a note when an image sends over 1.1 x the keep ratio, with the reason
         return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask)
 
-    def _score(self, image: EncodedImage, text: str, index: int) -> Tensor:
-        """(V,) relevance for one image: the scorer's raw CLIP cosine of every LOCAL TILE, checked.
+    def _score(self, encoded: Sequence[EncodedImage], queries: Sequence[str | None]) -> list[Tensor | None]:
+        """(V,) relevance per image with a query (None without): the scorer's raw CLIP cosine of every LOCAL TILE,
+        checked; the thumbnail's entry is 0.
 
-        Only the tiles are scored: HERO's Eq. 2 ranks tiles, and no allocator reads the thumbnail's score,
-        so the CLIP image tower runs over K views, not V. The thumbnail's entry is 0.
+        Only the tiles are scored: HERO's Eq. 2 ranks tiles, and no allocator reads the thumbnail's score, so the
+        CLIP image tower runs over K views, not V. A scorer with ``score_batch`` (the library's) is called ONCE
+        for the whole call, every image's tiles together, each distinct query embedded once; a plain
+        ``(views, text) -> (K,)`` function is called image by image.
         """
         scorer = self.text_scorer
-        name = getattr(scorer, "__name__", type(scorer).__name__)
-        tiles = image.tiles
-        others = torch.tensor(tile_views(tiles), dtype=torch.long)
-        relevance = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
-        if others.numel() == 0:
-            return relevance
-        scores = scorer(image.views[others.to(image.views.device)], text)  # type: ignore[misc]
-        count = int(others.numel())
-        if (
-            not isinstance(scores, Tensor)
-            or scores.shape != (count,)
-            or not scores.dtype.is_floating_point
-            or not bool(torch.isfinite(scores).all())
-        ):
-            raise HeroError.field(
-                f"text_scorer {name} output for image {index}",
-                scores,
-                f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given",
-                "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text.",
-            )
-        return relevance.index_copy(0, others.to(tiles.device), scores.detach().to(tiles.device, torch.float32))
+        asked = [
+            (i, torch.tensor(tile_views(image.tiles), dtype=torch.long))
+            for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
+            if text is not None
+        ]
+        asked = [(i, others) for i, others in asked if others.numel()]
+        views = [encoded[i].views[others.to(encoded[i].views.device)] for i, others in asked]
+        texts = [str(queries[i]) for i, _ in asked]
+        batch = getattr(scorer, "score_batch", None)
+        if callable(batch):
+            scores = batch(views, texts)
+            if not isinstance(scores, (list, tuple)) or len(scores) != len(asked):
+                raise HeroError.field(
+                    f"text_scorer {_name(scorer)}.score_batch output",
+                    type(scores).__name__,
+                    f"a list of {len(asked)} tensors, one per image given",
+                )
+        else:
+            scores = [scorer(item, text) for item, text in zip(views, texts, strict=True)]  # type: ignore[misc]
+        scored: dict[int, Tensor] = {}
+        for (i, others), score in zip(asked, scores, strict=True):
+            count, tiles = int(others.numel()), encoded[i].tiles
+            if (
+                not isinstance(score, Tensor)
+                or score.shape != (count,)
+                or not score.dtype.is_floating_point
+                or not bool(torch.isfinite(score).all())
+            ):
+                raise HeroError.field(
+                    f"text_scorer {_name(scorer)} output for image {i}",
+                    score,
+                    f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given",
+                    "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query "
+                    "text.",
+                )
+            zeros = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
+            scored[i] = zeros.index_copy(0, others.to(tiles.device), score.detach().to(tiles.device, torch.float32))
+        return [
+            None
+            if text is None
+            else scored.get(i, torch.zeros(image.tiles.num_views, dtype=torch.float32, device=image.tiles.device))
+            for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
+        ]
 
     def _rebuild(
         self, run: _Run, ids: Tensor, mask: Tensor, *, side: str, device: torch.device, labels: Tensor | None = None
@@ -515,6 +538,10 @@ class HeroVLM:
         if run.assembled:
             inputs.update(self.adapter.feature_inputs(run.assembled))
         return inputs
+
+
+def _name(scorer: object) -> str:
+    return str(getattr(scorer, "__name__", type(scorer).__name__))
 
 
 def _device(model: nn.Module) -> torch.device:

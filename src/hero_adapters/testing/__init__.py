@@ -17,7 +17,7 @@ from .builders import (
     build_tiny_clip,
     word_tokenizer,
 )
-from .check import AdapterCheckError, AdapterCheckReport, check_adapter, hook_snapshot
+from .check import AdapterCheckError, AdapterCheckReport, check_adapter, check_scorer, hook_snapshot
 
 __all__ = [
     "DEMO_WORDS",
@@ -31,6 +31,7 @@ __all__ = [
     "build_llava_onevision",
     "build_tiny_clip",
     "check_adapter",
+    "check_scorer",
     "hook_snapshot",
     "word_tokenizer",
 ]

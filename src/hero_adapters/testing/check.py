@@ -39,7 +39,7 @@ from ..sequence import placeholder_runs
 from ..towers import attention_modules
 from ..vlm import HeroVLM
 
-__all__ = ["AdapterCheckError", "AdapterCheckReport", "check_adapter", "hook_snapshot"]
+__all__ = ["AdapterCheckError", "AdapterCheckReport", "check_adapter", "check_scorer", "hook_snapshot"]
 
 Prompt = tuple[str, Sequence[Any]]
 
@@ -237,6 +237,40 @@ def check_adapter(
     if raise_on_failure and report.failures:
         raise AdapterCheckError(f"adapter {type(pruned.adapter).__name__} failed check_adapter:\n{report}")
     return report
+
+
+def check_scorer(scorer: Any, views: Sequence[Tensor], texts: Sequence[str], *, atol: float = 1e-5) -> float:
+    """A scorer's batched answers (``score_batch``: every image's views in one call) against its single ones
+    (``scorer(views[i], texts[i])``, image by image): same shapes, finite, within ``atol``.
+
+    Args:
+        scorer: a text scorer with ``score_batch`` (the library's CLIP scorers; a plain function has none).
+        views: per image, (K_i, 3, h, w) float RGB in [0, 1]; give images of different sizes.
+        texts: per image, its query; give repeated and distinct queries.
+        atol: the largest allowed difference (1e-5 for float32: the tower sees a larger batch).
+
+    Returns:
+        The largest absolute difference found.
+
+    Raises:
+        AdapterCheckError: naming the image whose batched answer differs, or a scorer without ``score_batch``.
+    """
+    batch = getattr(scorer, "score_batch", None)
+    if not callable(batch):
+        raise AdapterCheckError(f"{type(scorer).__name__} has no score_batch method: it is scored image by image")
+    together = batch(list(views), list(texts))
+    if len(together) != len(views):
+        raise AdapterCheckError(f"score_batch gave {len(together)} answers for {len(views)} images")
+    worst = 0.0
+    for i, (item, text) in enumerate(zip(views, texts, strict=True)):
+        alone = scorer(item, text)
+        if together[i].shape != alone.shape or not bool(torch.isfinite(together[i]).all()):
+            raise AdapterCheckError(f"image {i}: batched shape {tuple(together[i].shape)}, alone {tuple(alone.shape)}")
+        delta = float((together[i].float() - alone.float()).abs().max()) if alone.numel() else 0.0
+        if delta > atol:
+            raise AdapterCheckError(f"image {i}: batched and single scores differ by {delta:.2e} (atol {atol:g})")
+        worst = max(worst, delta)
+    return worst
 
 
 def _global_view(

@@ -8,6 +8,7 @@ and :meth:`ClipScorer._set_preprocessing`), and implements :attr:`ClipScorer.ima
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar, cast
@@ -23,6 +24,7 @@ from ..pixels import check_channels
 __all__ = [
     "MIN_PLAUSIBLE_VOCAB",
     "RESIZE_MODES",
+    "TEXT_CACHE_SIZE",
     "ClipScorer",
     "check_tokenizer",
     "implausible_vocab_size",
@@ -32,6 +34,9 @@ __all__ = [
 ]
 
 RESIZE_MODES: tuple[str, ...] = ("shortest", "squash", "longest")
+#: Text embeddings each scorer keeps (one per distinct query), least recently used dropped first.
+TEXT_CACHE_SIZE = 256
+_CACHE_LOCK = threading.Lock()
 
 # A real text vocabulary has tens of thousands of entries; an offline `CLIPTokenizer.from_pretrained(hub_id)`
 # without vocab files silently returns one with 2 or 3, that maps every word to the same id.
@@ -102,9 +107,71 @@ class ClipScorer(ABC, Generic[TokensT]):
         _check_text(text)
         with torch.inference_mode():
             image = self._embed_image(self._pixels(views))  # (V, E); normalised in float32 by _cosine
-            query = self._embed_text(self._tokens(text))  # (1, E)
-            scores = _cosine(image, query)  # (V,)
+            scores = _cosine(image, self._text_embedding(text))  # (V,)
         return scores.to(views.device).clone()  # a normal tensor, usable outside inference mode
+
+    def score_batch(self, views: Sequence[Tensor], texts: Sequence[str], /) -> list[Tensor]:
+        """``[self(v, t) for v, t in zip(views, texts)]`` with ONE image-tower call over every image's views
+        (concatenated after the resize) and one text embedding per distinct text (cached: ``_text_embedding``).
+
+        Args:
+            views: per image, (K_i, 3, h_i, w_i) float RGB in [0, 1] (sizes may differ between images).
+            texts: per image, its query (non-empty strings; repeated queries are embedded once).
+
+        Returns:
+            Per image, (K_i,) float32 cosines on that image's views' device, equal to the single call's
+            within float rounding (the tower sees a larger batch).
+
+        Raises:
+            HeroError: on views or texts as ``__call__`` refuses them, or lists of different lengths.
+        """
+        if len(views) != len(texts):
+            raise HeroError.field("texts", len(texts), f"one text per image ({len(views)} images of views)")
+        for item in views:
+            _check_views(item)
+        for text in texts:
+            _check_text(text)
+        if not views:
+            return []
+        with torch.inference_mode():
+            image = self._embed_image(torch.cat([self._pixels(item) for item in views]))  # (sum K_i, E)
+            queries = {text: self._text_embedding(text) for text in dict.fromkeys(texts)}
+            out, start = [], 0
+            for item, text in zip(views, texts, strict=True):
+                count = int(item.shape[0])
+                scores = _cosine(image[start : start + count], queries[text])
+                out.append(scores.to(item.device).clone())
+                start += count
+        return out
+
+    def _text_embedding(self, text: str) -> Tensor:
+        """(1, E) embedding of ``text`` (checked), tokenised and embedded once per text while the model keeps its
+        device and dtype: a bounded cache (``TEXT_CACHE_SIZE`` texts, least recently used dropped), shared by
+        threads under a lock, emptied when the model's device or dtype changes. Call under inference mode."""
+        state = param_dtype_device(self.model)
+        with _CACHE_LOCK:
+            held: dict[str, Tensor] | None = getattr(self, "_texts", None)
+            if held is None or getattr(self, "_texts_state", None) != state:
+                held = {}
+                object.__setattr__(self, "_texts", held)
+                object.__setattr__(self, "_texts_state", state)
+            cache: dict[str, Tensor] = held
+            found = cache.pop(text, None)
+            if found is not None:
+                cache[text] = found  # most recently used last
+                return found
+        embedding = self._embed_text(self._tokens(text))  # outside the lock: threads embed in parallel
+        with _CACHE_LOCK:
+            if getattr(self, "_texts_state", None) == state and getattr(self, "_texts", None) is cache:
+                cache[text] = embedding
+                while len(cache) > TEXT_CACHE_SIZE:
+                    cache.pop(next(iter(cache)))
+        return embedding
+
+    def clear_text_cache(self) -> None:
+        """Forget every cached text embedding (e.g. after loading other weights into the model in place)."""
+        with _CACHE_LOCK:
+            object.__setattr__(self, "_texts", None)
 
     def preprocess(self, views: Tensor) -> Tensor:
         """Resize and normalise views the way this scorer does before the image encoder.
