@@ -176,13 +176,9 @@ def clip_config(clip: str) -> Any:
         from .evaluate import refused_checkpoint
 
         raise refused_checkpoint("clip", clip, error) or _missing("clip", clip, local, error) from error
-    if getattr(config, "model_type", None) != "clip":
-        raise HeroError.field(
-            "clip model_type",
-            getattr(config, "model_type", None),
-            "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
-            f"{clip} is not one.",
-        )
+    from .text_scorers.transformers import check_clip_config
+
+    check_clip_config(config, "clip", f"{clip} is not one.")
     return config
 
 

@@ -129,13 +129,9 @@ def _check_clip(source: str) -> None:
             "a CLIP checkpoint directory or a cached hub id",
             "Check the path (a hub id is read from the local cache when HF_HUB_OFFLINE=1).",
         ) from error
-    if getattr(config, "model_type", None) != "clip":
-        raise HeroError.field(
-            "--clip model_type",
-            getattr(config, "model_type", None),
-            "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
-            f"{source} is not one.",
-        )
+    from ..text_scorers.transformers import check_clip_config
+
+    check_clip_config(config, "--clip", f"{source} is not one.")
     _check_weights("--clip", source)
 
 

@@ -57,6 +57,22 @@ def clip_tokenizer_from_open_clip(bpe_path: str | os.PathLike[str] | None = None
     return transformers.CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
 
+def check_clip_config(config: Any, field: str, fix: str) -> None:
+    """Refuse a config that is not a full CLIP model's (``model_type`` other than ``clip``: a VLM's own folder, a
+    vision tower alone), naming ``field`` as the caller's user typed it (``--clip``, ``clip``, ``path_or_id``).
+
+    Raises:
+        HeroError: ``<field> model_type=<its model_type> is invalid: ...`` with ``fix``.
+    """
+    if getattr(config, "model_type", None) != "clip":
+        raise HeroError.field(
+            f"{field} model_type",
+            getattr(config, "model_type", None),
+            "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
+            fix,
+        )
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
     """HERO's text relevance with a transformers ``CLIPModel``: cosine(view embedding, text embedding).
@@ -161,13 +177,11 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         except (OSError, ValueError) as exc:
             refused = refused_checkpoint("path_or_id", source, exc)
             raise refused or HeroError.field("path_or_id", source, expected, f"{fix} ({exc})") from exc
-        if getattr(config, "model_type", None) != "clip":
-            raise HeroError.field(
-                "path_or_id model_type",
-                getattr(config, "model_type", None),
-                "'clip': a full CLIP checkpoint with a text tower, e.g. openai/clip-vit-large-patch14-336",
-                f"{source} is not one; a VLM's own vision tower has no text tower, pass a separate CLIP checkpoint.",
-            )
+        check_clip_config(
+            config,
+            "path_or_id",
+            f"{source} is not one; a VLM's own vision tower has no text tower, pass a separate CLIP checkpoint.",
+        )
         try:
             dtype_kwargs = {} if dtype is None else {"dtype": dtype}
             model, info = transformers.CLIPModel.from_pretrained(
