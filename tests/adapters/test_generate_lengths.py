@@ -20,12 +20,10 @@ import torch
 from hero_adapters import HeroVLM
 from hero_core import HeroError
 
-from .hosts import HostRow, assert_same, host_row
-
-FAMILIES = ("llava_next", "internvl", "llava_onevision")
+from .hosts import HOSTS, HostRow, assert_same, host_row
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=sorted(HOSTS))
 def host(request: pytest.FixtureRequest) -> HostRow:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return host_row(request.param)
