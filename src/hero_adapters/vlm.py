@@ -404,8 +404,11 @@ class HeroVLM:
             return _Run(report=report, encoded=[], assembled=[], spans=spans, ids=ids, mask=mask)
 
         runs = placeholder_runs(ids, mask, token) if ids is not None and mask is not None else None
+        # Nothing to do when the pruner keeps every valid token (R = 1 with an exact-total allocator): no
+        # attention is hooked, no scorer runs and nothing is planned (the plan is the valid mask).
+        keeps_all = callable(getattr(self.pruner, "keeps_all", None)) and bool(self.pruner.keeps_all())
         with timer.stage("encode"):
-            encoded = self.adapter.encode(image_inputs, self.pruner.layers, runs=runs)
+            encoded = self.adapter.encode(image_inputs, () if keeps_all else self.pruner.layers, runs=runs)
         spans = None
         if ids is not None and mask is not None:
             spans = placeholder_spans(ids, mask, token, [image.tokens_in for image in encoded])
@@ -418,7 +421,7 @@ class HeroVLM:
             )
 
         relevance: list[Tensor | None] = [None] * len(encoded)
-        if self.text_scorer is not None and bool(getattr(self.pruner, "uses_relevance", False)):
+        if self.text_scorer is not None and bool(getattr(self.pruner, "uses_relevance", False)) and not keeps_all:
             with timer.stage("score"):
                 relevance = self._score(encoded, queries)
         with timer.stage("plan"):

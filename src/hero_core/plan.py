@@ -95,12 +95,32 @@ class Pruner:
         extra = tuple(getattr(self.allocator, "layers", ()))
         return tuple(sorted(set(self.selector.layers) | set(extra)))
 
+    def keeps_all(self, tiles: TileEncoderOutputs | None = None) -> bool:
+        """Whether the plan keeps every valid token, known without planning (then ``plan`` reads nothing and
+        adapters skip the text scorer and the attention hooks).
+
+        The allocator decides, through an optional ``keeps_all(keep_ratio, tiles)`` method: the shipped
+        exact-total allocators (``HeroAllocator(exact=True)``, ``UniformAllocator``,
+        ``ThumbnailAttentionAllocator``) keep everything at R = 1, and at any R whose total
+        ``floor(R * V * N)`` reaches the valid count when ``tiles``' valid counts are already on the host
+        (``EncodedTiles.known_capacity``). ``hero-reference`` (``exact=False``) never does: its floors
+        and caps drop tokens even at R = 1. An allocator without the method is always run.
+        """
+        decide = getattr(self.allocator, "keeps_all", None)
+        if not callable(decide):
+            return False
+        checked = None if tiles is None else EncodedTiles.from_outputs(tiles)
+        return bool(decide(self.keep_ratio, checked))
+
     def plan(self, tiles: TileEncoderOutputs, relevance: Tensor | None = None) -> PrunePlan:
         """Budgets per view, then the keep mask per view (paper section 4).
 
         Args:
             tiles: the encoder outputs of one image.
             relevance: (V,) CLIP cosine of each view against the query, or None.
+
+        Nothing to plan when the allocator keeps every valid token (``keeps_all``): the plan is then the
+        valid mask itself, read from no value (no host sync, no NaN check, no importance).
 
         Host syncs: one per image with the built-in allocators and selectors (the allocator's
         ``tiles.fetch``, which also reads the tiles' host facts and checks every value for NaN/inf). A
@@ -112,6 +132,8 @@ class Pruner:
         """
         checked = EncodedTiles.from_outputs(tiles)
         check_relevance(relevance, checked.num_views, finite=False)
+        if self.keeps_all(checked):
+            return _everything(checked, self.keep_ratio)
         if relevance is not None:
             relevance = to_device(relevance, checked.device, relevance.dtype)
             checked.check_later("relevance", relevance, *RELEVANCE_FINITE)
@@ -135,6 +157,16 @@ class Pruner:
             relevance=allocation.relevance,
             keep_ratio=self.keep_ratio,
         )
+
+
+def _everything(tiles: EncodedTiles, keep_ratio: float) -> PrunePlan:
+    """Every valid token of every view (what any allocator and selector keep when the budgets are the capacity)."""
+    known = tiles.known_capacity
+    with torch.inference_mode(False):
+        budgets = tiles.valid_mask.sum(-1) if known is None else to_device(list(known), tiles.device, torch.int64)
+    if known is not None:
+        tiles.remember_counts(budgets, known)
+    return PrunePlan(keep=tiles.valid_mask.clone(), budgets=budgets, keep_ratio=keep_ratio)
 
 
 def _one_sync(part: object) -> bool:

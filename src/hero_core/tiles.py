@@ -144,6 +144,11 @@ class EncodedTiles:
         capacity: tuple[int, ...] = getattr(self, "_capacity")  # noqa: B009 - set by fetch, not a dataclass field
         return capacity
 
+    @property
+    def known_capacity(self) -> tuple[int, ...] | None:
+        """``capacity`` if it was already read to the host (by a ``fetch``), else None; never syncs."""
+        return getattr(self, "_capacity", None)
+
     def check_later(self, name: str, value: Tensor, expected: str, fix: str = "") -> None:
         """Have the next ``fetch`` refuse ``value`` (any float tensor) with ``HeroError.field(name, ...)`` if it
         holds NaN/inf; checked at once (one sync) if the host facts were already read."""

@@ -42,6 +42,10 @@ def test_ratio_one_is_identity(name, tiles):
 def test_plan_reports_importance_parts(tiles, ratio):
     relevance = torch.linspace(0, 1, tiles.num_views)
     plan = presets.hero(ratio).plan(tiles, relevance)
+    if ratio == 1.0:  # nothing is planned at R = 1: every valid token is kept, no importance is computed
+        assert plan.importance is None and plan.saliency is None and plan.relevance is None
+        assert torch.equal(plan.keep, tiles.valid_mask)
+        return
     assert plan.importance is not None and plan.saliency is not None and plan.relevance is not None
     torch.testing.assert_close(plan.importance, plan.saliency + plan.relevance)
     assert float(plan.importance[tiles.thumbnail_index]) == 0.0

@@ -13,7 +13,7 @@ from .._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relev
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 
-__all__ = ["budgets_tensor", "exact_split", "prepare", "tile_views"]
+__all__ = ["budgets_tensor", "exact_split", "keeps_all", "prepare", "tile_views"]
 
 
 def prepare(
@@ -44,6 +44,16 @@ def budgets_tensor(tiles: EncodedTiles, counts: list[int]) -> Tensor:
         budgets = to_device(counts, tiles.device, torch.int64)
     tiles.remember_counts(budgets, tuple(counts))
     return budgets
+
+
+def keeps_all(keep_ratio: float, tiles: EncodedTiles | None) -> bool:
+    """Whether ``exact_split`` keeps every valid token: its total ``min(floor(R * V * N), valid)`` is the valid
+    count at R = 1 whatever the image, and at a lower R when the valid count (known on the host) is small."""
+    if check_keep_ratio(keep_ratio) >= 1.0:
+        return True
+    if tiles is None or tiles.known_capacity is None:
+        return False
+    return floor_ratio(keep_ratio, tiles.num_views * tiles.num_tokens) >= sum(tiles.known_capacity)
 
 
 def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from .._errors import HeroError, check_positive, check_unit_interval
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
-from ._split import budgets_tensor, exact_split, prepare, tile_views
+from ._split import budgets_tensor, exact_split, keeps_all, prepare, tile_views
 
 __all__ = ["HeroAllocator"]
 
@@ -70,6 +70,11 @@ class HeroAllocator:
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         return self.allocate(tiles, relevance, keep_ratio).budgets
+
+    def keeps_all(self, keep_ratio: float, tiles: EncodedTiles | None = None) -> bool:
+        """Whether every valid token is kept, known before planning (``Pruner.keeps_all``): never with the
+        reference floors (``exact=False``), which drop tokens even at R = 1."""
+        return self.exact and keeps_all(keep_ratio, tiles)
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         """Budgets with the importance behind them (reported in float32; the thumbnail's entries are 0)."""

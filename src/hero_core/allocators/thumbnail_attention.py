@@ -12,7 +12,8 @@ from .._device import to_device
 from .._errors import HeroError
 from ..plan import Allocation
 from ..protocols import TileEncoderOutputs
-from ._split import exact_split, prepare, tile_views
+from ..tiles import EncodedTiles
+from ._split import exact_split, keeps_all, prepare, tile_views
 
 __all__ = ["ThumbnailAttentionAllocator"]
 
@@ -54,6 +55,10 @@ class ThumbnailAttentionAllocator:
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         return self.allocate(tiles, relevance, keep_ratio).budgets
+
+    def keeps_all(self, keep_ratio: float, tiles: EncodedTiles | None = None) -> bool:
+        """Whether every valid token is kept, known before planning (``Pruner.keeps_all``)."""
+        return keeps_all(keep_ratio, tiles)
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)

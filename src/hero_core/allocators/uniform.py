@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..protocols import TileEncoderOutputs
-from ._split import exact_split, prepare
+from ..tiles import EncodedTiles
+from ._split import exact_split, keeps_all, prepare
 
 __all__ = ["UniformAllocator"]
 
@@ -30,6 +31,10 @@ class UniformAllocator:
     @property
     def uses_relevance(self) -> bool:
         return False
+
+    def keeps_all(self, keep_ratio: float, tiles: EncodedTiles | None = None) -> bool:
+        """Whether every valid token is kept, known before planning (``Pruner.keeps_all``)."""
+        return keeps_all(keep_ratio, tiles)
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
