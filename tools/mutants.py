@@ -143,7 +143,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "C06",
         THUMB,
-        "thumb = attention[0, checked.thumbnail_index].mean(dim=0)",
+        "thumb = attention[0, tiles.thumbnail_index].mean(dim=0)",
         "thumb = attention[0, 0].mean(dim=0)",
         ALLOCATORS,
         "thumbnail-attention reads view 0 instead of the thumbnail",
@@ -689,8 +689,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "Y01",
         "hero_core/tiles.py",
-        "moved = torch.cat(parts).tolist() if parts else []  # the one host sync",
-        "moved = [x for part in parts for x in part.tolist()]  # one read per part",
+        "moved = {device: (torch.cat(chunk).tolist() if chunk else []) for device, chunk in parts.items()}",
+        "moved = {device: [x for part in chunk for x in part.tolist()] for device, chunk in parts.items()}",
         SYNCS,
         "fetch: the host facts and the values are read part by part (several syncs per image)",
     ),

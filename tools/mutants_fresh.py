@@ -177,7 +177,7 @@ FRESH: tuple[Mutant, ...] = (
     Mutant(
         "F16",
         f"{CORE}/allocators/thumbnail_attention.py",
-        "thumb = attention[0, checked.thumbnail_index].mean(dim=0)",
+        "thumb = attention[0, tiles.thumbnail_index].mean(dim=0)",
         "thumb = attention[0, 0].mean(dim=0)",
         (),
         "reads view 0's attention as the thumbnail's (thumbnail last: wrong view)",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hero_core import HeroError, TextScorer
+from hero_core import HeroError, TextScorer, to_device
 from hero_core.allocators import tile_views
 
 from ._generation import host_attention_mask, relative_lengths
@@ -424,10 +424,20 @@ class HeroVLM:
         if self.text_scorer is not None and bool(getattr(self.pruner, "uses_relevance", False)) and not keeps_all:
             with timer.stage("score"):
                 relevance = self._score(encoded, queries)
-        with timer.stage("plan"):
-            plans = [self.pruner.plan(image.tiles, rel) for image, rel in zip(encoded, relevance, strict=True)]
-        with timer.stage("assemble"):
-            assembled = [self.adapter.assemble(image, plan.keep) for image, plan in zip(encoded, plans, strict=True)]
+        with timer.stage("plan"):  # every image together: one host sync for the batch with the shipped parts
+            plan_batch = getattr(self.pruner, "plan_batch", None)
+            if callable(plan_batch):
+                plans = plan_batch([image.tiles for image in encoded], relevance)
+            else:
+                plans = [self.pruner.plan(image.tiles, rel) for image, rel in zip(encoded, relevance, strict=True)]
+        with timer.stage("assemble"):  # one host read for every image when the adapter has assemble_batch
+            assemble_batch = getattr(self.adapter, "assemble_batch", None)
+            if callable(assemble_batch):
+                assembled = assemble_batch(encoded, [plan.keep for plan in plans])
+            else:
+                assembled = [
+                    self.adapter.assemble(image, plan.keep) for image, plan in zip(encoded, plans, strict=True)
+                ]
         for i, out in enumerate(assembled):
             if int(out.features.shape[0]) != out.tokens_out or int(out.offsets.shape[0]) != out.tokens_out:
                 raise HeroError.field(
@@ -475,7 +485,10 @@ class HeroVLM:
             if text is not None
         ]
         asked = [(i, others) for i, others in asked if others.numel()]
-        views = [encoded[i].views[others.to(encoded[i].views.device)] for i, others in asked]
+        views = [
+            encoded[i].views.index_select(0, to_device(others, encoded[i].views.device, torch.long))
+            for i, others in asked
+        ]
         texts = [str(queries[i]) for i, _ in asked]
         batch = getattr(scorer, "score_batch", None)
         if callable(batch):
@@ -491,21 +504,16 @@ class HeroVLM:
         scored: dict[int, Tensor] = {}
         for (i, others), score in zip(asked, scores, strict=True):
             count, tiles = int(others.numel()), encoded[i].tiles
-            if (
-                not isinstance(score, Tensor)
-                or score.shape != (count,)
-                or not score.dtype.is_floating_point
-                or not bool(torch.isfinite(score).all())
-            ):
-                raise HeroError.field(
-                    f"text_scorer {_name(scorer)} output for image {i}",
-                    score,
-                    f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given",
-                    "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query "
-                    "text.",
-                )
+            name = f"text_scorer {_name(scorer)} output for image {i}"
+            expected = f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given"
+            fix = "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text."
+            if not isinstance(score, Tensor) or score.shape != (count,) or not score.dtype.is_floating_point:
+                raise HeroError.field(name, score, expected, fix)
+            index = to_device(others, tiles.device, torch.long)
             zeros = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
-            scored[i] = zeros.index_copy(0, others.to(tiles.device), score.detach().to(tiles.device, torch.float32))
+            scored[i] = zeros.index_copy(0, index, score.detach().to(tiles.device, torch.float32))
+            # NaN/inf are refused in the planner's one read of the batch (no host sync per image here)
+            tiles.check_later(name, scored[i], expected, fix)
         return [
             None
             if text is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from ._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_releva
 from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
 from .tiles import EncodedTiles
 
-__all__ = ["Allocation", "PrunePlan", "Pruner"]
+__all__ = ["Allocation", "PrunePlan", "Pruner", "Staged"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,19 @@ class Allocation:
     importance: Tensor | None = None
     saliency: Tensor | None = None
     relevance: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What a shipped allocator computed on the device before its one host read (``Pruner.plan_batch``).
+
+    ``read`` is the tensor its split reads on the host (the tile weights); ``parts`` whatever it needs to
+    finish (the importance and its parts). Private protocol of the shipped allocators: ``_stage(tiles,
+    relevance) -> Staged`` then ``_finish(tiles, keep_ratio, staged) -> Allocation``.
+    """
+
+    read: Tensor
+    parts: tuple[Tensor, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,30 +139,71 @@ class Pruner:
         Host syncs: one per image with the built-in allocators and selectors (the allocator's
         ``tiles.fetch``, which also reads the tiles' host facts and checks every value for NaN/inf). A
         custom allocator adds one (its inputs checked before it runs, its budgets read back); a custom
-        selector adds one (its keep mask checked against the budgets).
+        selector adds one (its keep mask checked against the budgets). ``plan_batch`` plans many images
+        with one sync in all.
 
         Raises:
             HeroError: on invalid tiles or relevance, or when a custom allocator/selector breaks its contract.
         """
-        checked = EncodedTiles.from_outputs(tiles)
-        check_relevance(relevance, checked.num_views, finite=False)
+        return self.plan_batch([tiles], [relevance])[0]
+
+    def plan_batch(
+        self, tiles: Sequence[TileEncoderOutputs], relevance: Sequence[Tensor | None] | None = None
+    ) -> list[PrunePlan]:
+        """``plan`` for every image of a batch, with ONE host sync for the whole batch (per device) when the
+        allocator and selector are the shipped ones: each image's tile weights are computed on the device,
+        then read together with every image's host facts in one transfer (``EncodedTiles.fetch_together``).
+        A custom allocator or selector is run image by image, with its syncs as in ``plan``.
+
+        Args:
+            tiles: the encoder outputs of each image.
+            relevance: one (V,) relevance or None per image, or None for none at all.
+
+        Returns:
+            One ``PrunePlan`` per image, equal to ``plan`` on that image alone.
+        """
+        images = [EncodedTiles.from_outputs(item) for item in tiles]
+        scores: list[Tensor | None] = [None] * len(images) if relevance is None else list(relevance)
+        if len(scores) != len(images):
+            raise HeroError.field(
+                "relevance", f"{len(scores)} entries", f"one (V,) tensor or None per image ({len(images)} images)"
+            )
+        for checked, score in zip(images, scores, strict=True):
+            check_relevance(score, checked.num_views, finite=False)
+        staged: dict[int, Any] = {}
+        with torch.inference_mode():
+            for i, (checked, score) in enumerate(zip(images, scores, strict=True)):
+                if self.keeps_all(checked):
+                    continue
+                if score is not None:
+                    score = scores[i] = to_device(score, checked.device, score.dtype)
+                    checked.check_later("relevance", score, *RELEVANCE_FINITE)
+                stage = getattr(self.allocator, "_stage", None)
+                if _one_sync(self.allocator) and callable(stage):
+                    staged[i] = stage(checked, score if self.uses_relevance else None)
+            if staged:  # the batch's one host sync: every staged image's weights and host facts
+                EncodedTiles.fetch_together([(images[i], (staged[i].read,)) for i in staged])
+            return [
+                self._plan_one(checked, score, staged.get(i))
+                for i, (checked, score) in enumerate(zip(images, scores, strict=True))
+            ]
+
+    def _plan_one(self, checked: EncodedTiles, relevance: Tensor | None, staged: Any) -> PrunePlan:
         if self.keeps_all(checked):
             return _everything(checked, self.keep_ratio)
-        if relevance is not None:
-            relevance = to_device(relevance, checked.device, relevance.dtype)
-            checked.check_later("relevance", relevance, *RELEVANCE_FINITE)
         if not _one_sync(self.allocator):
             checked.require_finite()  # a custom allocator sees only checked values (one sync)
         if not self.uses_relevance:
             relevance = None
-        with torch.inference_mode():
-            allocate = getattr(self.allocator, "allocate", None)
-            if callable(allocate):
-                allocation: Allocation = allocate(checked, relevance, self.keep_ratio)
-            else:
-                allocation = Allocation(budgets=self.allocator(checked, relevance, self.keep_ratio))
-            budgets = _checked_budgets(allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator))
-            keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
+        allocate = getattr(self.allocator, "allocate", None)
+        if staged is not None:
+            allocation: Allocation = self.allocator._finish(checked, self.keep_ratio, staged)  # type: ignore[attr-defined]
+        elif callable(allocate):
+            allocation = allocate(checked, relevance, self.keep_ratio)
+        else:
+            allocation = Allocation(budgets=self.allocator(checked, relevance, self.keep_ratio))
+        budgets = _checked_budgets(allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator))
+        keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
         return PrunePlan(
             keep=keep,
             budgets=budgets,

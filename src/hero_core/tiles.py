@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,43 +174,76 @@ class EncodedTiles:
         """``values`` (any shapes) as flat lists of floats, read in ONE host-device transfer together with,
         the first time, this image's host facts (``capacity`` and the finiteness of ``cls_tokens``,
         ``cls_attention`` and anything passed to ``check_later``). Values already on the CPU are read
-        directly.
+        directly; values that ``fetch_together`` read already (the very tensors, unchanged) are not read again.
 
         Raises:
             HeroError: if ``cls_tokens``, ``cls_attention`` or a ``check_later`` value holds NaN/inf.
         """
-        checks: list[tuple[str, Tensor, str, str]] = []
-        parts: list[Tensor] = []
-        if getattr(self, "_capacity", None) is None:
-            checks = [
-                ("cls_tokens", self.cls_tokens, _FINITE, _FINITE_FIX),
-                ("cls_attention", self.cls_attention, _FINITE, _FINITE_FIX),
-                *getattr(self, "_pending", ()),
+        read = getattr(self, "_prefetched", ())
+        known = [next((got for ref, seen, got in read if ref() is v and seen == _version(v)), None) for v in values]
+        if values and getattr(self, "_capacity", None) is not None and all(got is not None for got in known):
+            return [list(got) for got in known if got is not None]
+        return EncodedTiles._read([(self, values)])[0]
+
+    @staticmethod
+    def fetch_together(items: Sequence[tuple[EncodedTiles, Sequence[Tensor]]]) -> None:
+        """Read every item's ``values`` and, where not read yet, its host facts, in ONE host-device transfer
+        per device for the whole list (``Pruner.plan_batch``: one sync for a batch of images). Each tiles'
+        next ``fetch`` of those very tensors (unchanged) then returns them without a transfer.
+
+        Raises:
+            HeroError: as ``fetch``, for the first item (in order) holding NaN/inf.
+        """
+        for (tiles, values), got in zip(items, EncodedTiles._read(items), strict=True):
+            refs = tuple((weakref.ref(v), _version(v), tuple(g)) for v, g in zip(values, got, strict=True))
+            object.__setattr__(tiles, "_prefetched", refs)
+
+    @staticmethod
+    def _read(items: Sequence[tuple[EncodedTiles, Sequence[Tensor]]]) -> list[list[list[float]]]:
+        """The transfers behind ``fetch`` and ``fetch_together``: one ``tolist`` per device."""
+        plans: list[tuple[list[tuple[str, Tensor, str, str]], list[bool]]] = []
+        parts: dict[torch.device, list[Tensor]] = {}
+        for tiles, values in items:
+            checks: list[tuple[str, Tensor, str, str]] = []
+            device_parts = parts.setdefault(tiles.device, [])
+            if getattr(tiles, "_capacity", None) is None:
+                checks = [
+                    ("cls_tokens", tiles.cls_tokens, _FINITE, _FINITE_FIX),
+                    ("cls_attention", tiles.cls_attention, _FINITE, _FINITE_FIX),
+                    *getattr(tiles, "_pending", ()),
+                ]
+                flags = torch.stack([torch.isfinite(item[1].to(tiles.device)).all() for item in checks]).double()
+                device_parts += [flags, tiles.valid_mask.sum(-1).double()]
+            on_host = [v.device.type == "cpu" and tiles.device.type != "cpu" for v in values]
+            device_parts += [
+                v.detach().reshape(-1).to(tiles.device, torch.float64)
+                for v, h in zip(values, on_host, strict=True)
+                if not h
             ]
-            flags = torch.stack([torch.isfinite(item[1].to(self.device)).all() for item in checks]).double()
-            parts += [flags, self.valid_mask.sum(-1).double()]
-        on_host = [v.device.type == "cpu" and self.device.type != "cpu" for v in values]
-        parts += [
-            v.detach().reshape(-1).to(self.device, torch.float64) for v, h in zip(values, on_host, strict=True) if not h
-        ]
-        moved = torch.cat(parts).tolist() if parts else []  # the one host sync
-        if checks:
-            flags_read, moved = moved[: len(checks)], moved[len(checks) :]
-            counts, moved = moved[: self.num_views], moved[self.num_views :]
-            object.__setattr__(self, "_pending", ())  # a refused value does not stay queued for the next call
-            for ok, (name, tensor, expected, fix) in zip(flags_read, checks, strict=True):
-                if not ok:
-                    raise HeroError.field(name, tensor, expected, fix)
-            object.__setattr__(self, "_capacity", tuple(int(c) for c in counts))
-            object.__setattr__(self, "_checked", tuple(weakref.ref(item[1]) for item in checks[2:]))
-            object.__setattr__(self, "_pending", ())
-        out: list[list[float]] = []
-        for value, host in zip(values, on_host, strict=True):
-            if host:
-                out.append(value.detach().reshape(-1).double().tolist())
-            else:
-                out.append(moved[: value.numel()])
-                moved = moved[value.numel() :]
+            plans.append((checks, on_host))
+        # the one host sync per device
+        moved = {device: (torch.cat(chunk).tolist() if chunk else []) for device, chunk in parts.items()}
+        out: list[list[list[float]]] = []
+        for (tiles, values), (checks, on_host) in zip(items, plans, strict=True):
+            rest = moved[tiles.device]
+            if checks:
+                flags_read, counts = rest[: len(checks)], rest[len(checks) : len(checks) + tiles.num_views]
+                rest = rest[len(checks) + tiles.num_views :]
+                object.__setattr__(tiles, "_pending", ())  # a refused value does not stay queued for the next call
+                for ok, (name, tensor, expected, fix) in zip(flags_read, checks, strict=True):
+                    if not ok:
+                        raise HeroError.field(name, tensor, expected, fix)
+                object.__setattr__(tiles, "_capacity", tuple(int(c) for c in counts))
+                object.__setattr__(tiles, "_checked", tuple(weakref.ref(item[1]) for item in checks[2:]))
+            got: list[list[float]] = []
+            for value, host in zip(values, on_host, strict=True):
+                if host:
+                    got.append(value.detach().reshape(-1).double().tolist())
+                else:
+                    got.append(rest[: value.numel()])
+                    rest = rest[value.numel() :]
+            moved[tiles.device] = rest
+            out.append(got)
         return out
 
     def remember_counts(self, budgets: Tensor, counts: tuple[int, ...]) -> None:
@@ -247,6 +281,11 @@ class EncodedTiles:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}  # the host facts are not copied
         values.update(changes)
         return EncodedTiles(**values)
+
+
+def _version(value: Tensor) -> int:
+    """The in-place version counter of ``value``; -1 for an inference tensor, which keeps none."""
+    return -1 if value.is_inference() else int(value._version)
 
 
 def _check_tensor(name: str, value: object, rank: int, shape: str) -> None:

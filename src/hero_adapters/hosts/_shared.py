@@ -132,6 +132,25 @@ class TransformersHost:
         """(mean, std) the processor normalised pixels with."""
         return tuple(self.image_mean or ()), tuple(self.image_std or ())
 
+    def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
+        """The kept tokens of one image (``keep`` (V, N) bool) in the layout's order: one host read."""
+        return self.assemble_read(image, keep, host_copies(keep.reshape(-1), image.source))
+
+    def assemble_batch(self, images: Sequence[EncodedImage], keeps: Sequence[Tensor]) -> list[AssembledImage]:
+        """``assemble`` for every image of a call, every keep mask and source map read in ONE host-device transfer
+        (the optional batched seam ``HeroVLM`` uses when an adapter has it). A subclass that overrides ``assemble``
+        gets its own ``assemble`` called image by image."""
+        if type(self).assemble is not TransformersHost.assemble:
+            return [self.assemble(image, keep) for image, keep in zip(images, keeps, strict=True)]
+        pairs = [(keep.reshape(-1), image.source) for image, keep in zip(images, keeps, strict=True)]
+        copies = host_copies_many(pairs)
+        return [self.assemble_read(image, keep, copy) for image, keep, copy in zip(images, keeps, copies, strict=True)]
+
+    def assemble_read(self, image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor]) -> AssembledImage:
+        """``assemble`` once the flat keep mask and the source map are on the host (``copies``). Default: the host's
+        own order (``assemble_source``)."""
+        return assemble_source(image, keep, copies)
+
 
 def pad_token_id(model: Any) -> int:
     """The id written into new padding: generation config, then text config, then the config; pad, then eos, then 0."""
@@ -256,10 +275,26 @@ def host_copies(mask: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     return both[: mask.numel()].bool(), both[mask.numel() :]
 
 
-def assemble_source(image: EncodedImage, keep: Tensor) -> AssembledImage:
+def host_copies_many(pairs: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """``host_copies`` of every (mask, index) pair, in ONE host-device transfer per device for all of them."""
+    groups: dict[torch.device, list[int]] = {}
+    for i, (_, index) in enumerate(pairs):
+        groups.setdefault(index.device, []).append(i)
+    out: list[tuple[Tensor, Tensor] | None] = [None] * len(pairs)
+    for members in groups.values():
+        chunks = [torch.cat([pairs[i][0].to(pairs[i][1].device, torch.long), pairs[i][1].long()]) for i in members]
+        both = torch.cat(chunks).cpu()  # the one host sync of this device
+        for i, part in zip(members, torch.split(both, [chunk.numel() for chunk in chunks]), strict=True):
+            size = pairs[i][0].numel()
+            out[i] = (part[:size].bool(), part[size:])
+    return [item for item in out if item is not None]
+
+
+def assemble_source(image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor] | None = None) -> AssembledImage:
     """The kept tokens of one image in the host's own order: every position of ``image.source`` whose
-    (view, token) is kept (``keep`` (V, N) bool), and every newline (-1)."""
-    flat, source = host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
+    (view, token) is kept (``keep`` (V, N) bool), and every newline (-1). ``copies``: the flat keep mask and
+    the source map already on the host (``assemble_sources``), else read here."""
+    flat, source = copies or host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
     is_newline = source < 0
     sent = is_newline | flat[source.clamp(min=0)]  # (T,)
     offsets = sent.nonzero().squeeze(1)

@@ -29,7 +29,7 @@ from ..extras import require
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD
 from ..sequence import placeholder_runs
 from ..towers import cls_attention_hooks
-from ._shared import TransformersHost, assemble_source, check_finite, check_pixels, meet_tower, unnormalise
+from ._shared import TransformersHost, check_finite, check_pixels, meet_tower, unnormalise
 
 __all__ = ["InternVLAdapter"]
 
@@ -255,16 +255,6 @@ class InternVLAdapter(TransformersHost):
                 )
             grids.append((int(rows), int(cols)))
         return grids
-
-    # --------------------------------------------------------------------------------------------- assemble
-    def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
-        """The kept tokens of one image: the host's order (tiles in raster order, then the thumbnail).
-
-        Args:
-            image: what ``encode`` returned for the image.
-            keep: (V, N) bool, the plan's keep mask.
-        """
-        return assemble_source(image, keep)
 
 
 def _pair(value: Any) -> tuple[int, int]:

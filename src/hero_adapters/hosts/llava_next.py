@@ -31,7 +31,6 @@ from ._shared import (
     canvas_boxes,
     check_finite,
     check_image_sizes,
-    host_copies,
     meet_tower,
     per_image_features,
     split_tiles,
@@ -207,18 +206,19 @@ class LlavaNextAdapter(TransformersHost):
         return [m[:, 0].round().long() for m in maps]
 
     # --------------------------------------------------------------------------------------------- assemble
-    def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
-        """The kept tokens of one image in this adapter's layout.
+    def assemble_read(self, image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor]) -> AssembledImage:
+        """The kept tokens of one image in this adapter's layout (``assemble`` / ``assemble_batch``).
 
         Args:
             image: what ``encode`` returned for the image.
             keep: (V, N) bool, the plan's keep mask (only valid positions may be True).
+            copies: the flat keep mask (V * N,) and ``image.source`` (T,), on the host.
 
         Returns:
             The features sent to the LLM, with their offsets in the unpruned layout sequence.
         """
         n = image.tiles.num_tokens
-        flat, source = host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
+        flat, source = copies
         if self.layout == "vanilla" or image.tiles.tile_grid is None:
             layout = source  # (T,)
             gather = None

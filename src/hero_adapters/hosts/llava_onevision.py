@@ -32,7 +32,6 @@ from ..pixels import SIGLIP_MEAN, SIGLIP_STD
 from ..towers import cls_attention_hooks, tower_recipe
 from ._shared import (
     TransformersHost,
-    assemble_source,
     canvas_boxes,
     check_finite,
     check_image_sizes,
@@ -236,11 +235,6 @@ class LlavaOnevisionAdapter(TransformersHost):
         attention[source[is_patch]] = packed[is_patch, 3 + count :]
         attention = attention.view(count, n, layers, heads).permute(2, 0, 3, 1).float()  # (L, V, H, n)
         return _Mapping(source=source, valid=valid.view(count, n), attention=attention.contiguous())
-
-    # --------------------------------------------------------------------------------------------- assemble
-    def assemble(self, image: EncodedImage, keep: Tensor) -> AssembledImage:
-        """The kept tokens of one image in the host's order (base view, then the packed grid with newlines)."""
-        return assemble_source(image, keep)
 
 
 @dataclass(frozen=True)

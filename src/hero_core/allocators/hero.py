@@ -13,7 +13,7 @@ from torch import Tensor
 from .._arith import floor_ratio
 from .._device import to_device
 from .._errors import HeroError, check_positive, check_unit_interval
-from ..plan import Allocation
+from ..plan import Allocation, Staged
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 from ._split import budgets_tensor, exact_split, keeps_all, prepare, tile_views
@@ -79,14 +79,21 @@ class HeroAllocator:
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         """Budgets with the importance behind them (reported in float32; the thumbnail's entries are 0)."""
         checked, relevance, keep_ratio = prepare(tiles, relevance, keep_ratio)
-        importance, saliency, relevance_part = self.importance(checked, relevance)
-        others = tile_views(checked)
+        return self._finish(checked, keep_ratio, self._stage(checked, relevance))
+
+    def _stage(self, tiles: EncodedTiles, relevance: Tensor | None) -> Staged:
+        """The importance on the device, and what the split reads of it (the tiles' weights, or all of it)."""
+        importance, saliency, relevance_part = self.importance(tiles, relevance)
+        others = to_device(tile_views(tiles), tiles.device, torch.long)
+        read = importance.index_select(0, others) if self.exact else importance
+        return Staged(read, (importance, saliency, relevance_part))
+
+    def _finish(self, tiles: EncodedTiles, keep_ratio: float, staged: Staged) -> Allocation:
+        importance, saliency, relevance_part = staged.parts
         if self.exact:
-            budgets = exact_split(
-                checked, keep_ratio, importance.index_select(0, to_device(others, checked.device, torch.long))
-            )
+            budgets = exact_split(tiles, keep_ratio, staged.read)
         else:
-            budgets = self._reference_budgets(checked, keep_ratio, importance)
+            budgets = self._reference_budgets(tiles, keep_ratio, staged.read)
         return Allocation(
             budgets=budgets, importance=importance.float(), saliency=saliency.float(), relevance=relevance_part.float()
         )

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._device import to_device
 from .._errors import HeroError
-from ..plan import Allocation
+from ..plan import Allocation, Staged
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 from ._split import exact_split, keeps_all, prepare, tile_views
@@ -62,20 +62,24 @@ class ThumbnailAttentionAllocator:
 
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
-        if checked.num_views == 1:  # a thumbnail alone: nothing to split
-            return Allocation(budgets=exact_split(checked, keep_ratio, torch.zeros(0, device=checked.device)))
-        if checked.tile_grid is None:
+        return self._finish(checked, keep_ratio, self._stage(checked, None))
+
+    def _stage(self, tiles: EncodedTiles, relevance: Tensor | None) -> Staged:
+        """The thumbnail's attention mass over each tile's region, (K,) float64 on the device."""
+        if tiles.num_views == 1:  # a thumbnail alone: nothing to split
+            return Staged(torch.zeros(0, dtype=torch.float64, device=tiles.device))
+        if tiles.tile_grid is None:
             raise HeroError.field(
                 "tile_grid",
                 None,
                 "the (rows, cols) layout of the local tiles",
                 "ThumbnailAttentionAllocator maps the thumbnail onto the tiles; the adapter must set tile_grid.",
             )
-        rows, cols = checked.grid
-        tile_rows, tile_cols = checked.tile_grid
-        attention = checked.layer_attention((self.layer,), field="ThumbnailAttentionAllocator.layer")
-        thumb = attention[0, checked.thumbnail_index].mean(dim=0)  # (N,) mean over heads
-        device = checked.device
+        rows, cols = tiles.grid
+        tile_rows, tile_cols = tiles.tile_grid
+        attention = tiles.layer_attention((self.layer,), field="ThumbnailAttentionAllocator.layer")
+        thumb = attention[0, tiles.thumbnail_index].mean(dim=0)  # (N,) mean over heads
+        device = tiles.device
         centre_r = (torch.arange(rows, device=device, dtype=torch.float64) + 0.5) / rows
         centre_c = (torch.arange(cols, device=device, dtype=torch.float64) + 0.5) / cols
         tile_r = (centre_r * tile_rows).floor().long().clamp_(max=tile_rows - 1)  # (rows,)
@@ -83,8 +87,14 @@ class ThumbnailAttentionAllocator:
         owner = (tile_r[:, None] * tile_cols + tile_c[None, :]).flatten()  # (N,) tile of each thumbnail patch
         mass = torch.zeros(tile_rows * tile_cols, device=device, dtype=torch.float64)
         mass.index_add_(0, owner, thumb.double())  # (K,)
-        budgets = exact_split(checked, keep_ratio, mass)
-        importance = torch.zeros(checked.num_views, dtype=torch.float32, device=device)
-        others = to_device(tile_views(checked), device, torch.long)
+        return Staged(mass)
+
+    def _finish(self, tiles: EncodedTiles, keep_ratio: float, staged: Staged) -> Allocation:
+        mass = staged.read
+        budgets = exact_split(tiles, keep_ratio, mass)
+        if tiles.num_views == 1:
+            return Allocation(budgets=budgets)
+        importance = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
+        others = to_device(tile_views(tiles), tiles.device, torch.long)
         importance.index_copy_(0, others, (mass / mass.sum().clamp_min(1e-12)).float())
         return Allocation(budgets=budgets, importance=importance, saliency=importance, relevance=None)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..plan import Allocation, Staged
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 from ._split import exact_split, keeps_all, prepare
@@ -38,5 +39,10 @@ class UniformAllocator:
 
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
-        weights = torch.ones(checked.num_views - 1, dtype=torch.float64, device=checked.device)
-        return exact_split(checked, keep_ratio, weights)
+        return self._finish(checked, keep_ratio, self._stage(checked, None)).budgets
+
+    def _stage(self, tiles: EncodedTiles, relevance: Tensor | None) -> Staged:
+        return Staged(torch.ones(tiles.num_views - 1, dtype=torch.float64, device=tiles.device))
+
+    def _finish(self, tiles: EncodedTiles, keep_ratio: float, staged: Staged) -> Allocation:
+        return Allocation(budgets=exact_split(tiles, keep_ratio, staged.read))
