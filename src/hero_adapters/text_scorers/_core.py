@@ -1,16 +1,17 @@
 """The scorer core both CLIP backends share: input checks, pixel preparation, the scoring itself, repr.
 
 A backend subclasses :class:`ClipScorer` as a frozen dataclass with the fields ``model``, ``tokenizer``,
-``mean``, ``std`` and ``resize_mode``, checks its host in ``__post_init__`` (with :func:`check_tokenizer`
-and :meth:`ClipScorer._set_preprocessing`), and implements :attr:`ClipScorer.image_size`,
-``_tokens``, ``_embed_image`` and ``_embed_text``. Nothing here imports transformers or open_clip.
+``mean``, ``std``, ``resize_mode`` and ``graphs``, checks its host in ``__post_init__`` (with
+:func:`check_tokenizer`, :func:`check_graphs` and :meth:`ClipScorer._set_preprocessing`), and implements
+:attr:`ClipScorer.image_size`, ``_tokens``, ``_embed_image`` (through :meth:`ClipScorer._run_image_tower`, which
+replays captured CUDA graphs: ``_graphs``) and ``_embed_text``. Nothing here imports transformers or open_clip.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 import torch
@@ -20,12 +21,14 @@ from torch import Tensor, nn
 from hero_core import HeroError
 
 from ..pixels import check_channels
+from . import _graphs
 
 __all__ = [
     "MIN_PLAUSIBLE_VOCAB",
     "RESIZE_MODES",
     "TEXT_CACHE_SIZE",
     "ClipScorer",
+    "check_graphs",
     "check_tokenizer",
     "implausible_vocab_size",
     "param_dtype_device",
@@ -59,6 +62,7 @@ class ClipScorer(ABC, Generic[TokensT]):
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
     resize_mode: str | None
+    graphs: bool  # run the image tower under captured CUDA graphs on CUDA (``_graphs``)
     _fill: float = 0.0  # the padding value of resize_mode="longest", in [0, 1]
 
     @property
@@ -77,6 +81,20 @@ class ClipScorer(ABC, Generic[TokensT]):
     @abstractmethod
     def _embed_text(self, tokens: TokensT) -> Tensor:
         """Tokens of one query -> (1, E) text embedding, not normalised."""
+
+    def _run_image_tower(self, tower: Callable[[Tensor], Tensor], pixels: Tensor) -> Tensor:
+        """``tower(pixels)``, (V, 3, S_h, S_w) -> (V, E): replayed from a captured CUDA graph when ``graphs`` is
+        on and :func:`_graphs.graphs_apply` holds (CUDA, eval mode, autograd off), else eager. The graphs are kept
+        per scorer, per input shape, dtype and device, and dropped when the model's state changes (the text
+        cache's check: dtype and device, plus the first weight's storage)."""
+        if not self.graphs or not _graphs.graphs_apply(self.model, pixels):
+            return tower(pixels)
+        with _CACHE_LOCK:
+            table: _graphs.ImageGraphs | None = getattr(self, "_image_graphs", None)
+            if table is None:
+                table = _graphs.ImageGraphs(type(self).__name__)
+                object.__setattr__(self, "_image_graphs", table)
+        return table.run(tower, pixels, _model_state(self.model))
 
     @property
     def _host(self) -> Any:
@@ -213,7 +231,8 @@ class ClipScorer(ABC, Generic[TokensT]):
         tokenizer = type(self.tokenizer).__name__ + ("" if size is None else f"(vocab={size})")
         return (
             f"{type(self).__name__}(model={type(self.model).__name__}, tokenizer={tokenizer}, "
-            f"image_size={self.image_size}, mean={self.mean}, std={self.std}, resize_mode={self.resize_mode!r})"
+            f"image_size={self.image_size}, mean={self.mean}, std={self.std}, resize_mode={self.resize_mode!r}, "
+            f"graphs={self.graphs})"
         )
 
     def _set_preprocessing(self, mean: Any, std: Any, resize_mode: Any) -> None:
@@ -268,6 +287,17 @@ def check_tokenizer(tokenizer: Any, kind: str, fix: str, vocab_fix: str) -> None
         )
 
 
+def check_graphs(graphs: Any) -> None:
+    """HeroError unless ``graphs`` (the scorer's CUDA-graph switch) is a bool."""
+    if not isinstance(graphs, bool):
+        raise HeroError.field(
+            "graphs",
+            graphs,
+            "True or False",
+            "graphs=True runs the CLIP image tower under captured CUDA graphs on CUDA; graphs=False keeps it eager.",
+        )
+
+
 def vocab_size(tokenizer: Any) -> int | None:
     """``len(tokenizer)`` or its ``vocab_size`` (or those of its ``.tokenizer``); None if it has neither."""
     for candidate in (tokenizer, getattr(tokenizer, "tokenizer", None)):
@@ -308,6 +338,13 @@ def param_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     for param in module.parameters():
         return param.dtype, param.device
     return torch.float32, torch.device("cpu")
+
+
+def _model_state(module: nn.Module) -> tuple[torch.dtype, torch.device, int]:
+    """``param_dtype_device`` and the first parameter's storage address: captured graphs read the weights there."""
+    dtype, device = param_dtype_device(module)
+    first = next(iter(module.parameters()), None)
+    return dtype, device, 0 if first is None else first.data_ptr()
 
 
 def _check_views(views: Any) -> None:

@@ -20,7 +20,7 @@ from hero_core import HeroError
 
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ._core import ClipScorer, check_tokenizer, param_dtype_device, to_hw
+from ._core import ClipScorer, check_graphs, check_tokenizer, param_dtype_device, to_hw
 
 __all__ = ["OpenClipTextScorer"]
 
@@ -41,6 +41,8 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
         std: per-channel std; None reads ``preprocess_cfg["std"]`` (OpenAI CLIP's if absent).
         resize_mode: None reads ``preprocess_cfg["resize_mode"]`` (``"shortest"`` if absent); see
             :meth:`preprocess`.
+        graphs: on CUDA, run the image tower under CUDA graphs captured per input shape (eval mode, autograd
+            off; eager otherwise, and from the first failure on). False keeps it eager.
 
     Raises:
         HeroError: on construction, if the model lacks the open_clip interface, or the fields are bad.
@@ -51,6 +53,7 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     resize_mode: str | None = None
+    graphs: bool = True
     _size: tuple[int, int] = field(init=False, repr=False, default=(0, 0))
     _fill: float = field(init=False, repr=False, default=0.0)
 
@@ -75,6 +78,7 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
             "Use open_clip.get_tokenizer.",
             "Use the model's own tokenizer: `open_clip.get_tokenizer(model_name)`.",
         )
+        check_graphs(self.graphs)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         size = cfg.get("size", getattr(visual, "image_size", None))
         if size is None:
@@ -99,6 +103,8 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
         pretrained: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        graphs: bool = True,
     ) -> OpenClipTextScorer:
         """Build an open_clip model and its tokenizer by name.
 
@@ -108,6 +114,7 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
                 checkpoint file, or a pretrained tag (e.g. ``"openai"``; downloads unless cached).
             device: where to build the model (default CPU).
             dtype: the model's dtype (default float32).
+            graphs: the scorer's ``graphs`` (CUDA graphs of the image tower on CUDA; False: eager).
 
         Returns:
             The scorer, with the model in eval mode.
@@ -116,6 +123,7 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
             HeroError: if open_clip is missing, the name is unknown, or the weights cannot be loaded (pickled
                 weights holding objects other than tensors are refused, never unpickled).
         """
+        check_graphs(graphs)  # before building anything
         open_clip = require("open_clip")
         has_schema = model_name.startswith(("hf-hub:", "local-dir:"))
         if not has_schema and model_name not in open_clip.list_models():
@@ -150,7 +158,7 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
         if dtype is not None:
             model = model.to(dtype=dtype)
         tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(model=model.eval(), tokenizer=tokenizer)
+        return cls(model=model.eval(), tokenizer=tokenizer, graphs=graphs)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -175,7 +183,11 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
         return tokens.to(device)
 
     def _embed_image(self, pixels: Tensor) -> Tensor:
-        return cast(Tensor, self._host.encode_image(pixels))  # (V, E)
+        return self._run_image_tower(self._encode_image, pixels)  # (V, E)
+
+    def _encode_image(self, pixels: Tensor) -> Tensor:
+        """The eager image tower: (V, 3, S_h, S_w) -> (V, E)."""
+        return cast(Tensor, self._host.encode_image(pixels))
 
     def _embed_text(self, tokens: Tensor) -> Tensor:
         return cast(Tensor, self._host.encode_text(tokens))  # (1, E)

@@ -19,7 +19,7 @@ from hero_core import HeroError
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
 from ._clip_bpe import clip_vocab_and_merges
-from ._core import ClipScorer, check_tokenizer, implausible_vocab_size, param_dtype_device, to_hw
+from ._core import ClipScorer, check_graphs, check_tokenizer, implausible_vocab_size, param_dtype_device, to_hw
 
 __all__ = ["HFClipTextScorer", "clip_tokenizer_from_open_clip"]
 
@@ -89,10 +89,12 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         std: per-channel standard deviation of the normalisation (OpenAI CLIP's by default).
         resize_mode: ``"shortest"`` (CLIP: shortest side then center crop), ``"squash"`` or ``"longest"``;
             see :meth:`preprocess`.
+        graphs: on CUDA, run the image tower under CUDA graphs captured per input shape (eval mode, autograd
+            off; eager otherwise, and from the first failure on). False keeps it eager.
 
     Raises:
         HeroError: on construction, if the model lacks the CLIP interface, the tokenizer's vocabulary is
-            implausibly small (< 1000 tokens: the offline hub-id trap), or mean/std/resize_mode are bad.
+            implausibly small (< 1000 tokens: the offline hub-id trap), or mean/std/resize_mode/graphs are bad.
     """
 
     model: nn.Module
@@ -100,6 +102,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resize_mode: str = "shortest"
+    graphs: bool = True
 
     def __post_init__(self) -> None:
         model = self.model
@@ -123,6 +126,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
             )
         to_hw("model.config.vision_config.image_size", image_size)
         check_tokenizer(self.tokenizer, "transformers", "", _TOKENIZER_FIX)
+        check_graphs(self.graphs)
         self._set_preprocessing(self.mean, self.std, self.resize_mode)
 
     @classmethod
@@ -133,6 +137,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         dtype: torch.dtype | None = None,
         *,
         tokenizer: Any = None,
+        graphs: bool = True,
     ) -> HFClipTextScorer:
         """Load ``CLIPModel`` and its tokenizer from a checkpoint (a local directory, or a hub id in the cache).
 
@@ -149,6 +154,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
             dtype: the model's dtype (default: the checkpoint's / float32).
             tokenizer: a tokenizer to use instead of loading one, e.g. ``clip_tokenizer_from_open_clip()``
                 for a directory without tokenizer files.
+            graphs: the scorer's ``graphs`` (CUDA graphs of the image tower on CUDA; False: eager).
 
         Returns:
             The scorer, with the model in eval mode.
@@ -158,6 +164,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
                 tokenizer is degenerate (no vocabulary files found). Nothing from the checkpoint runs: one that
                 needs code of its own (``auto_map``) and pickled weights holding more than tensors are refused.
         """
+        check_graphs(graphs)  # before loading anything
         transformers = require("transformers")
         local = Path(path_or_id).is_dir()
         source = os.fspath(path_or_id)
@@ -217,7 +224,7 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
                 ) from exc
         mean, std = _mean_std_from_checkpoint(Path(source)) if local else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         try:  # the checks run once, in __post_init__, before the model is moved to `device`
-            scorer = cls(model=model.eval(), tokenizer=tokenizer, mean=mean, std=std)
+            scorer = cls(model=model.eval(), tokenizer=tokenizer, mean=mean, std=std, graphs=graphs)
         except HeroError as exc:
             size = implausible_vocab_size(tokenizer) if loaded else None
             if size is None:
@@ -277,7 +284,11 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
         return out
 
     def _embed_image(self, pixels: Tensor) -> Tensor:
-        return _embedding(self._host.get_image_features(pixel_values=pixels))  # (V, E)
+        return self._run_image_tower(self._image_features, pixels)  # (V, E)
+
+    def _image_features(self, pixels: Tensor) -> Tensor:
+        """The eager image tower: (V, 3, S_h, S_w) -> (V, E)."""
+        return _embedding(self._host.get_image_features(pixel_values=pixels))
 
     def _embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
         return _embedding(self._host.get_text_features(**tokens))  # (1, E)
