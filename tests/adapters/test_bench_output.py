@@ -132,7 +132,7 @@ def test_tracked_readme_is_generated_from_the_tracked_records() -> None:
     assert (REPO / "benchmarks" / "README.md").read_text() == readme_text(REPO / "benchmarks" / "results")
 
 
-@pytest.mark.parametrize("module", ["core", "encode", "prefill", "threads"])
+@pytest.mark.parametrize("module", ["core", "encode", "prefill", "threads", "e2e"])
 def test_a_bench_usage_error_is_one_line_and_exit_2(module: str, capsys: pytest.CaptureFixture[str]) -> None:
     bench = importlib.import_module(f"hero_adapters.bench.{module}")
     with pytest.raises(SystemExit) as exit_:

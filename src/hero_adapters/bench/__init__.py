@@ -7,4 +7,4 @@ from ._common import pick_device
 __all__ = ["BENCHMARKS", "pick_device"]
 
 #: name -> module under hero_adapters.bench (the one list of benchmarks; ``hero bench all`` runs them in order)
-BENCHMARKS = {"core": "core", "encode": "encode", "prefill": "prefill", "threads": "threads"}
+BENCHMARKS = {"core": "core", "encode": "encode", "prefill": "prefill", "threads": "threads", "e2e": "e2e"}

@@ -221,6 +221,13 @@ Each benchmark lives in `hero_adapters.bench` and runs with `hero bench <name>` 
 downloaded). Every record in `results/` names the machine it was measured on. A run writes into
 `./hero-bench-results` (or `--out DIR`); `--write-results`, run from the checkout's root, updates
 `results/` and rewrites this page from those records, so it always shows the latest table of each.
+
+The benchmarks: `core` (planning against one encoder forward), `encode` (HERO's hooks against the plain
+encoder and eager attention), `prefill` (prefill time against the FLOPs model, HERO's cost against the time
+saved), `threads` (two threads sharing one model) and `e2e` (the host's own `model.generate` against
+`HeroVLM.generate` end to end: TTFT, tokens/s, peak memory, HERO's stages, the identity at keep ratio 1 and
+four threads sharing the model; a CPU run uses a narrow model, a CUDA run (`e2e-cuda`) the LLaVA-NeXT-7B
+shape). Documentation: `docs/benchmarks.md`.
 """
 
 

@@ -180,7 +180,8 @@ def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
     from .. import get_adapter
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    built = build_host(tower, args.tiny)
+    with torch.device(device):  # on CUDA the random weights are made there (a CPU build of a real tower is slow)
+        built = build_host(tower, args.tiny)
     model = built.model
     if attn != model.config._attn_implementation:
         model.set_attn_implementation(attn)

@@ -95,6 +95,28 @@ def measure_memory(tower: Tower, mode: str, args: argparse.Namespace) -> dict[st
     }
 
 
+def _bytes(tensors: Any) -> int:
+    return sum(int(t.numel()) * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
+def cuda_memory(case: Case, mode: str) -> dict[str, Any]:
+    """CUDA, in this process: what a fresh process holding only ``case`` would show. ``max_memory_allocated``
+    counts live tensors (never the allocator's cache), so the peak above the call's start is the call's own;
+    the mode's model and inputs are added as the baseline (the other mode's host may be resident too)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    gc.collect()
+    sync(device)
+    base = _bytes([*case.model.parameters(), *case.model.buffers()])
+    base += _bytes({id(t): t for t in [*case.host_inputs.values(), *case.hero_inputs.values()]}.values())
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = runner(mode)(case)
+    sync(device)
+    extra = torch.cuda.max_memory_allocated(device) - start
+    del result
+    return {"peak_bytes": base + extra, "baseline_bytes": base, "extra_bytes": extra, "kind": "cuda allocated"}
+
+
 # ------------------------------------------------------------------------------------------------ time
 def _host_features(output: Any, images: list[Any]) -> list[Tensor]:
     """The host's LLM-side features per image (LLaVA-NeXT: a list; InternVL: (sum T, N, D) split by image)."""
@@ -206,6 +228,12 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
                 case.pruner.plan(image.tiles.replace(), case.relevance)
 
         plan_s = median_seconds(plan_only, device, repeats=args.plan_repeats, warmup=3)
+        memory = {}
+        if device.type == "cuda":
+            for mode in modes:
+                case = case_of[mode]
+                assert case is not None
+                memory[mode] = cuda_memory(case, mode)
     tiles = images[0].tiles
     geometry = {
         "views": int(tiles.num_views),
@@ -216,4 +244,4 @@ def measure_time(tower: Tower, args: argparse.Namespace, modes: tuple[str, ...])
     }
     del cases, case_of, images, plans, sdpa
     gc.collect()
-    return {"seconds": seconds, "plan_s": plan_s, "checks": checks, "geometry": geometry}
+    return {"seconds": seconds, "plan_s": plan_s, "checks": checks, "geometry": geometry, "memory": memory}

@@ -30,9 +30,12 @@ Three modes per tower, on the same pixels:
 Time: one process per run builds the hosts and runs the modes round-robin after a warm-up (which also
 checks that (b)'s features are (a)'s and its CLS rows are the eager maps' rows; SigLIP's stand-in rows are
 recomputed from the eager run's hidden states), so load drift hits all
-modes alike; the median of ``--repeats`` is reported. Peak memory: one fresh subprocess per mode (process
-peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA), because allocator caches make in-process
-numbers unfair. Planning alone (``Pruner.plan`` on the encoded views) is timed against (a)'s median.
+modes alike; the median of ``--repeats`` is reported. Peak memory: on CPU one fresh subprocess per mode
+(process peak RSS), because allocator caches make in-process RSS unfair; on CUDA in the same process
+(``torch.cuda.max_memory_allocated`` counts live tensors, not the cache: the mode's own model and inputs plus
+the most allocated above them during its call), and the hosts are built on the device, so a CUDA run takes
+well under a minute. Default dtype: bfloat16 on CUDA, float32 on CPU. Planning alone (``Pruner.plan`` on the
+encoded views) is timed against (a)'s median.
 Targets: (b) / (a) <= 1.05 in time and <= 1.10 in peak memory; planning < 1% of (a).
 
 Results: ``encode.json`` + ``encode.md`` (suffixed ``-bfloat16`` / ``-cuda`` / ``-<tower>`` when those are
@@ -40,7 +43,7 @@ chosen). They go to ``./hero-bench-results``, or ``--out DIR``; ``--write-result
 tracked ``benchmarks/results`` and ``benchmarks/README.md`` instead.
 
 Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m|siglip-so400m] [--device auto|cpu|cuda]
-[--dtype float32|bfloat16] [--repeats 3] [--write-results | --out DIR]``
+[--dtype float32|bfloat16 (default: bfloat16 on CUDA)] [--repeats 3] [--write-results | --out DIR]``
    or: ``python benchmarks/bench_encode.py [...]``
 """
 
@@ -183,7 +186,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(prog="hero bench encode", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--tower", default="all", choices=[*TOWERS, "all"], help="vision tower(s) to time")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and pixels")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], help="weights and pixels (default: bfloat16 on CUDA, else float32)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the three modes (median)")
     parser.add_argument("--plan-repeats", type=int, default=50, help="repeats of planning alone (median)")
     parser.add_argument("--views", type=int, default=5, choices=[3, 4, 5], help="views of the one image")
@@ -205,6 +210,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.memory_mode and args.tower == "all":
         parser.error("--memory-mode needs one --tower")
     args.device = pick_device(args.device).type
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     return args
 
 
@@ -226,7 +232,9 @@ def run_tower(tower: Tower, args: argparse.Namespace) -> dict[str, Any]:
     modes = MODES if eager else MODES[:2]
     _LOG.info("%s in %s: modes %s (eager %s)", tower.title, tower.host, ", ".join(modes), eager_note)
     timing = measure_time(tower, args, modes)
-    memory = {
+    # CUDA: max_memory_allocated counts live tensors only (no allocator cache), so it is measured in this process
+    # (timing["memory"]); on CPU the process RSS needs a fresh subprocess per mode.
+    memory = timing.get("memory") or {
         mode: memory_in_subprocess(tower, mode, args)
         for mode in progress(modes, desc=f"bench encode: {tower.name} memory")
     }
@@ -383,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             "hero_preset": f"presets.hero({KEEP_RATIO}, depth=<the tower's layers>) (24 layers: the paper's "
             "layers; 27: scaled by hero_core.presets.scale_layers); "
             "relevance: a fixed vector standing in for the text scorer",
-            "memory": "one subprocess per mode; peak = process high-water mark (CPU) or max allocated (CUDA); "
+            "memory": "CPU: one subprocess per mode, peak = process high-water mark; CUDA: in this process, peak = "
+            "the mode's model and inputs plus the max allocated above the start of its call; "
             "extra = peak minus the footprint after building the host",
         },
         "towers": towers,
