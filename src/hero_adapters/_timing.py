@@ -17,12 +17,24 @@ class Timings(dict[str, float]):
     """Seconds per stage. On CUDA the stages' events are read when the timings are first read (waiting for the
     last of them then), never while the call runs; every reading method sees resolved values."""
 
-    def __init__(self, timer: StageTimer) -> None:
+    def __init__(self, timer: StageTimer | Any = None) -> None:
         super().__init__()
-        self._timer = timer
+        if isinstance(timer, StageTimer) or timer is None:
+            self._timer = timer
+        else:  # an iterable of pairs (dataclasses.asdict rebuilds a dict subclass from its items)
+            self._timer = None
+            dict.update(self, timer)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled and deep-copied as the plain dict of resolved seconds (the timer holds a lock and events)."""
+        return (dict, (dict(self.items()),))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, float]:
+        return dict(self.items())
 
     def _ready(self) -> None:
-        self._timer.resolve()
+        if self._timer is not None:
+            self._timer.resolve()
 
     def _store(self, name: str, seconds: float) -> None:
         """Add ``seconds`` to stage ``name`` (the timer's writes, which must not wait for the events)."""
@@ -98,7 +110,8 @@ class StageTimer:
             try:
                 yield
             finally:
-                self._add(name, time.perf_counter() - start)
+                with self._lock:
+                    self._add(name, time.perf_counter() - start)
             return
         begin = self._event()
         try:
@@ -110,11 +123,11 @@ class StageTimer:
 
     def resolve(self) -> None:
         """Read the recorded CUDA events into ``seconds`` (waits for the last one; nothing to do on the CPU)."""
-        with self._lock:
+        with self._lock:  # held throughout: a second reader returns only once every value is stored
             pending, self._pending = self._pending, []
-        for name, begin, end in pending:
-            end.synchronize()
-            self._add(name, begin.elapsed_time(end) / 1e3)
+            for name, begin, end in pending:
+                end.synchronize()
+                self._add(name, begin.elapsed_time(end) / 1e3)
 
     def _add(self, name: str, seconds: float) -> None:
         self.seconds._store(name, seconds)

@@ -118,10 +118,11 @@ class Pruner:
         ``ThumbnailAttentionAllocator``) keep everything at R = 1, and at any R whose total
         ``floor(R * V * N)`` reaches the valid count when ``tiles``' valid counts are already on the host
         (``EncodedTiles.known_capacity``). ``hero-reference`` (``exact=False``) never does: its floors
-        and caps drop tokens even at R = 1. An allocator without the method is always run.
+        and caps drop tokens even at R = 1. An allocator without the method is always run, and so is a subclass
+        of a shipped allocator that does not define ``keeps_all`` itself (it may budget differently).
         """
         decide = getattr(self.allocator, "keeps_all", None)
-        if not callable(decide):
+        if not callable(decide) or not _own_keeps_all(self.allocator):
             return False
         checked = None if tiles is None else EncodedTiles.from_outputs(tiles)
         return bool(decide(self.keep_ratio, checked))
@@ -222,6 +223,12 @@ def _everything(tiles: EncodedTiles, keep_ratio: float) -> PrunePlan:
     if known is not None:
         tiles.remember_counts(budgets, known)
     return PrunePlan(keep=tiles.valid_mask.clone(), budgets=budgets, keep_ratio=keep_ratio)
+
+
+def _own_keeps_all(allocator: object) -> bool:
+    """The allocator's ``keeps_all`` speaks for its own budgets: a shipped class, or a class that defines the
+    method itself (a subclass of a shipped allocator that overrides its budgets does not inherit the shortcut)."""
+    return _one_sync(allocator) or "keeps_all" in vars(type(allocator))
 
 
 def _one_sync(part: object) -> bool:

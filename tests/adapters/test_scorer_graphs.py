@@ -285,3 +285,29 @@ def test_cuda_graphs_equal_eager_and_replay(
     batched = scorer.score_batch([_views(3, 0).cuda(), _views(4, 1).cuda()], [TEXT, "x"])  # 7 views: replayed
     assert table.captures == 2 and [tuple(s.shape) for s in batched] == [(3,), (4,)]
     assert warnings_logged == []
+
+
+def test_graphs_are_dropped_when_any_weight_is_replaced(fake_cuda: list[_FakeGraph]) -> None:
+    """Not only the first parameter: the graph reads every weight where it lay at capture."""
+    scorer = build_tiny_clip(seed=9)
+    views = _views(2, 0)
+    scorer(views, TEXT)
+    projection = scorer.model.visual_projection
+    projection.weight = torch.nn.Parameter(projection.weight.detach().clone())  # same dtype, new storage
+    scorer(views, TEXT)
+    assert len(fake_cuda) == 2 and len(scorer._image_graphs) == 1
+
+
+def test_no_graph_under_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture under autocast would read autocast's cached weight casts, freed when the caller's block exits."""
+
+    class _Pixels:
+        is_cuda, requires_grad = True, False
+
+    model = torch.nn.Linear(2, 2).eval()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with torch.no_grad():
+        monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: False)
+        assert _graphs.graphs_apply(model, _Pixels())  # type: ignore[arg-type]
+        monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: True)
+        assert not _graphs.graphs_apply(model, _Pixels())  # type: ignore[arg-type]

@@ -64,3 +64,19 @@ def test_cuda_stages_record_events_and_read_them_only_when_asked(monkeypatch: py
         pass
     assert timer.seconds.get("generate") == 1.0 and "generate" in timer.seconds and len(timer.seconds) == 3
     assert json.loads(json.dumps(timer.seconds))["plan"] == 2.0
+
+
+def test_timings_copy_pickle_and_asdict_as_plain_seconds() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    from hero_adapters.report import PruneReport
+
+    timer = StageTimer("cpu")
+    with timer.stage("plan"):
+        pass
+    report = PruneReport(images=[], timings=timer.seconds)
+    for copied in (copy.deepcopy(report).timings, pickle.loads(pickle.dumps(report.timings))):
+        assert copied == dict(timer.seconds) and list(copied) == ["plan"]
+    assert dataclasses.asdict(report)["timings"] == dict(timer.seconds)

@@ -115,3 +115,24 @@ def test_an_allocator_without_keeps_all_is_always_run() -> None:
     assert not pruner.keeps_all()
     pruner.plan(make_tiles(num_views=3, grid=(4, 4)))
     assert calls == [1.0]
+
+
+def test_a_subclass_with_its_own_budgets_does_not_inherit_the_shortcut() -> None:
+    class Thumbnails(HeroAllocator):
+        """Keeps only the thumbnail: its budgets are not the capacity at R = 1."""
+
+        def allocate(self, tiles: Any, relevance: Any, keep_ratio: float) -> Any:
+            budgets = torch.zeros(tiles.num_views, dtype=torch.int64)
+            budgets[tiles.thumbnail_index] = int(tiles.valid_mask[tiles.thumbnail_index].sum())
+            return __import__("hero_core").Allocation(budgets=budgets)
+
+    pruner = Pruner(1.0, Thumbnails(), presets.hero(1.0).selector)
+    assert not pruner.keeps_all()
+    plan = pruner.plan(make_tiles(num_views=3, grid=(4, 4)))
+    assert plan.budgets.tolist() == [16, 0, 0]
+
+    class Declared(Thumbnails):
+        def keeps_all(self, keep_ratio: float, tiles: Any = None) -> bool:
+            return False
+
+    assert not Pruner(1.0, Declared(), presets.hero(1.0).selector).keeps_all()

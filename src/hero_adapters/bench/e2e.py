@@ -244,6 +244,8 @@ def measure_concurrency(setup: Setup, preset: str | None, ratio: float | None, a
         except BaseException as error:  # re-raised in the main thread
             errors.append(error)
 
+    for inputs in setup.singles:  # every request shape once before the clock: kernels, the scorer's graph per size
+        callers[0](inputs, max_new_tokens=1, do_sample=False)
     threads = [threading.Thread(target=work, args=(i,)) for i in range(args.threads)]
     start = time.perf_counter()
     for thread in threads:

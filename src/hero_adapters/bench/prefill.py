@@ -200,7 +200,9 @@ def _full_model(
         stages: dict[str, list[float]] = {}
 
         def generate(n: int, vlm: Any = vlm, stages: dict[str, list[float]] = stages) -> None:
-            vlm.generate(**feed, query="what is written on the sign?", max_new_tokens=n, min_new_tokens=n)
+            vlm.generate(
+                **feed, query="what is written on the sign?", max_new_tokens=n, min_new_tokens=n, do_sample=False
+            )
             report = vlm.last_report
             for stage, seconds in report.timings.items() if report is not None else ():
                 stages.setdefault(stage, []).append(float(seconds))

@@ -293,7 +293,7 @@ def host_copies_many(pairs: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tenso
 def assemble_source(image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor] | None = None) -> AssembledImage:
     """The kept tokens of one image in the host's own order: every position of ``image.source`` whose
     (view, token) is kept (``keep`` (V, N) bool), and every newline (-1). ``copies``: the flat keep mask and
-    the source map already on the host (``assemble_sources``), else read here."""
+    the source map already on the host (``TransformersHost.assemble_batch``), else read here."""
     flat, source = copies or host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
     is_newline = source < 0
     sent = is_newline | flat[source.clamp(min=0)]  # (T,)

@@ -86,7 +86,7 @@ class ClipScorer(ABC, Generic[TokensT]):
         """``tower(pixels)``, (V, 3, S_h, S_w) -> (V, E): replayed from a captured CUDA graph when ``graphs`` is
         on and :func:`_graphs.graphs_apply` holds (CUDA, eval mode, autograd off), else eager. The graphs are kept
         per scorer, per input shape, dtype and device, and dropped when the model's state changes (the text
-        cache's check: dtype and device, plus the first weight's storage)."""
+        cache's check, dtype and device, plus every weight's and buffer's storage)."""
         if not self.graphs or not _graphs.graphs_apply(self.model, pixels):
             return tower(pixels)
         with _CACHE_LOCK:
@@ -340,11 +340,11 @@ def param_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     return torch.float32, torch.device("cpu")
 
 
-def _model_state(module: nn.Module) -> tuple[torch.dtype, torch.device, int]:
-    """``param_dtype_device`` and the first parameter's storage address: captured graphs read the weights there."""
+def _model_state(module: nn.Module) -> tuple[Any, ...]:
+    """``param_dtype_device`` and every parameter's and buffer's storage address: captured graphs read the weights
+    there, so replacing or casting any part (the vision tower alone included) drops them."""
     dtype, device = param_dtype_device(module)
-    first = next(iter(module.parameters()), None)
-    return dtype, device, 0 if first is None else first.data_ptr()
+    return (dtype, device, *(t.data_ptr() for t in module.parameters()), *(t.data_ptr() for t in module.buffers()))
 
 
 def _check_views(views: Any) -> None:

@@ -49,7 +49,8 @@ def graphs_apply(model: nn.Module, pixels: Tensor) -> bool:
     """Whether ``model``'s image tower may run on ``pixels`` under a captured graph.
 
     Only on CUDA, with the model in eval mode (no dropout: a graph replays fixed random numbers), autograd off
-    (``torch.is_grad_enabled()`` false and the pixels not requiring grad: a graph records no backward), and no
+    (``torch.is_grad_enabled()`` false and the pixels not requiring grad: a graph records no backward), autocast
+    off (a capture under autocast would read its cached weight casts, freed when the caller's block exits), and no
     stream capture under way on the current stream (the caller is capturing a graph of its own: the eager
     kernels then go into it).
     """
@@ -58,6 +59,7 @@ def graphs_apply(model: nn.Module, pixels: Tensor) -> bool:
         and not model.training
         and not torch.is_grad_enabled()
         and not pixels.requires_grad
+        and not torch.is_autocast_enabled("cuda")
         and not torch.cuda.is_current_stream_capturing()
     )
 
