@@ -480,15 +480,11 @@ class HeroVLM:
         """
         scorer = self.text_scorer
         asked = [
-            (i, torch.tensor(tile_views(image.tiles), dtype=torch.long))
+            (i, to_device(tile_views(image.tiles), image.tiles.device, torch.long))  # one upload per image
             for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
-            if text is not None
+            if text is not None and image.tiles.num_views > 1
         ]
-        asked = [(i, others) for i, others in asked if others.numel()]
-        views = [
-            encoded[i].views.index_select(0, to_device(others, encoded[i].views.device, torch.long))
-            for i, others in asked
-        ]
+        views = [encoded[i].views.index_select(0, others.to(encoded[i].views.device)) for i, others in asked]
         texts = [str(queries[i]) for i, _ in asked]
         batch = getattr(scorer, "score_batch", None)
         if callable(batch):
@@ -509,9 +505,8 @@ class HeroVLM:
             fix = "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text."
             if not isinstance(score, Tensor) or score.shape != (count,) or not score.dtype.is_floating_point:
                 raise HeroError.field(name, score, expected, fix)
-            index = to_device(others, tiles.device, torch.long)
             zeros = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
-            scored[i] = zeros.index_copy(0, index, score.detach().to(tiles.device, torch.float32))
+            scored[i] = zeros.index_copy(0, others, score.detach().to(tiles.device, torch.float32))
             # NaN/inf are refused in the planner's one read of the batch (no host sync per image here)
             tiles.check_later(name, scored[i], expected, fix)
         return [

@@ -172,6 +172,7 @@ class Pruner:
         for checked, score in zip(images, scores, strict=True):
             check_relevance(score, checked.num_views, finite=False)
         staged: dict[int, Any] = {}
+        stage = getattr(self.allocator, "_stage", None) if _one_sync(self.allocator) else None
         with torch.inference_mode():
             for i, (checked, score) in enumerate(zip(images, scores, strict=True)):
                 if self.keeps_all(checked):
@@ -179,8 +180,7 @@ class Pruner:
                 if score is not None:
                     score = scores[i] = to_device(score, checked.device, score.dtype)
                     checked.check_later("relevance", score, *RELEVANCE_FINITE)
-                stage = getattr(self.allocator, "_stage", None)
-                if _one_sync(self.allocator) and callable(stage):
+                if callable(stage):
                     staged[i] = stage(checked, score if self.uses_relevance else None)
             if staged:  # the batch's one host sync: every staged image's weights and host facts
                 EncodedTiles.fetch_together([(images[i], (staged[i].read,)) for i in staged])

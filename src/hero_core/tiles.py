@@ -140,10 +140,12 @@ class EncodedTiles:
     @property
     def capacity(self) -> tuple[int, ...]:
         """Valid tokens of every view, as Python ints (one host sync the first time, none after)."""
-        if getattr(self, "_capacity", None) is None:
+        known = self.known_capacity
+        if known is None:
             self.fetch()
-        capacity: tuple[int, ...] = getattr(self, "_capacity")  # noqa: B009 - set by fetch, not a dataclass field
-        return capacity
+            known = self.known_capacity
+        assert known is not None  # set by fetch (or it raised)
+        return known
 
     @property
     def known_capacity(self) -> tuple[int, ...] | None:
@@ -153,7 +155,7 @@ class EncodedTiles:
     def check_later(self, name: str, value: Tensor, expected: str, fix: str = "") -> None:
         """Have the next ``fetch`` refuse ``value`` (any float tensor) with ``HeroError.field(name, ...)`` if it
         holds NaN/inf; checked at once (one sync) if the host facts were already read."""
-        if getattr(self, "_capacity", None) is not None:
+        if self.known_capacity is not None:
             checked = getattr(self, "_checked", ())
             if any(ref() is value for ref in checked):
                 return  # this very tensor was checked already (a plan made again on the same tiles)
@@ -181,7 +183,7 @@ class EncodedTiles:
         """
         read = getattr(self, "_prefetched", ())
         known = [next((got for ref, seen, got in read if ref() is v and seen == _version(v)), None) for v in values]
-        if values and getattr(self, "_capacity", None) is not None and all(got is not None for got in known):
+        if values and self.known_capacity is not None and all(got is not None for got in known):
             return [list(got) for got in known if got is not None]
         return EncodedTiles._read([(self, values)])[0]
 
@@ -206,7 +208,7 @@ class EncodedTiles:
         for tiles, values in items:
             checks: list[tuple[str, Tensor, str, str]] = []
             device_parts = parts.setdefault(tiles.device, [])
-            if getattr(tiles, "_capacity", None) is None:
+            if tiles.known_capacity is None:
                 checks = [
                     ("cls_tokens", tiles.cls_tokens, _FINITE, _FINITE_FIX),
                     ("cls_attention", tiles.cls_attention, _FINITE, _FINITE_FIX),

@@ -271,8 +271,7 @@ def split_tiles(pixel_values: object, tiles_per_image: list[int], view: tuple[in
 
 def host_copies(mask: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """A bool ``mask`` and an int64 ``index`` (1-d, any devices) on the CPU, read in one host-device transfer."""
-    both = torch.cat([mask.to(index.device, torch.long), index.long()]).cpu()
-    return both[: mask.numel()].bool(), both[mask.numel() :]
+    return host_copies_many([(mask, index)])[0]
 
 
 def host_copies_many(pairs: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
@@ -290,11 +289,11 @@ def host_copies_many(pairs: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tenso
     return [item for item in out if item is not None]
 
 
-def assemble_source(image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor] | None = None) -> AssembledImage:
+def assemble_source(image: EncodedImage, keep: Tensor, copies: tuple[Tensor, Tensor]) -> AssembledImage:
     """The kept tokens of one image in the host's own order: every position of ``image.source`` whose
     (view, token) is kept (``keep`` (V, N) bool), and every newline (-1). ``copies``: the flat keep mask and
-    the source map already on the host (``TransformersHost.assemble_batch``), else read here."""
-    flat, source = copies or host_copies(keep.reshape(-1), image.source)  # (V * N,) bool, (T,): the one host sync
+    the source map, already on the host (``TransformersHost.assemble`` / ``assemble_batch`` read them)."""
+    flat, source = copies  # (V * N,) bool, (T,)
     is_newline = source < 0
     sent = is_newline | flat[source.clamp(min=0)]  # (T,)
     offsets = sent.nonzero().squeeze(1)
