@@ -86,9 +86,9 @@ FRESH: tuple[Mutant, ...] = (
     ),
     Mutant(
         "F05",
-        f"{CORE}/allocators/_split.py",
-        "total = floor_ratio(keep_ratio, num_views * num_tokens)",
-        "total = floor_ratio(keep_ratio, (num_views - 1) * num_tokens)",
+        f"{CORE}/counts.py",
+        "return min(floor_ratio(ratio, counts.views * counts.tokens_per_view), counts.valid)",
+        "return min(floor_ratio(ratio, (counts.views - 1) * counts.tokens_per_view), counts.valid)",
         (),
         "paper total B counts K views, not V (the thumbnail's N left out of Eq. 4's total)",
     ),

@@ -4,9 +4,13 @@ host adapters (to undo it) and the CLIP scorers."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from hero_core import HeroError
+import torch
+from torch import Tensor
+
+from hero_core import HeroError, to_device
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -16,6 +20,7 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "check_channels",
+    "unnormalise",
 ]
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -39,3 +44,10 @@ def check_channels(name: str, value: Any, *, positive: bool) -> tuple[float, flo
         default = OPENAI_CLIP_STD if positive else OPENAI_CLIP_MEAN
         raise HeroError.field(name, value, expected, f"Copy the processor's; OpenAI CLIP uses {default}.")
     return values[0], values[1], values[2]
+
+
+def unnormalise(views: Tensor, mean_std: tuple[Sequence[float], Sequence[float]]) -> Tensor:
+    """(V, 3, h, w) normalised pixels -> RGB in [0, 1], float32, given the processor's (mean, std)."""
+    m = to_device([float(x) for x in mean_std[0]], views.device, torch.float32).view(1, 3, 1, 1)
+    s = to_device([float(x) for x in mean_std[1]], views.device, torch.float32).view(1, 3, 1, 1)
+    return (views.float() * s + m).clamp_(0.0, 1.0)

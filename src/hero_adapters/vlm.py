@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hero_core import HeroError, TextScorer, to_device
+from hero_core import EncodedTiles, HeroError, ImageCounts, TextScorer, to_device
 from hero_core.allocators import tile_views
 
 from ._generation import host_attention_mask, relative_lengths
@@ -447,6 +447,7 @@ class HeroVLM:
                     "shrunk to",
                     "Fix the adapter's assemble: one feature row and one offset per token it reports.",
                 )
+            self._check_count(i, encoded[i].tiles, out.kept_patch_tokens, keeps_all)
 
         images = [
             ImageReport(
@@ -468,6 +469,18 @@ class HeroVLM:
         report = PruneReport(images=images, timings=timer.seconds, positions=self.positions)
         report.warn_ratio(self._notes)  # a note when an image sends over 1.1 x the keep ratio, with the reason
         return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask)
+
+    def _check_count(self, index: int, tiles: EncodedTiles, kept: int, keeps_all: bool) -> None:
+        """The count contract (``hero_core.counts``): what was kept equals ``Pruner.kept_count`` of the image's
+        geometry when the pruner's count is known in advance, as a serving engine would have fixed it. No host
+        read: the valid counts are on the host after planning (and at keep-everything they are what was kept)."""
+        check = getattr(self.pruner, "check_kept", None)
+        if not callable(check):
+            return  # a duck-typed pruner: nothing promised
+        known = tiles.known_capacity
+        valid = sum(known) if known is not None else kept if keeps_all else sum(tiles.capacity)
+        counts = ImageCounts(views=tiles.num_views, tokens_per_view=tiles.num_tokens, valid=valid)
+        check(counts, kept, where=f"{type(self.adapter).__name__} for image {index}")
 
     def _score(self, encoded: Sequence[EncodedImage], queries: Sequence[str | None]) -> list[Tensor | None]:
         """(V,) relevance per image with a query (None without): the scorer's raw CLIP cosine of every LOCAL TILE,

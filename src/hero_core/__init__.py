@@ -4,10 +4,11 @@ Pure algorithms on torch tensors; never imports transformers, open_clip or timm.
 models live in ``hero_adapters``.
 """
 
-from . import presets
+from . import counts, presets
 from ._device import to_device
 from ._errors import HeroError
 from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAllocator
+from .counts import ImageCounts
 from .efficiency import VICUNA_7B, VICUNA_13B, ModelShape, kv_cache_bytes, prefill_flops
 from .plan import Allocation, PrunePlan, Pruner
 from .protocols import BudgetAllocator, TextScorer, TileEncoderOutputs, TokenSelector
@@ -26,6 +27,7 @@ __all__ = [
     "FunctionAwareSelector",
     "HeroAllocator",
     "HeroError",
+    "ImageCounts",
     "ModelShape",
     "PrunePlan",
     "Pruner",
@@ -36,6 +38,7 @@ __all__ = [
     "TileEncoderOutputs",
     "TokenSelector",
     "UniformAllocator",
+    "counts",
     "kv_cache_bytes",
     "prefill_flops",
     "presets",

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ._device import to_device
 from ._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relevance
+from .counts import ImageCounts, exact_total
 from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
 from .tiles import EncodedTiles
 
@@ -122,10 +123,63 @@ class Pruner:
         of a shipped allocator that does not define ``keeps_all`` itself (it may budget differently).
         """
         decide = getattr(self.allocator, "keeps_all", None)
-        if not callable(decide) or not _own_keeps_all(self.allocator):
+        if not callable(decide) or not _owns(self.allocator, "keeps_all"):
             return False
         checked = None if tiles is None else EncodedTiles.from_outputs(tiles)
         return bool(decide(self.keep_ratio, checked))
+
+    @property
+    def count_known(self) -> bool:
+        """Whether the number of patch tokens this pruner keeps follows from an image's geometry alone
+        (``hero_core.counts.ImageCounts``), before anything is encoded: then it is ``kept_count(counts)``.
+
+        A serving engine needs this to fix an image's placeholder count before the encoder runs (the vLLM
+        plugin refuses presets without it). The allocator says so through an optional ``count_known``
+        attribute, which promises that its budgets always total ``exact_total`` (``min(floor(R V N), valid)``,
+        HERO Eq. 4): the shipped exact-total allocators do; ``hero-reference`` (``HeroAllocator(exact=False)``)
+        does not (its floors and caps depend on the image's content); nor does a custom allocator without the
+        attribute, or a subclass of a shipped one that does not define it itself.
+        """
+        return bool(getattr(self.allocator, "count_known", False)) and _owns(self.allocator, "count_known")
+
+    def kept_count(self, counts: ImageCounts) -> int:
+        """Patch tokens kept from an image of this geometry: ``exact_total(keep_ratio, counts)``. The tokens the
+        host then sends are ``counts.tokens_out(kept)`` (newlines added back).
+
+        Raises:
+            HeroError: when the count is not known in advance (``count_known`` is False), naming the allocator.
+        """
+        if not self.count_known:
+            raise HeroError.field(
+                "allocator",
+                f"{type(self.allocator).__name__} (count_known=False)",
+                "an allocator whose kept total is known from the image's size (count_known), e.g. presets.hero",
+                "hero-reference's floors keep a content-dependent number of tokens: use it where counts are "
+                "taken after planning (HeroVLM), not where they must be fixed in advance (the vLLM plugin).",
+            )
+        return exact_total(self.keep_ratio, counts)
+
+    def check_kept(self, counts: ImageCounts, kept: int, *, where: str = "the plan") -> int:
+        """``kept`` if it equals ``kept_count(counts)`` (when ``count_known``; else ``kept`` as it is).
+
+        Both paths call this after planning: the transformers adapters' report and the vLLM plugin's encoder
+        step. A mismatch is a contract breach (never padded or cut to fit).
+
+        Raises:
+            HeroError: naming both numbers when they differ.
+        """
+        if not self.count_known:
+            return int(kept)
+        expected = self.kept_count(counts)
+        if int(kept) != expected:
+            raise HeroError.field(
+                f"patch tokens kept by {where}",
+                int(kept),
+                f"{expected} = min(floor({self.keep_ratio} * {counts.views} * {counts.tokens_per_view}), "
+                f"{counts.valid} valid), the count fixed in advance",
+                "The allocator or adapter breaks the count contract (hero_core.counts); please report it.",
+            )
+        return expected
 
     def plan(self, tiles: TileEncoderOutputs, relevance: Tensor | None = None) -> PrunePlan:
         """Budgets per view, then the keep mask per view (paper section 4).
@@ -225,10 +279,10 @@ def _everything(tiles: EncodedTiles, keep_ratio: float) -> PrunePlan:
     return PrunePlan(keep=tiles.valid_mask.clone(), budgets=budgets, keep_ratio=keep_ratio)
 
 
-def _own_keeps_all(allocator: object) -> bool:
-    """The allocator's ``keeps_all`` speaks for its own budgets: a shipped class, or a class that defines the
-    method itself (a subclass of a shipped allocator that overrides its budgets does not inherit the shortcut)."""
-    return _one_sync(allocator) or "keeps_all" in vars(type(allocator))
+def _owns(allocator: object, name: str) -> bool:
+    """The allocator's ``keeps_all`` / ``count_known`` speaks for its own budgets: a shipped class, or a class
+    that defines it itself (a subclass of a shipped allocator that overrides its budgets does not inherit it)."""
+    return _one_sync(allocator) or name in vars(type(allocator))
 
 
 def _one_sync(part: object) -> bool:

@@ -14,7 +14,7 @@ from hero_core import HeroError, to_device
 
 from ..adapter import AssembledImage, Box, EncodedImage, EncoderFacts
 from ..extras import require
-from ..pixels import check_channels
+from ..pixels import check_channels, unnormalise
 from ..towers import attention_modules, tower_recipe
 
 __all__ = [
@@ -179,13 +179,6 @@ def normalisation(
         check_channels("image_mean", mean if mean is not None else default[0], positive=False),
         check_channels("image_std", std if std is not None else default[1], positive=True),
     )
-
-
-def unnormalise(views: Tensor, mean_std: tuple[Sequence[float], Sequence[float]]) -> Tensor:
-    """(V, 3, h, w) normalised pixels -> RGB in [0, 1], float32, given the processor's (mean, std)."""
-    m = to_device([float(x) for x in mean_std[0]], views.device, torch.float32).view(1, 3, 1, 1)
-    s = to_device([float(x) for x in mean_std[1]], views.device, torch.float32).view(1, 3, 1, 1)
-    return (views.float() * s + m).clamp_(0.0, 1.0)
 
 
 def meet_tower(pixel_values: Tensor, tower: nn.Module) -> Tensor:

@@ -10,6 +10,7 @@ from torch import Tensor
 from .._arith import apportion, floor_ratio
 from .._device import to_device
 from .._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relevance
+from ..counts import ImageCounts, exact_total
 from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 
@@ -53,7 +54,8 @@ def keeps_all(keep_ratio: float, tiles: EncodedTiles | None) -> bool:
         return True
     if tiles is None or tiles.known_capacity is None:
         return False
-    return floor_ratio(keep_ratio, tiles.num_views * tiles.num_tokens) >= sum(tiles.known_capacity)
+    valid = sum(tiles.known_capacity)
+    return exact_total(keep_ratio, ImageCounts(tiles.num_views, tiles.num_tokens, valid)) == valid
 
 
 def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) -> Tensor:
@@ -80,7 +82,7 @@ def exact_split(tiles: EncodedTiles, keep_ratio: float, tile_weights: Tensor) ->
     capacity = tiles.capacity
     thumb = tiles.thumbnail_index
     others = tile_views(tiles)
-    total = floor_ratio(keep_ratio, num_views * num_tokens)
+    total = exact_total(keep_ratio, ImageCounts(num_views, num_tokens, sum(capacity)))  # the count contract
     thumb_budget = min(floor_ratio(keep_ratio, num_tokens), capacity[thumb])
     pool = total - thumb_budget
     tile_capacity = [capacity[v] for v in others]

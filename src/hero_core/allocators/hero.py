@@ -76,6 +76,12 @@ class HeroAllocator:
         reference floors (``exact=False``), which drop tokens even at R = 1."""
         return self.exact and keeps_all(keep_ratio, tiles)
 
+    @property
+    def count_known(self) -> bool:
+        """Whether the kept total follows from the image's geometry alone (``Pruner.count_known``): the paper
+        budgets keep ``exact_total``; the reference floors (``exact=False``) keep a content-dependent number."""
+        return self.exact
+
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         """Budgets with the importance behind them (reported in float32; the thumbnail's entries are 0)."""
         checked, relevance, keep_ratio = prepare(tiles, relevance, keep_ratio)

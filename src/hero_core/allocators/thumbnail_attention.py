@@ -60,6 +60,11 @@ class ThumbnailAttentionAllocator:
         """Whether every valid token is kept, known before planning (``Pruner.keeps_all``)."""
         return keeps_all(keep_ratio, tiles)
 
+    @property
+    def count_known(self) -> bool:
+        """Its kept total is ``exact_total`` of the image's geometry (``Pruner.count_known``)."""
+        return True
+
     def allocate(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float) -> Allocation:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
         return self._finish(checked, keep_ratio, self._stage(checked, None))

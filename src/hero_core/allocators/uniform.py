@@ -37,6 +37,11 @@ class UniformAllocator:
         """Whether every valid token is kept, known before planning (``Pruner.keeps_all``)."""
         return keeps_all(keep_ratio, tiles)
 
+    @property
+    def count_known(self) -> bool:
+        """Its kept total is ``exact_total`` of the image's geometry (``Pruner.count_known``)."""
+        return True
+
     def __call__(self, tiles: TileEncoderOutputs, relevance: Tensor | None, keep_ratio: float, /) -> Tensor:
         checked, _, keep_ratio = prepare(tiles, relevance, keep_ratio)
         return self._finish(checked, keep_ratio, self._stage(checked, None)).budgets
