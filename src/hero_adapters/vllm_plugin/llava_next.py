@@ -16,6 +16,8 @@ and dummy inputs (imported by vLLM from the registry's lazy string, never at plu
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -226,6 +228,7 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             return unnormalise(views[i][1:], mean_std)
 
         keeps = plan_images(images, list(split_last), list(split_rows), layers, pruners.__getitem__, scorer, tiles_of)
+        _record(images, keeps)
         out = []
         for image, keep, feats in zip(images, keeps, patches.split(counts), strict=True):
             out.append(
@@ -280,6 +283,35 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             std = getattr(processor, "image_std", None) or OPENAI_CLIP_STD
             self._hero_mean_std = (tuple(mean), tuple(std))
         return self._hero_mean_std
+
+
+#: Environment variable: a file path; when set, every planned image appends one JSON line (its size, query, keep
+#: ratio, views x tokens, and the kept token indices of each view) - what was kept, for inspection and for the
+#: cross-engine tests.
+RECORD_ENV = "HERO_VLLM_RECORD"
+
+
+def _record(images: Sequence[AnyresImage], keeps: Sequence[Tensor]) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    lines = []
+    for image, keep in zip(images, keeps, strict=True):
+        kept = [row.nonzero().flatten().tolist() for row in keep.cpu()]
+        lines.append(
+            json.dumps(
+                {
+                    "views": image.counts.views,
+                    "tokens_per_view": image.counts.tokens_per_view,
+                    "tile_grid": list(image.tile_grid),
+                    "keep_ratio": image.keep_ratio,
+                    "query": image.query,
+                    "kept": kept,
+                }
+            )
+        )
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
 
 
 def _per_image(value: object, count: int) -> list[Tensor] | None:
