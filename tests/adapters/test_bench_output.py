@@ -140,3 +140,20 @@ def test_a_bench_usage_error_is_one_line_and_exit_2(module: str, capsys: pytest.
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hero: error: unrecognized arguments: --bogus"), lines
+
+
+def test_bench_serve_without_vllm_is_one_line_naming_where_to_run_it(
+    checkout: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec("vllm") is not None and importlib.util.find_spec("vllm").origin is not None:
+        pytest.skip("vLLM is installed here: tests/vllm_plugin runs bench serve")
+    assert _hero("bench", "serve", "--requests", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hero bench serve" in err[0] and "make test-vllm" in err[0]
+    assert not (checkout / "hero-bench-results").exists()  # nothing written
+
+
+def test_bench_all_leaves_serve_out() -> None:
+    from hero_adapters.bench import BENCHMARKS, SERVING_BENCHMARKS
+
+    assert "serve" in SERVING_BENCHMARKS and "serve" not in BENCHMARKS
