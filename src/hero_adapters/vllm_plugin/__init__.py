@@ -28,6 +28,7 @@ ARCHITECTURES = {
     "HeroLlavaNextForConditionalGeneration": (
         "hero_adapters.vllm_plugin.llava_next:HeroLlavaNextForConditionalGeneration"
     ),
+    "HeroInternVLForConditionalGeneration": "hero_adapters.vllm_plugin.internvl:HeroInternVLForConditionalGeneration",
 }
 
 

@@ -16,9 +16,6 @@ and dummy inputs (imported by vLLM from the registry's lazy string, never at plu
 
 from __future__ import annotations
 
-import json
-import os
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +40,7 @@ from hero_core import HeroError, ImageCounts
 from hero_core.counts import anyres_counts, anyres_grid, anyres_layout
 
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, unnormalise
+from .fields import EMBEDS_REFUSED, decode_query, decode_ratio, encode_query, encode_ratio, per_image, record
 from .options import REQUEST_KEYS, HeroOptions, parse_options, request_options
 from .pipeline import AnyresImage, assemble_vanilla, cls_rows_from_qkv, plan_images
 
@@ -51,11 +49,6 @@ __all__ = [
     "HeroLlavaNextMultiModalProcessor",
     "HeroLlavaNextProcessingInfo",
 ]
-
-_EMBEDS_REFUSED = (
-    "image_embeds inputs bypass the vision encoder, so HERO cannot plan them: send images (pixels), or serve "
-    "the stock architecture for precomputed embeddings."
-)
 
 
 def _options(config: Any) -> HeroOptions:
@@ -96,23 +89,6 @@ class HeroLlavaNextProcessingInfo(LlavaNextProcessingInfo):
         return max(_counts(config, int(h), int(w)).tokens_in for h, w in config.image_grid_pinpoints)
 
 
-def _encode_ratio(ratio: float) -> int:
-    return int(struct.unpack("<q", struct.pack("<d", ratio))[0])
-
-
-def _decode_ratio(bits: Tensor | int) -> float:
-    return float(struct.unpack("<d", struct.pack("<q", int(bits)))[0])
-
-
-def _encode_query(query: str | None) -> list[int]:
-    return [0] if query is None else [1, *query.encode("utf-8")]
-
-
-def _decode_query(row: Tensor) -> str | None:
-    values = [int(x) for x in row.tolist()]
-    return None if not values or values[0] == 0 else bytes(values[1:]).decode("utf-8")
-
-
 class HeroLlavaNextMultiModalProcessor(LlavaNextMultiModalProcessor[HeroLlavaNextProcessingInfo]):
     """Takes ``hero_query`` / ``hero_keep_ratio`` out of the HF processor's kwargs and into per-image fields."""
 
@@ -124,8 +100,8 @@ class HeroLlavaNextMultiModalProcessor(LlavaNextMultiModalProcessor[HeroLlavaNex
         sizes = out.get("image_sizes")
         if sizes is not None:
             count = len(sizes)
-            encoded = _encode_query(query)
-            out["hero_keep_ratio"] = torch.full((count,), _encode_ratio(ratio), dtype=torch.int64)
+            encoded = encode_query(query)
+            out["hero_keep_ratio"] = torch.full((count,), encode_ratio(ratio), dtype=torch.int64)
             out["hero_query"] = torch.tensor([encoded] * count, dtype=torch.int64)
         return out
 
@@ -146,7 +122,7 @@ class HeroLlavaNextMultiModalProcessor(LlavaNextMultiModalProcessor[HeroLlavaNex
         def replacement(item_idx: int) -> list[int]:
             images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
             if isinstance(images, ImageEmbeddingItems):
-                raise HeroError.field("image_embeds", "given", "images as pixels", _EMBEDS_REFUSED)
+                raise HeroError.field("image_embeds", "given", "images as pixels", EMBEDS_REFUSED)
             size = images.get_image_size(item_idx)
             count = self.info.get_num_image_tokens(image_width=size.width, image_height=size.height, keep_ratio=ratio)
             return [config.image_token_index] * count
@@ -188,7 +164,7 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
     # ------------------------------------------------------------------------------------------- encoder step
     def embed_multimodal(self, **kwargs: object) -> Any:
         if kwargs.get("image_embeds") is not None:
-            raise HeroError.field("image_embeds", "given", "images as pixels", _EMBEDS_REFUSED)
+            raise HeroError.field("image_embeds", "given", "images as pixels", EMBEDS_REFUSED)
         image_input = self._parse_and_validate_image_input(
             pixel_values=kwargs.get("pixel_values"), image_sizes=kwargs.get("image_sizes")
         )
@@ -197,8 +173,8 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         pixel_values = image_input["pixel_values"]
         sizes = [tuple(int(x) for x in size) for size in image_input["image_sizes"].tolist()]
         count = len(sizes)
-        ratios = _per_image(kwargs.get("hero_keep_ratio"), count)
-        queries = _per_image(kwargs.get("hero_query"), count)
+        ratios = per_image(kwargs.get("hero_keep_ratio"), count)
+        queries = per_image(kwargs.get("hero_query"), count)
         config = self.config
         vision = config.vision_config
         images = [
@@ -206,8 +182,8 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
                 counts=_counts(config, h, w),
                 layout=anyres_layout((h, w), config.image_grid_pinpoints, vision.image_size, vision.patch_size),
                 tile_grid=anyres_grid((h, w), config.image_grid_pinpoints, vision.image_size),
-                keep_ratio=self.hero_options.keep_ratio if ratios is None else _decode_ratio(ratios[i]),
-                query=None if queries is None else _decode_query(queries[i]),
+                keep_ratio=self.hero_options.keep_ratio if ratios is None else decode_ratio(ratios[i]),
+                query=None if queries is None else decode_query(queries[i]),
             )
             for i, (h, w) in enumerate(sizes)
         ]
@@ -228,7 +204,7 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             return unnormalise(views[i][1:], mean_std)
 
         keeps = plan_images(images, list(split_last), list(split_rows), layers, pruners.__getitem__, scorer, tiles_of)
-        _record(images, keeps)
+        record([_entry(image) for image in images], keeps)
         out = []
         for image, keep, feats in zip(images, keeps, patches.split(counts), strict=True):
             out.append(
@@ -285,44 +261,6 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         return self._hero_mean_std
 
 
-#: Environment variable: a file path; when set, every planned image appends one JSON line (its size, query, keep
-#: ratio, views x tokens, and the kept token indices of each view) - what was kept, for inspection and for the
-#: cross-engine tests.
-RECORD_ENV = "HERO_VLLM_RECORD"
-
-
-def _record(images: Sequence[AnyresImage], keeps: Sequence[Tensor]) -> None:
-    path = os.environ.get(RECORD_ENV)
-    if not path:
-        return
-    lines = []
-    for image, keep in zip(images, keeps, strict=True):
-        kept = [row.nonzero().flatten().tolist() for row in keep.cpu()]
-        lines.append(
-            json.dumps(
-                {
-                    "views": image.counts.views,
-                    "tokens_per_view": image.counts.tokens_per_view,
-                    "tile_grid": list(image.tile_grid),
-                    "keep_ratio": image.keep_ratio,
-                    "query": image.query,
-                    "kept": kept,
-                }
-            )
-        )
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in lines))
-
-
-def _per_image(value: object, count: int) -> list[Tensor] | None:
-    if value is None:
-        return None
-    items = list(value) if isinstance(value, (list, tuple)) else list(torch.as_tensor(value).unbind(0))
-    if len(items) != count:
-        raise HeroError.field("HERO per-image fields", f"{len(items)} entries", f"{count}, one per image")
-    return items
-
-
 @contextmanager
 def _qkv_rows(layers: Sequence[Any], wanted: tuple[int, ...], found: dict[int, Tensor]) -> Iterator[None]:
     """Forward hooks on the wanted layers' fused ``qkv_proj``: each stores (B, H, T) CLS rows, gathered across
@@ -349,3 +287,14 @@ def _qkv_rows(layers: Sequence[Any], wanted: tuple[int, ...], found: dict[int, T
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _entry(image: AnyresImage) -> dict[str, Any]:
+    """What the record says of an image besides its kept indices."""
+    return {
+        "views": image.counts.views,
+        "tokens_per_view": image.counts.tokens_per_view,
+        "tile_grid": None if image.tile_grid is None else list(image.tile_grid),
+        "keep_ratio": image.keep_ratio,
+        "query": image.query,
+    }

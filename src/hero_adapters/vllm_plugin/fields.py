@@ -1,0 +1,84 @@
+"""What the plugin's architectures share besides planning (vLLM-free): the per-request fields' integer encoding,
+the refusal of ``image_embeds``, and the record of what was kept (``HERO_VLLM_RECORD``).
+
+Per-request options travel from the API server's processor to the worker's ``embed_multimodal`` as per-image
+int64 tensors: vLLM may cast floating-point multimodal fields to the model's dtype (a keep ratio of 0.2 in
+bfloat16 is 0.2002, and the kept count would change), and integers are never cast. The keep ratio travels as the
+bits of its float64, the question as its UTF-8 bytes after a presence flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hero_core import HeroError
+
+__all__ = [
+    "EMBEDS_REFUSED",
+    "RECORD_ENV",
+    "decode_query",
+    "decode_ratio",
+    "encode_query",
+    "encode_ratio",
+    "per_image",
+    "record",
+]
+
+EMBEDS_REFUSED = (
+    "image_embeds inputs bypass the vision encoder, so HERO cannot plan them: send images (pixels), or serve "
+    "the stock architecture for precomputed embeddings."
+)
+
+#: Environment variable: a file path; when set, every planned image appends one JSON line (views, tokens per view,
+#: tile grid, keep ratio, question, and the kept token indices of each view): what was kept, for inspection and
+#: for the cross-engine tests.
+RECORD_ENV = "HERO_VLLM_RECORD"
+
+
+def encode_ratio(ratio: float) -> int:
+    """The float64 bits of ``ratio`` as an int64."""
+    return int(struct.unpack("<q", struct.pack("<d", float(ratio)))[0])
+
+
+def decode_ratio(bits: Tensor | int) -> float:
+    return float(struct.unpack("<d", struct.pack("<q", int(bits)))[0])
+
+
+def encode_query(query: str | None) -> list[int]:
+    """``[0]`` for no question, else ``[1, *utf8 bytes]``."""
+    return [0] if query is None else [1, *query.encode("utf-8")]
+
+
+def decode_query(row: Tensor) -> str | None:
+    values = [int(x) for x in row.tolist()]
+    return None if not values or values[0] == 0 else bytes(values[1:]).decode("utf-8")
+
+
+def per_image(value: object, count: int) -> list[Tensor] | None:
+    """A batched per-image field as ``count`` tensors (vLLM stacks equal shapes and lists the rest), or None."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else list(torch.as_tensor(value).unbind(0))
+    if len(items) != count:
+        raise HeroError.field("HERO per-image fields", f"{len(items)} entries", f"{count}, one per image")
+    return items
+
+
+def record(entries: Sequence[Mapping[str, Any]], keeps: Sequence[Tensor]) -> None:
+    """Append one JSON line per image (``entries`` plus its kept indices per view) to ``$HERO_VLLM_RECORD``."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    lines = [
+        json.dumps({**entry, "kept": [row.nonzero().flatten().tolist() for row in keep.cpu()]})
+        for entry, keep in zip(entries, keeps, strict=True)
+    ]
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
