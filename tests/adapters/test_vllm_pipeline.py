@@ -60,6 +60,8 @@ def test_options_defaults_and_pruner(clip_dir: str) -> None:
         ({"keep_ratio": 0.2}, r"^hero\.clip=None is invalid: expected a local CLIP checkpoint directory"),
         ({"keep_ratio": 0.2, "clip": "/no/such/dir"}, r"^hero\.clip='/no/such/dir' is invalid: expected a directory"),
         ({"keep_ratio": 0.2, "alpha": 1.0, "clip_dtype": "int8"}, r"^hero\.clip_dtype='int8' is invalid"),
+        ({"keep_ratio": 0.2, "alpha": 1.0, "depth": 3}, r"^hero\.depth=3 is invalid: expected no such engine option"),
+        ({"keep_ratio": 0.2, "alpha": 1.0, "name": "x"}, r"^hero\.name='x' is invalid"),
     ],
 )
 def test_bad_engine_options_name_the_key_and_value(raw: Any, message: str) -> None:
@@ -83,6 +85,12 @@ def test_request_options() -> None:
         request_options({"hero_keep_ratio": 2}, options)
     with pytest.raises(HeroError, match=r"^hero_query=3 is invalid: expected a string"):
         request_options({"hero_query": 3}, options)
+    # a misspelt option would otherwise be ignored (the request served at the engine's ratio without a word)
+    with pytest.raises(
+        HeroError, match=r"^hero_keepratio=0\.5 is invalid: expected one of \['hero_query', 'hero_keep_ratio'\]"
+    ):
+        request_options({"hero_keepratio": 0.5}, options)
+    assert request_options({"other": 1}, options) == (None, 0.2)  # keys of the host's processor pass
 
 
 # ------------------------------------------------------------------------------------------------ CLS rows

@@ -194,3 +194,26 @@ def test_bad_engine_options_stop_the_engine_naming_them(
         _llm(checkpoints["llava"], hf_overrides=overrides)
     captured = capfd.readouterr()
     assert message in str(raised.value) + captured.out + captured.err
+
+
+def test_a_misspelt_request_option_is_refused_not_ignored(hero: tuple[Any, Path]) -> None:
+    llm, _ = hero
+    with pytest.raises(ValueError, match=r"hero_keepratio=0\.2 is invalid: expected one of"):
+        _generate(llm, _image(60, 100), hero_keepratio=0.2)
+
+
+def test_the_encoder_cache_holds_an_unpruned_image_whatever_the_default_ratio(checkpoints: dict[str, Path]) -> None:
+    """vLLM sizes its encoder cache from the plugin's unpruned maximum, not from a dummy request at the engine's
+    default ratio: with a batch-token limit below an unpruned image, a request at keep ratio 1 is still served."""
+    overrides = {
+        "architectures": ["HeroLlavaNextForConditionalGeneration"],
+        "hero": {"preset": "hero", "keep_ratio": 0.2, "clip": str(checkpoints["clip"])},
+    }
+    width, height = 112, 112  # the pinpoint with the most tokens (88 unpruned, 24 at 0.2)
+    assert _expected(width, height, 1.0) > 64 > _expected(width, height, 0.2)
+    llm = _llm(checkpoints["llava"], hf_overrides=overrides, max_num_batched_tokens=64)
+    try:
+        output = _generate(llm, _image(width, height), hero_keep_ratio=1.0)
+        assert output.prompt_token_ids.count(_image_id(llm)) == _expected(width, height, 1.0)
+    finally:
+        _close(llm)

@@ -3,8 +3,9 @@
 Needs vLLM (its own environment: ``make test-vllm`` builds ``.venv-vllm`` with vLLM's CPU build; on a GPU machine
 ``pip install -e ".[vllm]"``). A LLaVA-NeXT and a CLIP scorer are built from configs with random weights (the
 sizes of ``hero bench e2e``: ``narrow`` on the CPU, ``7b`` on CUDA), saved in the layout vLLM loads, and served
-by ONE engine with the plugin's architecture; each keep ratio is a per-request option, so every row runs the
-same requests on the same engine (keep ratio 1 is the unpruned model: the plugin then equals stock vLLM, which
+by ONE engine with the plugin's architecture (prefix caching off; every request's image distinct, the question
+distinct per keep ratio, so nothing is served from a cache); each keep ratio is a per-request option, so every row
+runs the same requests on the same engine (keep ratio 1 is the unpruned model: the plugin then equals stock vLLM, which
 ``tests/vllm_plugin`` checks on tokens and log-probabilities).
 
 Per keep ratio: requests/s and prompt tokens/s over the batch (``LLM.generate`` of all requests, after a warm-up),
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_model_len=8192,
             max_num_seqs=8,
             enforce_eager=not cuda,
+            enable_prefix_caching=False,  # distinct images anyway; no row may reuse another's prefill
             kv_cache_memory_bytes=kv_bytes,
             limit_mm_per_prompt={"image": 1},
             seed=0,
@@ -153,10 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _measure(vllm: Any, llm: Any, setup: Any, size: Any, ratio: float, args: Any) -> dict[str, Any]:
-    from ..demo import draw_test_card
-
     shapes = [(w * size.tile // 336, h * size.tile // 336) for w, h in SHAPES_336]
-    images = [draw_test_card(*shapes[i % len(shapes)]) for i in range(args.requests)]
+    images = [_image(*shapes[i % len(shapes)], seed=i) for i in range(args.requests)]  # every request distinct
     params = vllm.SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens, temperature=0.0)
     # the query differs per keep ratio so that no row reuses another's cached encoder output
     kwargs = {"hero_query": f"{QUERY} ({ratio})", "hero_keep_ratio": ratio}
@@ -178,6 +178,15 @@ def _measure(vllm: Any, llm: Any, setup: Any, size: Any, ratio: float, args: Any
         "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
         "image_tokens_mean": sum(o.prompt_token_ids.count(image_id) for o in outputs) / len(outputs),
     }
+
+
+def _image(width: int, height: int, seed: int) -> Any:
+    """A random RGB image (seeded): the same requests for every keep ratio, no two requests alike."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
 
 
 def _table(record: dict[str, Any]) -> list[str]:

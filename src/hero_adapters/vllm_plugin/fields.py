@@ -29,6 +29,8 @@ __all__ = [
     "encode_ratio",
     "per_image",
     "record",
+    "same_on_every_rank",
+    "warm_scorer",
 ]
 
 EMBEDS_REFUSED = (
@@ -67,7 +69,12 @@ def per_image(value: object, count: int) -> list[Tensor] | None:
         return None
     items = list(value) if isinstance(value, (list, tuple)) else list(torch.as_tensor(value).unbind(0))
     if len(items) != count:
-        raise HeroError.field("HERO per-image fields", f"{len(items)} entries", f"{count}, one per image")
+        raise HeroError.field(
+            "HERO per-image fields",
+            f"{len(items)} entries",
+            f"{count}, one per image",
+            "The processor and the model disagree: serve the model with the plugin's own processor (its architecture).",
+        )
     return items
 
 
@@ -82,3 +89,26 @@ def record(entries: Sequence[Mapping[str, Any]], keeps: Sequence[Tensor]) -> Non
     ]
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in lines))
+
+
+def same_on_every_rank(keeps: list[Tensor]) -> list[Tensor]:
+    """Under tensor parallelism every rank plans (its own CLIP scorer and planner); rank 0's keep masks are sent to
+    the others, so no float difference between ranks near a tie can make them keep different tokens (the counts
+    would agree and nothing would fail: the rows would silently differ). One broadcast per image; none on one rank."""
+    from vllm.distributed import get_tensor_model_parallel_world_size, get_tp_group
+
+    if get_tensor_model_parallel_world_size() <= 1:
+        return keeps
+    group = get_tp_group()
+    return [group.broadcast(keep.to(torch.uint8).contiguous(), src=0).bool() for keep in keeps]
+
+
+def warm_scorer(scorer: Any, views: Sequence[Tensor]) -> None:
+    """One scorer call on ``views`` with a stand-in question, its answer discarded. Run in the engine's first
+    encoder call, which is vLLM's memory-profiling run on dummy images without a question: the scorer's weights
+    and activations are then part of the memory vLLM measures before it sizes the KV cache, instead of arriving
+    with the first real question."""
+    chosen = [item for item in views if item.shape[0] > 0]
+    if chosen:
+        with torch.inference_mode():
+            scorer.score_batch(chosen, ["a photo"] * len(chosen))

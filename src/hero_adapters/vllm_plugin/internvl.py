@@ -41,8 +41,18 @@ from hero_core import HeroError
 from hero_core.counts import tiled_counts
 
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD, unnormalise
-from .fields import EMBEDS_REFUSED, decode_query, decode_ratio, encode_query, encode_ratio, per_image, record
-from .options import REQUEST_KEYS, HeroOptions, parse_options, request_options
+from .fields import (
+    EMBEDS_REFUSED,
+    decode_query,
+    decode_ratio,
+    encode_query,
+    encode_ratio,
+    per_image,
+    record,
+    same_on_every_rank,
+    warm_scorer,
+)
+from .options import HeroOptions, parse_options, request_options
 from .pipeline_tiled import TiledImage, assemble_tiled, cls_rows_from_qk, merge_groups, merge_rows, plan_tiled
 
 __all__ = [
@@ -96,7 +106,7 @@ def _tokens_per_view(config: Any) -> int:
 
 
 def _without_hero(kwargs: Mapping[str, object]) -> dict[str, object]:
-    return {key: value for key, value in kwargs.items() if key not in REQUEST_KEYS}
+    return {key: value for key, value in kwargs.items() if not str(key).startswith("hero_")}
 
 
 class HeroInternVLProcessingInfo(InternS1ProcessingInfo):
@@ -158,6 +168,11 @@ class HeroInternVLProcessingInfo(InternS1ProcessingInfo):
                 best, most = ImageSize(width=width, height=height), count
         return best
 
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        """vLLM sizes its encoder cache from this (else from a dummy request at the engine's default keep ratio,
+        which would refuse later requests asking for more): the unpruned maximum."""
+        return {"image": self.get_max_image_tokens()}
+
     def get_max_image_tokens(self) -> int:
         """The unpruned maximum: a request may ask for keep ratio 1, and memory profiling must cover it."""
         width, height = self.get_image_size_with_most_features()
@@ -202,7 +217,7 @@ class HeroInternVLMultiModalProcessor(InternS1MultiModalProcessor):
 
     def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]) -> BatchFeature:
         kwargs = dict(hf_kwargs)
-        hero = {key: kwargs.pop(key) for key in REQUEST_KEYS if key in kwargs}
+        hero = {key: kwargs.pop(key) for key in list(kwargs) if str(key).startswith("hero_")}  # checked below
         query, ratio = request_options(hero, self.info.hero_options())
         videos = mm_items.get_count("video", strict=False)
         if videos:
@@ -280,6 +295,7 @@ class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
         self._hero_groups = groups
         self._hero_model_config = vllm_config.model_config
         self._hero_scorer: Any = None
+        self._hero_warmed = False
         self._hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
 
     # ------------------------------------------------------------------------------------------- encoder step
@@ -316,7 +332,7 @@ class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
         last, rows = self._hero_tower(pixel_values, layers)
         features = self._hero_project(last)  # (sum V, N, D) as the stock extract_feature
         merged = merge_rows(rows, self._hero_groups)  # (L, sum V, H, N)
-        scorer = None if everything else self._scorer()
+        scorer = self._scorer()  # loaded in the first call (vLLM's profiling run): its memory is profiled
         mean_std = self._mean_std() if scorer is not None else None
         split_views = torch.split(pixel_values, views)
 
@@ -324,15 +340,19 @@ class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
             assert mean_std is not None
             return unnormalise(split_views[i], mean_std)
 
+        if scorer is not None and not self._hero_warmed:
+            self._hero_warmed = True
+            warm_scorer(scorer, [views_of(i) for i in range(len(images))])
         keeps = plan_tiled(
             images,
             list(torch.split(last[:, 0], views)),
             list(torch.split(merged, views, dim=1)),
             layers,
             pruners.__getitem__,
-            scorer,
+            None if everything else scorer,
             views_of,
         )
+        keeps = same_on_every_rank(keeps)
         record([_entry(image) for image in images], keeps)
         return [
             assemble_tiled(image, keep, feats.flatten(0, 1), pruners[image.keep_ratio])

@@ -40,8 +40,18 @@ from hero_core import HeroError, ImageCounts
 from hero_core.counts import anyres_counts, anyres_grid, anyres_layout
 
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, unnormalise
-from .fields import EMBEDS_REFUSED, decode_query, decode_ratio, encode_query, encode_ratio, per_image, record
-from .options import REQUEST_KEYS, HeroOptions, parse_options, request_options
+from .fields import (
+    EMBEDS_REFUSED,
+    decode_query,
+    decode_ratio,
+    encode_query,
+    encode_ratio,
+    per_image,
+    record,
+    same_on_every_rank,
+    warm_scorer,
+)
+from .options import HeroOptions, parse_options, request_options
 from .pipeline import AnyresImage, assemble_vanilla, cls_rows_from_qkv, plan_images
 
 __all__ = [
@@ -83,6 +93,11 @@ class HeroLlavaNextProcessingInfo(LlavaNextProcessingInfo):
         counts = _counts(self.get_hf_config(), image_height, image_width)
         return counts.tokens_out(self.hero_options().pruner(keep_ratio).kept_count(counts))
 
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        """vLLM sizes its encoder cache from this (else from a dummy request at the engine's default keep ratio,
+        which would refuse later requests asking for more): the unpruned maximum."""
+        return {"image": self.get_max_image_tokens()}
+
     def get_max_image_tokens(self) -> int:
         """The unpruned maximum: a request may ask for keep ratio 1, and memory profiling must cover it."""
         config = self.get_hf_config()
@@ -94,7 +109,7 @@ class HeroLlavaNextMultiModalProcessor(LlavaNextMultiModalProcessor[HeroLlavaNex
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         kwargs = dict(hf_kwargs)
-        hero = {key: kwargs.pop(key) for key in REQUEST_KEYS if key in kwargs}
+        hero = {key: kwargs.pop(key) for key in list(kwargs) if str(key).startswith("hero_")}  # checked below
         query, ratio = request_options(hero, self.info.hero_options())
         out: BatchFeature = super()._call_hf_processor(hf_data, kwargs)
         sizes = out.get("image_sizes")
@@ -159,6 +174,7 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             )
         self._hero_model_config = vllm_config.model_config
         self._hero_scorer: Any = None
+        self._hero_warmed = False
         self._hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
 
     # ------------------------------------------------------------------------------------------- encoder step
@@ -196,14 +212,19 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         patches = self.multi_modal_projector(features[:, 1:])  # the 'default' strategy drops the CLS
         counts = [image.counts.views for image in images]
         split_last, split_rows = torch.split(last[:, 0], counts), torch.split(rows, counts, dim=1)
-        scorer = None if everything else self._scorer()
+        scorer = self._scorer()  # loaded in the first call (vLLM's profiling run): its memory is profiled
         mean_std = self._mean_std() if scorer is not None else None
 
         def tiles_of(i: int) -> Tensor:
             assert mean_std is not None
             return unnormalise(views[i][1:], mean_std)
 
-        keeps = plan_images(images, list(split_last), list(split_rows), layers, pruners.__getitem__, scorer, tiles_of)
+        if scorer is not None and not self._hero_warmed:
+            self._hero_warmed = True
+            warm_scorer(scorer, [tiles_of(i) for i, image in enumerate(images) if image.counts.views > 1])
+        active = None if everything else scorer
+        keeps = plan_images(images, list(split_last), list(split_rows), layers, pruners.__getitem__, active, tiles_of)
+        keeps = same_on_every_rank(keeps)
         record([_entry(image) for image in images], keeps)
         out = []
         for image, keep, feats in zip(images, keeps, patches.split(counts), strict=True):

@@ -84,6 +84,14 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
             "hero.keep_ratio", None, "the engine's default keep ratio, a float in (0, 1]", "E.g. 'keep_ratio': 0.2."
         )
     ratio = _ratio("hero.keep_ratio", options.pop("keep_ratio"))
+    for reserved, why in (
+        ("depth", "it is the model's vision tower depth"),
+        ("name", "the preset is named by 'preset'"),
+    ):
+        if reserved in options:
+            raise HeroError.field(
+                f"hero.{reserved}", options[reserved], "no such engine option", f"Leave it out: {why}."
+            )
     clip = options.pop("clip", None)
     dtype = options.pop("clip_dtype", "float32")
     if dtype not in _CLIP_DTYPES:
@@ -116,8 +124,16 @@ def request_options(kwargs: Mapping[str, Any], options: HeroOptions) -> tuple[st
     """The (query, keep ratio) of one request's ``mm_processor_kwargs`` (defaults: no query, the engine's ratio).
 
     Raises:
-        HeroError: on a query that is not a string, or a keep ratio outside (0, 1] (the request fails alone).
+        HeroError: on a query that is not a string, a keep ratio outside (0, 1], or another ``hero_*`` key (a
+            misspelt option would otherwise be ignored); the request fails alone.
     """
+    unknown = sorted(
+        key for key in kwargs if isinstance(key, str) and key.startswith("hero_") and key not in REQUEST_KEYS
+    )
+    if unknown:
+        raise HeroError.field(
+            unknown[0], kwargs[unknown[0]], f"one of {list(REQUEST_KEYS)}", "Check the spelling of the request option."
+        )
     query = kwargs.get("hero_query")
     if query is not None and not isinstance(query, str):
         raise HeroError.field("hero_query", query, "a string (the question the relevance is scored against) or null")

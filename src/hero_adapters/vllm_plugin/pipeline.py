@@ -29,11 +29,11 @@ def cls_rows_from_qkv(qkv: Tensor, heads: int, scale: float | None = None) -> Te
     """
     if qkv.dim() != 3 or qkv.shape[-1] % (3 * heads):
         raise HeroError.field("qkv", qkv, f"a (B, T, 3 * {heads} * head_dim) fused projection output")
-    query, key, _ = qkv.float().chunk(3, dim=-1)
+    query, key, _ = qkv.chunk(3, dim=-1)
     batch, tokens = qkv.shape[0], qkv.shape[1]
     dim = query.shape[-1] // heads
-    q_cls = query[:, 0].view(batch, heads, dim)
-    keys = key.view(batch, tokens, heads, dim)
+    q_cls = query[:, 0].float().view(batch, heads, dim)  # only the CLS query and the keys in float32
+    keys = key.float().reshape(batch, tokens, heads, dim)
     logits = torch.einsum("bhd,bthd->bht", q_cls, keys) * (dim**-0.5 if scale is None else scale)
     return logits.softmax(dim=-1)
 
