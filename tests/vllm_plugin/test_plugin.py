@@ -217,3 +217,23 @@ def test_the_encoder_cache_holds_an_unpruned_image_whatever_the_default_ratio(ch
         assert output.prompt_token_ids.count(_image_id(llm)) == _expected(width, height, 1.0)
     finally:
         _close(llm)
+
+
+def test_image_embeddings_are_refused_with_the_reason(checkpoints: dict[str, Path]) -> None:
+    """Precomputed image embeddings bypass the encoder, so nothing could be planned: refused even where the engine
+    accepts embeddings (``enable_mm_embeds``; vLLM refuses them itself otherwise), and the engine serves on."""
+    import vllm
+
+    overrides = {
+        "architectures": ["HeroLlavaNextForConditionalGeneration"],
+        "hero": {"preset": "hero", "keep_ratio": 0.5, "clip": str(checkpoints["clip"])},
+    }
+    llm = _llm(checkpoints["llava"], hf_overrides=overrides, enable_mm_embeds=True)
+    try:
+        embeds = torch.zeros(1, 56, 64)  # one image of 56 rows of the text model's width
+        request = {"prompt": PROMPT, "multi_modal_data": {"image": embeds}}
+        with pytest.raises(ValueError, match=r"image_embeds='given' is invalid: expected images as pixels.*bypass"):
+            llm.generate(request, vllm.SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
+        assert len(_generate(llm, _image(60, 100)).outputs[0].token_ids) == 4
+    finally:
+        _close(llm)
