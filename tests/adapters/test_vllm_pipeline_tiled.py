@@ -15,10 +15,10 @@ import torch
 
 from hero_adapters import HeroVLM
 from hero_adapters.pixels import unnormalise
+from hero_adapters.vllm_plugin.pipeline import cls_rows_from_qk
 from hero_adapters.vllm_plugin.pipeline_tiled import (
     TiledImage,
     assemble_tiled,
-    cls_rows_from_qk,
     merge_groups,
     merge_rows,
     plan_tiled,

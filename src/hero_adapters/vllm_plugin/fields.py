@@ -13,7 +13,7 @@ import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from hero_core import HeroError
 __all__ = [
     "EMBEDS_REFUSED",
     "RECORD_ENV",
+    "Relevance",
     "decode_query",
     "decode_ratio",
     "encode_query",
@@ -112,3 +113,40 @@ def warm_scorer(scorer: Any, views: Sequence[Tensor]) -> None:
     if chosen:
         with torch.inference_mode():
             scorer.score_batch(chosen, ["a photo"] * len(chosen))
+
+
+class Relevance:
+    """What both architectures need for relevance, loaded once per worker: the CLIP scorer (on the vision tower's
+    device, in ``clip_dtype``) and the processor's normalisation (to hand the scorer RGB tiles). A model class mixes
+    it in and sets ``default_mean_std`` (used where the image processor names none)."""
+
+    default_mean_std: ClassVar[tuple[Sequence[float], Sequence[float]]]
+    hero_options: Any
+    vision_tower: Any
+    _hero_model_config: Any
+    _hero_scorer: Any = None
+    _hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
+
+    def _scorer(self) -> Any:
+        """The relevance scorer (None without ``clip``, or for a preset that reads no relevance)."""
+        options = self.hero_options
+        if options.clip is None or not options.pruner().uses_relevance:
+            return None
+        if self._hero_scorer is None:
+            from ..text_scorers import HFClipTextScorer
+
+            device = next(self.vision_tower.parameters()).device
+            self._hero_scorer = HFClipTextScorer.from_pretrained(
+                options.clip, device=device, dtype=getattr(torch, options.clip_dtype)
+            )
+        return self._hero_scorer
+
+    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
+        if self._hero_mean_std is None:
+            from vllm.transformers_utils.processor import cached_image_processor_from_config
+
+            processor = cached_image_processor_from_config(self._hero_model_config)
+            mean = getattr(processor, "image_mean", None) or self.default_mean_std[0]
+            std = getattr(processor, "image_std", None) or self.default_mean_std[1]
+            self._hero_mean_std = (tuple(mean), tuple(std))
+        return self._hero_mean_std

@@ -43,6 +43,7 @@ from hero_core.counts import tiled_counts
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD, unnormalise
 from .fields import (
     EMBEDS_REFUSED,
+    Relevance,
     decode_query,
     decode_ratio,
     encode_query,
@@ -53,7 +54,8 @@ from .fields import (
     warm_scorer,
 )
 from .options import HeroOptions, parse_options, request_options
-from .pipeline_tiled import TiledImage, assemble_tiled, cls_rows_from_qk, merge_groups, merge_rows, plan_tiled
+from .pipeline import cls_rows_from_qk
+from .pipeline_tiled import TiledImage, assemble_tiled, merge_groups, merge_rows, plan_tiled
 
 __all__ = [
     "HeroInternVLDummyInputsBuilder",
@@ -267,12 +269,13 @@ class HeroInternVLMultiModalProcessor(InternS1MultiModalProcessor):
 @MULTIMODAL_REGISTRY.register_processor(
     HeroInternVLMultiModalProcessor, info=HeroInternVLProcessingInfo, dummy_inputs=HeroInternVLDummyInputsBuilder
 )
-class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
+class HeroInternVLForConditionalGeneration(Relevance, InternS1ForConditionalGeneration):
     """vLLM's InternVL with HERO's pruning in its encoder step (select it with
     ``hf_overrides={"architectures": ["HeroInternVLForConditionalGeneration"], "hero": {...}}``)."""
 
     # the connector's LoRA token arithmetic assumes unpruned tiles
     supports_tower_connector_lora = False
+    default_mean_std = (IMAGENET_MEAN, IMAGENET_STD)
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         config = vllm_config.model_config.hf_config
@@ -294,9 +297,9 @@ class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
             )
         self._hero_groups = groups
         self._hero_model_config = vllm_config.model_config
-        self._hero_scorer: Any = None
+        self._hero_scorer = None
         self._hero_warmed = False
-        self._hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
+        self._hero_mean_std = None
 
     # ------------------------------------------------------------------------------------------- encoder step
     def embed_multimodal(self, **kwargs: object) -> Any:
@@ -381,31 +384,6 @@ class HeroInternVLForConditionalGeneration(InternS1ForConditionalGeneration):
         vit_embeds = self.pixel_shuffle(vit_embeds, scale_factor=self.downsample_ratio)
         vit_embeds = vit_embeds.reshape(vit_embeds.shape[0], -1, vit_embeds.shape[-1])
         return self.multi_modal_projector(vit_embeds)  # type: ignore[no-any-return]
-
-    def _scorer(self) -> Any:
-        """The relevance scorer, loaded once per worker on the tower's device (None without ``clip``)."""
-        options = self.hero_options
-        if options.clip is None or not self.hero_options.pruner().uses_relevance:
-            return None
-        if self._hero_scorer is None:
-            from ..text_scorers import HFClipTextScorer
-
-            device = next(self.vision_tower.parameters()).device
-            self._hero_scorer = HFClipTextScorer.from_pretrained(
-                options.clip, device=device, dtype=getattr(torch, options.clip_dtype)
-            )
-        return self._hero_scorer
-
-    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
-        """The processor's normalisation (to hand the scorer RGB tiles), read once per worker."""
-        if self._hero_mean_std is None:
-            from vllm.transformers_utils.processor import cached_image_processor_from_config
-
-            processor = cached_image_processor_from_config(self._hero_model_config)
-            mean = getattr(processor, "image_mean", None) or IMAGENET_MEAN
-            std = getattr(processor, "image_std", None) or IMAGENET_STD
-            self._hero_mean_std = (tuple(mean), tuple(std))
-        return self._hero_mean_std
 
 
 def _grid(value: Tensor, views: int) -> tuple[int, int] | None:

@@ -42,6 +42,7 @@ from hero_core.counts import anyres_counts, anyres_grid, anyres_layout
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, unnormalise
 from .fields import (
     EMBEDS_REFUSED,
+    Relevance,
     decode_query,
     decode_ratio,
     encode_query,
@@ -148,12 +149,13 @@ class HeroLlavaNextMultiModalProcessor(LlavaNextMultiModalProcessor[HeroLlavaNex
 @MULTIMODAL_REGISTRY.register_processor(
     HeroLlavaNextMultiModalProcessor, info=HeroLlavaNextProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
 )
-class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
+class HeroLlavaNextForConditionalGeneration(Relevance, LlavaNextForConditionalGeneration):
     """vLLM's LLaVA-NeXT with HERO's pruning in its encoder step (select it with
     ``hf_overrides={"architectures": ["HeroLlavaNextForConditionalGeneration"], "hero": {...}}``)."""
 
     # the connector's LoRA token arithmetic assumes unpruned tiles
     supports_tower_connector_lora = False
+    default_mean_std = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         config = vllm_config.model_config.hf_config
@@ -173,9 +175,9 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
                 prefix=maybe_prefix(prefix, "vision_tower"),
             )
         self._hero_model_config = vllm_config.model_config
-        self._hero_scorer: Any = None
+        self._hero_scorer = None
         self._hero_warmed = False
-        self._hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
+        self._hero_mean_std = None
 
     # ------------------------------------------------------------------------------------------- encoder step
     def embed_multimodal(self, **kwargs: object) -> Any:
@@ -255,31 +257,6 @@ class HeroLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         else:
             rows = hidden.new_zeros((0, hidden.shape[0], heads, hidden.shape[1]), dtype=torch.float32)
         return features, hidden, rows
-
-    def _scorer(self) -> Any:
-        """The relevance scorer, loaded once per worker on the tower's device (None without ``clip``)."""
-        options = self.hero_options
-        if options.clip is None or not self.hero_options.pruner().uses_relevance:
-            return None
-        if self._hero_scorer is None:
-            from ..text_scorers import HFClipTextScorer
-
-            dtype = getattr(torch, options.clip_dtype)
-            self._hero_scorer = HFClipTextScorer.from_pretrained(
-                options.clip, device=self.vision_tower.device, dtype=dtype
-            )
-        return self._hero_scorer
-
-    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
-        """The processor's normalisation (to hand the scorer RGB tiles), read once per worker."""
-        if self._hero_mean_std is None:
-            from vllm.transformers_utils.processor import cached_image_processor_from_config
-
-            processor = cached_image_processor_from_config(self._hero_model_config)
-            mean = getattr(processor, "image_mean", None) or OPENAI_CLIP_MEAN
-            std = getattr(processor, "image_std", None) or OPENAI_CLIP_STD
-            self._hero_mean_std = (tuple(mean), tuple(std))
-        return self._hero_mean_std
 
 
 @contextmanager

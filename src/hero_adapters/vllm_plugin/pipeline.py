@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -17,22 +18,43 @@ from torch import Tensor
 from hero_core import EncodedTiles, HeroError, ImageCounts, Pruner, TextScorer, to_device
 from hero_core.allocators import tile_views
 
-__all__ = ["AnyresImage", "assemble_vanilla", "cls_rows_from_qkv", "combine_head_parts", "plan_images"]
+__all__ = [
+    "AnyresImage",
+    "Planned",
+    "assemble_vanilla",
+    "cls_rows_from_qk",
+    "cls_rows_from_qkv",
+    "combine_head_parts",
+    "plan_encoded",
+    "plan_images",
+]
 
 
 def cls_rows_from_qkv(qkv: Tensor, heads: int, scale: float | None = None) -> Tensor:
-    """(B, heads, T) float32 CLS attention rows from a fused projection output (B, T, 3 * heads * d).
-
-    The first token is the CLS: its query row ``softmax(q_cls . K^T * scale)`` over every key, the CLS key
-    included (as ``cls_attention_hooks`` records it in the transformers path). ``heads`` are the heads this
-    rank holds (all of them without tensor parallelism); ``scale`` defaults to ``d ** -0.5``.
-    """
+    """(B, heads, T) float32 CLS attention rows from a fused projection output (B, T, 3 * heads * d): its query
+    and key thirds through ``cls_rows_from_qk``. ``heads`` are the heads this rank holds (all of them without
+    tensor parallelism)."""
     if qkv.dim() != 3 or qkv.shape[-1] % (3 * heads):
         raise HeroError.field("qkv", qkv, f"a (B, T, 3 * {heads} * head_dim) fused projection output")
     query, key, _ = qkv.chunk(3, dim=-1)
-    batch, tokens = qkv.shape[0], qkv.shape[1]
-    dim = query.shape[-1] // heads
-    q_cls = query[:, 0].float().view(batch, heads, dim)  # only the CLS query and the keys in float32
+    return cls_rows_from_qk(query, key, heads, scale)
+
+
+def cls_rows_from_qk(query: Tensor, key: Tensor, heads: int, scale: float | None = None) -> Tensor:
+    """(B, heads, T) float32 CLS attention rows from a layer's queries and keys, each (B, T, heads * d), as its
+    attention kernel receives them (InternViT: after the optional qk-norm).
+
+    The first token is the CLS: its query row ``softmax(q_cls . K^T * scale)`` over every key, the CLS key
+    included (as ``cls_attention_hooks`` records it in the transformers path); ``scale`` defaults to ``d ** -0.5``.
+    Only the CLS query and the keys are taken to float32.
+    """
+    if query.dim() != 3 or query.shape != key.shape or query.shape[-1] % heads:
+        raise HeroError.field(
+            "query / key", f"{tuple(query.shape)} / {tuple(key.shape)}", f"two (B, T, {heads} * head_dim) tensors"
+        )
+    batch, tokens, width = query.shape
+    dim = width // heads
+    q_cls = query[:, 0].float().reshape(batch, heads, dim)
     keys = key.float().reshape(batch, tokens, heads, dim)
     logits = torch.einsum("bhd,bthd->bht", q_cls, keys) * (dim**-0.5 if scale is None else scale)
     return logits.softmax(dim=-1)
@@ -101,7 +123,38 @@ def plan_images(
                 tile_grid=image.tile_grid,
             )
         )
-    relevance = _relevance(images, tiles, pruner_for, scorer, views)
+    return plan_encoded(images, tiles, pruner_for, scorer, views)
+
+
+class Planned(Protocol):
+    """What planning reads of an image besides its encoder outputs (``AnyresImage``, ``TiledImage``)."""
+
+    @property
+    def counts(self) -> ImageCounts: ...
+    @property
+    def keep_ratio(self) -> float: ...
+    @property
+    def query(self) -> str | None: ...
+
+
+def plan_encoded(
+    images: Sequence[Planned],
+    tiles: Sequence[EncodedTiles],
+    pruner_for: Callable[[float], Pruner],
+    scorer: TextScorer | None,
+    local_views: Callable[[int], Tensor],
+) -> list[Tensor]:
+    """The keep mask (V, N) of every image from its encoder outputs: relevance from one scorer call for the batch
+    (as ``HeroVLM._score`` computes it), then one ``plan_batch`` per keep ratio in the batch.
+
+    Args:
+        images: the batch's images.
+        tiles: their encoder outputs.
+        pruner_for: the pruner at a keep ratio.
+        scorer: the relevance scorer (None: no relevance).
+        local_views: image index -> its local tiles (K, 3, h, w) in ``tile_views`` order, RGB in [0, 1].
+    """
+    relevance = _relevance(images, tiles, pruner_for, scorer, local_views)
     keeps: list[Tensor | None] = [None] * len(images)
     for ratio in sorted({image.keep_ratio for image in images}):
         chosen = [i for i, image in enumerate(images) if image.keep_ratio == ratio]
@@ -112,14 +165,14 @@ def plan_images(
 
 
 def _relevance(
-    images: Sequence[AnyresImage],
+    images: Sequence[Planned],
     tiles: Sequence[EncodedTiles],
     pruner_for: Callable[[float], Pruner],
     scorer: TextScorer | None,
-    views: Callable[[int], Tensor],
+    local_views: Callable[[int], Tensor],
 ) -> list[Tensor | None]:
-    """(V,) relevance per image with a query whose pruner reads it (the thumbnail's entry 0), as
-    ``HeroVLM._score`` computes it: the scorer's raw CLIP cosine of every local tile, one batched call."""
+    """(V,) relevance per image with a query whose pruner reads it (the thumbnail's entry 0): the scorer's raw CLIP
+    cosine of every local tile, one batched call."""
     asked = [
         i
         for i, image in enumerate(images)
@@ -132,13 +185,10 @@ def _relevance(
     out: list[Tensor | None] = [None] * len(images)
     if not asked or scorer is None:
         return out
+    given = [local_views(i) for i in asked]
     texts = [str(images[i].query) for i in asked]
     batch = getattr(scorer, "score_batch", None)
-    got = (
-        batch([views(i) for i in asked], texts)
-        if callable(batch)
-        else [scorer(views(i), t) for i, t in zip(asked, texts, strict=True)]
-    )
+    got = batch(given, texts) if callable(batch) else [scorer(v, t) for v, t in zip(given, texts, strict=True)]
     for i, score in zip(asked, got, strict=True):
         others = to_device(tile_views(tiles[i]), tiles[i].device, torch.long)
         name = f"CLIP scorer output for image {i} of the batch"

@@ -20,34 +20,16 @@ from torch import Tensor
 from hero_core import EncodedTiles, HeroError, ImageCounts, Pruner, TextScorer, to_device
 from hero_core.allocators import tile_views
 
+from .pipeline import plan_encoded
+
 __all__ = [
     "TiledImage",
     "assemble_tiled",
-    "cls_rows_from_qk",
     "merge_groups",
     "merge_rows",
     "plan_tiled",
     "token_grid",
 ]
-
-
-def cls_rows_from_qk(query: Tensor, key: Tensor, heads: int, scale: float | None = None) -> Tensor:
-    """(B, heads, T) float32 CLS attention rows from a layer's queries and keys, each (B, T, heads * d), as its
-    attention kernel receives them (InternViT: after the optional qk-norm, which normalises the full width).
-
-    The first token is the CLS: its query row ``softmax(q_cls . K^T * scale)`` over every key, the CLS key
-    included (as ``cls_attention_hooks`` records it in the transformers path); ``scale`` defaults to ``d ** -0.5``.
-    """
-    if query.dim() != 3 or query.shape != key.shape or query.shape[-1] % heads:
-        raise HeroError.field(
-            "query / key", f"{tuple(query.shape)} / {tuple(key.shape)}", f"two (B, T, {heads} * head_dim) tensors"
-        )
-    batch, tokens, width = query.shape
-    dim = width // heads
-    q_cls = query[:, 0].float().view(batch, heads, dim)
-    keys = key.float().view(batch, tokens, heads, dim)
-    logits = torch.einsum("bhd,bthd->bht", q_cls, keys) * (dim**-0.5 if scale is None else scale)
-    return logits.softmax(dim=-1)
 
 
 def merge_groups(patch_grid: tuple[int, int], shuffle: Callable[[Tensor], Tensor]) -> Tensor:
@@ -135,52 +117,12 @@ def plan_tiled(
                 tile_grid=image.tile_grid,
             )
         )
-    relevance = _relevance(images, tiles, pruner_for, scorer, views)
-    keeps: list[Tensor | None] = [None] * len(images)
-    for ratio in sorted({image.keep_ratio for image in images}):
-        chosen = [i for i, image in enumerate(images) if image.keep_ratio == ratio]
-        plans = pruner_for(ratio).plan_batch([tiles[i] for i in chosen], [relevance[i] for i in chosen])
-        for i, plan in zip(chosen, plans, strict=True):
-            keeps[i] = plan.keep
-    return [keep for keep in keeps if keep is not None]
 
+    def local_views(i: int) -> Tensor:
+        all_views = views(i)
+        return all_views.index_select(0, to_device(tile_views(tiles[i]), all_views.device, torch.long))
 
-def _relevance(
-    images: Sequence[TiledImage],
-    tiles: Sequence[EncodedTiles],
-    pruner_for: Callable[[float], Pruner],
-    scorer: TextScorer | None,
-    views: Callable[[int], Tensor],
-) -> list[Tensor | None]:
-    """(V,) relevance per image with a query whose pruner reads it (the thumbnail's entry 0), as
-    ``HeroVLM._score`` computes it: the scorer's raw CLIP cosine of every local tile, one batched call."""
-    asked = [
-        i
-        for i, image in enumerate(images)
-        if scorer is not None
-        and image.query is not None
-        and image.counts.views > 1
-        and pruner_for(image.keep_ratio).uses_relevance
-        and not pruner_for(image.keep_ratio).keeps_all(tiles[i])
-    ]
-    out: list[Tensor | None] = [None] * len(images)
-    if not asked or scorer is None:
-        return out
-    locals_ = {i: tile_views(tiles[i]) for i in asked}
-    given = [views(i).index_select(0, to_device(locals_[i], views(i).device, torch.long)) for i in asked]
-    texts = [str(images[i].query) for i in asked]
-    batch = getattr(scorer, "score_batch", None)
-    got = batch(given, texts) if callable(batch) else [scorer(v, t) for v, t in zip(given, texts, strict=True)]
-    for i, score in zip(asked, got, strict=True):
-        others = to_device(locals_[i], tiles[i].device, torch.long)
-        name = f"CLIP scorer output for image {i} of the batch"
-        expected = f"a finite float tensor of shape ({int(others.numel())},)"
-        if not isinstance(score, Tensor) or score.shape != others.shape:
-            raise HeroError.field(name, score, expected)
-        scored = torch.zeros(tiles[i].num_views, dtype=torch.float32, device=tiles[i].device)
-        out[i] = scored.index_copy(0, others, score.detach().to(tiles[i].device, torch.float32))
-        tiles[i].check_later(name, out[i], expected)  # type: ignore[arg-type]
-    return out
+    return plan_encoded(images, tiles, pruner_for, scorer, local_views)
 
 
 def assemble_tiled(image: TiledImage, keep: Tensor, features: Tensor, pruner: Pruner) -> Tensor:
