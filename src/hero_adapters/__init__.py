@@ -22,12 +22,13 @@ from .adapter import (
     EncodedImage,
     EncoderFacts,
     HostAdapter,
+    PrunedPrompt,
     check_host_adapter,
     get_adapter,
     list_adapters,
     register_adapter,
 )
-from .hosts import InternVLAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
+from .hosts import InternVLAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter
 from .report import ImageReport, PruneReport
 from .towers import ClsAttentionRecord, TowerRecipe, cls_attention_hooks, register_tower_recipe
 from .vlm import HeroVLM
@@ -46,6 +47,9 @@ __all__ = [
     "LlavaOnevisionAdapter",
     "OpenClipTextScorer",
     "PruneReport",
+    "PrunedPrompt",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "TowerRecipe",
     "check_host_adapter",
     "cls_attention_hooks",

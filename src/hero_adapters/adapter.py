@@ -24,10 +24,12 @@ __all__ = [
     "EncodedImage",
     "EncoderFacts",
     "HostAdapter",
+    "PrunedPrompt",
     "all_layouts",
     "check_host_adapter",
     "get_adapter",
     "list_adapters",
+    "preset_options",
     "register_adapter",
 ]
 
@@ -100,6 +102,9 @@ class EncoderFacts:
         query_source: what the query row is: ``"cls"`` or a stand-in (``"mean-token"``).
         feature_layer: the encoder layer(s) whose output the host sends on to the LLM (``vision_feature_layer``).
         tower: the tower recipe's name.
+        full_attention: the layers that attend over the whole image in a tower that mixes them with window
+            attention (Qwen2.5-VL's ``fullatt_block_indexes``), or None (every layer does). Presets take it
+            (``presets.get(name, r, depth=..., full_attention=...)``) and snap their default layers to it.
     """
 
     depth: int
@@ -107,6 +112,38 @@ class EncoderFacts:
     query_source: str
     feature_layer: int | tuple[int, ...]
     tower: str
+    full_attention: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PrunedPrompt:
+    """One call's prompt before and after pruning, for adapters that set the LLM's positions themselves.
+
+    ``HeroVLM`` hands it to an adapter's optional ``prompt_inputs(prompt) -> dict`` method (hosts whose
+    positions the host derives from the image grid, such as Qwen-VL's M-RoPE); what it returns is added to
+    the host's ``generate`` / ``forward`` inputs.
+
+    Attributes:
+        input_ids: (B, S) the caller's prompt, on the host.
+        attention_mask: (B, S) its mask, on the host.
+        spans: where each image's placeholder run lies in it (``sequence.Span``, in image order).
+        encoded: per image, what the adapter's ``encode`` described (its ``tiles.grid`` ...).
+        assembled: per image, the kept tokens (``AssembledImage.offsets``: each kept token's place in its run).
+        rebuilt: the pruned prompt (``sequence.Rebuilt``: ids, mask, real lengths), on the caller's device.
+        inputs: the adapter's image inputs and encoder options of this call (``input_keys``, ``encoder_keys``).
+        side: the padding side of ``rebuilt`` (``"left"`` or ``"right"``).
+        generate: True for ``generate``, False for one ``forward``.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    spans: Sequence[Any]
+    encoded: Sequence[EncodedImage]
+    assembled: Sequence[AssembledImage]
+    rebuilt: Any
+    inputs: Mapping[str, Any]
+    side: str
+    generate: bool
 
 
 @runtime_checkable
@@ -256,3 +293,11 @@ def get_adapter(model: Any, **options: Any) -> Any:
             "or register one with @register_adapter(<model_type>).",
         )
     return cls(model, **options)
+
+
+def preset_options(adapter: Any) -> dict[str, Any]:
+    """``depth`` and ``full_attention`` of an adapter's encoder, for ``presets.get(name, r, **options)``: the
+    presets' default layers for this encoder (the paper's scaled to its depth, snapped to its full-attention
+    layers where it also has window attention). An adapter without ``encoder`` facts gives its depth only."""
+    facts = getattr(adapter, "encoder", None)
+    return {"depth": int(adapter.num_layers), "full_attention": getattr(facts, "full_attention", None)}

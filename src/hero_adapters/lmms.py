@@ -211,14 +211,14 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         self.reports = Path(reports) if reports else None
         self._reports_opened = False  # the first write of this run truncates the file: one line per request
 
-        from .adapter import get_adapter
+        from .adapter import get_adapter, preset_options
 
         model = self._inner.model
         processor = getattr(self._inner, "processor", None) or getattr(self._inner, "_image_processor", None)
         options = {"processor": processor} if layout is None else {"processor": processor, "layout": layout}
         adapter = get_adapter(model, **options)
         # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit set_*layers are kept).
-        self.pruner = presets.get(preset, keep_ratio, depth=int(adapter.num_layers), **overrides)
+        self.pruner = presets.get(preset, keep_ratio, **preset_options(adapter), **overrides)
         if scorer is not None:
             scorer.model.to(device=self._inner.device, dtype=next(model.parameters()).dtype)  # in place
         from .vlm import HeroVLM

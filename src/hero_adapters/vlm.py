@@ -10,7 +10,7 @@ with a rebuilt ``attention_mask``, and the host's own ``generate`` receives the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from hero_core.allocators import tile_views
 
 from ._generation import host_attention_mask, relative_lengths
 from ._timing import StageTimer
-from .adapter import AssembledImage, EncodedImage, HostAdapter, check_host_adapter, get_adapter
+from .adapter import AssembledImage, EncodedImage, HostAdapter, PrunedPrompt, check_host_adapter, get_adapter
 from .attach import Attachment, Query, host_call, host_generate
 from .report import ImageReport, PruneReport
 from .sequence import (
@@ -61,6 +61,7 @@ class _Run:
     spans: list[Span] | None
     ids: Tensor | None = None  # the caller's input_ids, checked (B, S)
     mask: Tensor | None = None  # its attention mask, checked, inferred or all ones (B, S)
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # the adapter's image inputs and encoder options
 
 
 class HeroVLM:
@@ -82,8 +83,10 @@ class HeroVLM:
             the adapter itself and must not be passed here).
         layout: the adapter's layout (default ``"vanilla"``: the host's own sequence at R = 1; LLaVA-NeXT also
             has ``"reference"``, the authors' code).
-        positions: ``"contiguous"`` (default; positions re-derived over the shortened prompt) or
-            ``"original"`` (every kept token keeps the position it had in the unpruned layout).
+        positions: ``"contiguous"`` (the default for most hosts; positions re-derived over the shortened prompt) or
+            ``"original"`` (every kept token keeps the position it had in the unpruned layout). Adapters that set
+            the positions themselves (``owns_positions``: the Qwen-VL hosts, whose M-RoPE positions come from the
+            image grid) always keep the original ones; leave it unset or pass ``"original"`` there.
         processor: optional host processor; adapters read its normalisation (and InternVL its tiling).
         image_mean: per-channel mean override (default: the processor's, else the host family's).
         image_std: per-channel std override (default: the processor's, else the host family's).
@@ -101,7 +104,7 @@ class HeroVLM:
         *,
         adapter: HostAdapter | None = None,
         layout: str | None = None,
-        positions: str = "contiguous",
+        positions: str | None = None,
         processor: Any = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
@@ -112,7 +115,7 @@ class HeroVLM:
             )
         if text_scorer is not None and not callable(text_scorer):
             raise HeroError.field("text_scorer", text_scorer, "None or a callable (views, text) -> (K,) cosines")
-        if positions not in POSITIONS:
+        if positions is not None and positions not in POSITIONS:
             raise HeroError.field("positions", positions, f"one of {POSITIONS}")
         options = {"layout": layout, "processor": processor, "image_mean": image_mean, "image_std": image_std}
         given = {key: value for key, value in options.items() if value is not None}
@@ -126,6 +129,16 @@ class HeroVLM:
                 "Configure the adapter instance itself (e.g. MyAdapter(model, layout=...)).",
             )
         self.adapter: HostAdapter = check_host_adapter(adapter)
+        owns = bool(getattr(self.adapter, "owns_positions", False))
+        if owns and positions == "contiguous":
+            raise HeroError.field(
+                "positions",
+                positions,
+                f"'original' or unset for {type(self.adapter).__name__}",
+                "This host derives its (M-RoPE) positions from the image grid: kept tokens must keep them. Leave "
+                "positions unset.",
+            )
+        positions = positions or ("original" if owns else "contiguous")
         if getattr(self.adapter, "model", None) is not model:
             raise HeroError.field("adapter.model", type(self.adapter.model).__name__, "the model passed to HeroVLM")
         depth = int(self.adapter.num_layers)
@@ -262,7 +275,7 @@ class HeroVLM:
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
         with torch.no_grad(), timer.stage("generate"), host_call():
-            output = host_generate(self.model)(**self._host_inputs(run, rebuilt), **generate_kwargs)
+            output = host_generate(self.model)(**self._host_inputs(run, rebuilt, "left", True), **generate_kwargs)
         if isinstance(output, Tensor):
             return splice(ids, output, rebuilt.input_ids.shape[1]), run.report
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
@@ -342,7 +355,7 @@ class HeroVLM:
             run = self._run(ids, mask, image_inputs, query, timer)
             rebuilt = self._rebuild(run, ids, mask, labels=labels, side=side, device=input_ids.device)
         self.last_report = run.report
-        inputs = self._host_inputs(run, rebuilt)
+        inputs = self._host_inputs(run, rebuilt, side, False)
         if rebuilt.labels is not None:
             inputs["labels"] = rebuilt.labels
         if attention_mask is None and bool(rebuilt.attention_mask.all()):
@@ -468,7 +481,9 @@ class HeroVLM:
         ]
         report = PruneReport(images=images, timings=timer.seconds, positions=self.positions)
         report.warn_ratio(self._notes)  # a note when an image sends over 1.1 x the keep ratio, with the reason
-        return _Run(report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask)
+        return _Run(
+            report=report, encoded=encoded, assembled=assembled, spans=spans, ids=ids, mask=mask, inputs=image_inputs
+        )
 
     def _check_count(self, index: int, tiles: EncodedTiles, kept: int, keeps_all: bool) -> None:
         """The count contract (``hero_core.counts``): what was kept equals ``Pruner.kept_count`` of the image's
@@ -492,12 +507,21 @@ class HeroVLM:
         ``(views, text) -> (K,)`` function is called image by image.
         """
         scorer = self.text_scorer
-        asked = [
-            (i, to_device(tile_views(image.tiles), image.tiles.device, torch.long))  # one upload per image
-            for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
-            if text is not None and image.tiles.num_views > 1
-        ]
-        views = [encoded[i].views.index_select(0, others.to(encoded[i].views.device)) for i, others in asked]
+        regions = getattr(self.pruner, "regions", None)
+        if callable(regions):  # a pruner without tiles (presets.hero_native): crops of the one view, per region
+            asked, views = [], []
+            for i, (image, text) in enumerate(zip(encoded, queries, strict=True)):
+                if text is not None:
+                    crops = region_crops(image, regions(image.tiles))
+                    asked.append((i, torch.arange(int(crops.shape[0]), device=image.tiles.device)))
+                    views.append(crops)
+        else:
+            asked = [
+                (i, to_device(tile_views(image.tiles), image.tiles.device, torch.long))  # one upload per image
+                for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
+                if text is not None and image.tiles.num_views > 1
+            ]
+            views = [encoded[i].views.index_select(0, others.to(encoded[i].views.device)) for i, others in asked]
         texts = [str(queries[i]) for i, _ in asked]
         batch = getattr(scorer, "score_batch", None)
         if callable(batch):
@@ -518,7 +542,7 @@ class HeroVLM:
             fix = "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text."
             if not isinstance(score, Tensor) or score.shape != (count,) or not score.dtype.is_floating_point:
                 raise HeroError.field(name, score, expected, fix)
-            zeros = torch.zeros(tiles.num_views, dtype=torch.float32, device=tiles.device)
+            zeros = torch.zeros(len(others) if callable(regions) else tiles.num_views, device=tiles.device)
             scored[i] = zeros.index_copy(0, others, score.detach().to(tiles.device, torch.float32))
             # NaN/inf are refused in the planner's one read of the batch (no host sync per image here)
             tiles.check_later(name, scored[i], expected, fix)
@@ -535,7 +559,7 @@ class HeroVLM:
         """``rebuild`` on the host copies ``ids`` / ``mask``; the new prompt goes to ``device`` (the caller's)."""
         padding = ids[mask == 0]
         pad_id = int(padding[0]) if padding.numel() else self.adapter.pad_token_id
-        original = self.positions == "original"
+        original = self.positions == "original" and not getattr(self.adapter, "owns_positions", False)
         return rebuild(
             ids,
             mask,
@@ -550,12 +574,28 @@ class HeroVLM:
             device=device,
         )
 
-    def _host_inputs(self, run: _Run, rebuilt: Rebuilt) -> dict[str, Any]:
+    def _host_inputs(self, run: _Run, rebuilt: Rebuilt, side: str, generate: bool) -> dict[str, Any]:
+        """The host's inputs for the pruned prompt; an adapter's ``prompt_inputs`` adds what it sets itself
+        (the Qwen-VL hosts: M-RoPE ``position_ids`` and the model's ``rope_deltas``, last, after every check)."""
         inputs: dict[str, Any] = {"input_ids": rebuilt.input_ids, "attention_mask": rebuilt.attention_mask}
         if rebuilt.position_ids is not None:
             inputs["position_ids"] = rebuilt.position_ids
         if run.assembled:
             inputs.update(self.adapter.feature_inputs(run.assembled))
+            prompt_inputs = getattr(self.adapter, "prompt_inputs", None)
+            if callable(prompt_inputs) and run.ids is not None and run.mask is not None:
+                prompt = PrunedPrompt(
+                    input_ids=run.ids,
+                    attention_mask=run.mask,
+                    spans=run.spans or [],
+                    encoded=run.encoded,
+                    assembled=run.assembled,
+                    rebuilt=rebuilt,
+                    inputs=run.inputs,
+                    side=side,
+                    generate=generate,
+                )
+                inputs.update(prompt_inputs(prompt))
         return inputs
 
 
@@ -597,3 +637,28 @@ def _unleft_rows(mask: Tensor) -> list[int]:
     """Rows whose padding is not all on the left (a 0 after a 1)."""
     after = (mask.cummax(dim=1).values > mask).any(dim=1)
     return after.nonzero().flatten().tolist()
+
+
+def region_crops(image: EncodedImage, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
+    """(R, 3, h, w) crops of an image's one view at ``boxes`` ((row0, col0, row1, col1) half-open, in units of the
+    view's token grid), each resized (bilinear, antialiased) to the largest crop's size, for a text scorer."""
+    view = image.views[0:1]  # (1, 3, H, W)
+    rows, cols = image.tiles.grid
+    height, width = int(view.shape[-2]), int(view.shape[-1])
+    pixel_boxes = [
+        (
+            r0 * height // rows,
+            c0 * width // cols,
+            max(r1 * height // rows, r0 * height // rows + 1),
+            max(c1 * width // cols, c0 * width // cols + 1),
+        )
+        for r0, c0, r1, c1 in boxes
+    ]
+    size = (max(b[2] - b[0] for b in pixel_boxes), max(b[3] - b[1] for b in pixel_boxes))
+    crops = [
+        torch.nn.functional.interpolate(
+            view[..., y0:y1, x0:x1], size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        for y0, x0, y1, x1 in pixel_boxes
+    ]
+    return torch.cat(crops, dim=0).clamp_(0.0, 1.0)

@@ -10,6 +10,7 @@ from ._errors import HeroError
 from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAllocator
 from .counts import ImageCounts
 from .efficiency import VICUNA_7B, VICUNA_13B, ModelShape, kv_cache_bytes, prefill_flops
+from .native import HeroNativePruner, NativePlan, RegionAllocator
 from .plan import Allocation, PrunePlan, Pruner
 from .protocols import BudgetAllocator, TextScorer, TileEncoderOutputs, TokenSelector
 from .selectors import ClsAttentionSelector, FunctionAwareSelector, RandomSelector, StridedSelector
@@ -27,11 +28,14 @@ __all__ = [
     "FunctionAwareSelector",
     "HeroAllocator",
     "HeroError",
+    "HeroNativePruner",
     "ImageCounts",
     "ModelShape",
+    "NativePlan",
     "PrunePlan",
     "Pruner",
     "RandomSelector",
+    "RegionAllocator",
     "StridedSelector",
     "TextScorer",
     "ThumbnailAttentionAllocator",

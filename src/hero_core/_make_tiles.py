@@ -27,6 +27,7 @@ def make_tiles(
     padding: str = "none",
     pad_amount: float = 0.25,
     separated: bool = False,
+    token_features: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -41,6 +42,9 @@ def make_tiles(
         pad_amount: fraction of each padded tile's rows, columns or positions that are padding.
         separated: if True, every view's attention takes distinct values spaced by a factor 2^(1/16)
             (identical over heads and layers), so rankings survive a cast to bfloat16 / float16.
+        token_features: if True, also draw ``token_features`` (V, N, width) and make ``cls_tokens`` their mean
+            over each view's tokens (the mean-token stand-in of hosts without a CLS token, ``query_source
+            "mean-token"``); the other tensors are the same as without it.
         seed: seeds a CPU generator; the same arguments give the same tensors.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -67,14 +71,21 @@ def make_tiles(
         attention = torch.softmax(logits.double(), dim=-1)[..., 1:]  # drop the CLS key
     tile_count = num_views - 1
     tile_grid = _tile_grid(tile_count)
+    cls_tokens = torch.randn(num_views, width, generator=generator)
+    features = None
+    if token_features:  # drawn last, so the other tensors do not depend on it
+        features = torch.randn(num_views, tokens, width, generator=generator)
+        cls_tokens = features.mean(dim=1)
     return EncodedTiles(
-        cls_tokens=torch.randn(num_views, width, generator=generator).to(dtype=dtype, device=device),
+        cls_tokens=cls_tokens.to(dtype=dtype, device=device),
         cls_attention=attention.to(dtype=dtype, device=device),
         attention_layers=tuple(layers),
         valid_mask=valid.flatten(1).to(device),
         thumbnail_index=thumbnail_index,
         grid=(rows, cols),
         tile_grid=tile_grid,
+        query_source="mean-token" if token_features else "cls",
+        token_features=None if features is None else features.to(dtype=dtype, device=device),
     )
 
 

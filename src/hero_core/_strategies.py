@@ -22,6 +22,7 @@ def encoded_tiles(
     layers: tuple[int, ...] = DEFAULT_LAYERS,
     paddings: tuple[str, ...] = PADDINGS,
     separated: bool | None = None,
+    token_features: bool | None = False,
 ) -> EncodedTiles:
     """Hypothesis strategy for valid ``EncodedTiles``: random V, grid, heads, thumbnail index and padding.
 
@@ -31,6 +32,8 @@ def encoded_tiles(
         layers: recorded encoder layers (defaults cover every shipped preset).
         paddings: padding styles to draw from (see ``make_tiles``).
         separated: force (True) or forbid (False) dtype-robust attention values; None draws both.
+        token_features: add (True) or leave out (False, the default) per-token embeddings (``make_tiles``);
+            None draws both.
     """
     num_views = draw(st.integers(1, max_views))
     grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
@@ -43,6 +46,7 @@ def encoded_tiles(
         padding=draw(st.sampled_from(paddings)),
         pad_amount=draw(st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0])),
         separated=draw(st.booleans()) if separated is None else separated,
+        token_features=draw(st.booleans()) if token_features is None else token_features,
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 

@@ -107,7 +107,7 @@ def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor
 
     Always: (V, N) bool, exactly ``budgets[v]`` kept in view v, only valid positions, the same result on
     a second call. With ``dtypes`` (use it on tiles made with ``separated=True``): the same keep set when
-    the attention and CLS tokens are cast to bfloat16 and float16.
+    the attention, the CLS tokens and any ``token_features`` are cast to bfloat16 and float16.
 
     Raises:
         AssertionError: naming the invariant that broke.
@@ -124,7 +124,12 @@ def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor
     _require(torch.equal(keep, selector(tiles, budgets)), f"{context}: a second call chose other tokens")
     if dtypes:
         for dtype in (torch.bfloat16, torch.float16):
-            cast = tiles.replace(cls_attention=tiles.cls_attention.to(dtype), cls_tokens=tiles.cls_tokens.to(dtype))
+            features = None if tiles.token_features is None else tiles.token_features.to(dtype)
+            cast = tiles.replace(
+                cls_attention=tiles.cls_attention.to(dtype),
+                cls_tokens=tiles.cls_tokens.to(dtype),
+                token_features=features,
+            )
             _require(torch.equal(keep, selector(cast, budgets)), f"{context}: {dtype} inputs chose other tokens")
     return keep
 

@@ -28,7 +28,10 @@ class EncodedTiles:
     ``tile_grid`` is optional: the (rows, cols) arrangement of the K local tiles in raster order,
     needed only by allocators that map the thumbnail onto the tiles (``ThumbnailAttentionAllocator``).
     ``query_source`` names what stood in for the CLS query ("cls", or e.g. "mean-token" for encoders
-    without a CLS token); reports show it.
+    without a CLS token); reports show it. ``token_features`` is optional: (V, N, D) float, the per-token
+    stand-in embeddings (for Qwen-VL hosts, the tower's last hidden states averaged over each merged
+    token's patches), read by presets that compare parts of a view with the whole (``presets.hero_native``);
+    None when the adapter does not record them.
 
     Shapes, dtypes, devices and indices are checked on construction, without reading a value. The values
     that planning needs on the host (the valid count of every view, whether ``cls_tokens`` and
@@ -49,6 +52,7 @@ class EncodedTiles:
     grid: tuple[int, int]
     tile_grid: tuple[int, int] | None = None
     query_source: str = field(default="cls")
+    token_features: Tensor | None = None
 
     def __post_init__(self) -> None:
         cls_tokens, attn, valid = self.cls_tokens, self.cls_attention, self.valid_mask
@@ -72,7 +76,20 @@ class EncodedTiles:
             )
         if attn.shape[2] < 1:
             raise HeroError.field("cls_attention", attn, "at least one head")
+        features = self.token_features
+        if features is not None:
+            _check_tensor("token_features", features, 3, "(V, N, D)")
+            if features.shape[0] != num_views or features.shape[1] != num_tokens or features.shape[2] < 1:
+                raise HeroError.field(
+                    "token_features",
+                    features,
+                    f"shape ({num_views}, {num_tokens}, D) to agree with valid_mask (V={num_views}, N={num_tokens}), "
+                    "or None",
+                    "One embedding per patch token of every view, in raster order.",
+                )
         devices = {cls_tokens.device, attn.device, valid.device}
+        if features is not None:
+            devices.add(features.device)
         if len(devices) != 1:
             raise HeroError.field(
                 "EncodedTiles devices", sorted(map(str, devices)), "one device", "Move all tensors with .to(device)."
@@ -117,6 +134,7 @@ class EncodedTiles:
                 grid=tuple(outputs.grid),  # type: ignore[arg-type]
                 tile_grid=getattr(outputs, "tile_grid", None),
                 query_source=getattr(outputs, "query_source", "cls"),
+                token_features=getattr(outputs, "token_features", None),
             )
         except (AttributeError, TypeError) as error:
             raise HeroError.field(

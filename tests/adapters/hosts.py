@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hero_adapters.testing import BuiltHost, build_internvl, build_llava_next, build_llava_onevision
+from hero_adapters.testing import (
+    BuiltHost,
+    build_internvl,
+    build_llava_next,
+    build_llava_onevision,
+    build_qwen2_5_vl,
+    build_qwen3_vl,
+)
 from hero_core import presets
 
 
@@ -37,6 +44,7 @@ class HostRow:
     high: tuple[int, ...]
     tokens_per_view: int
     nested: bool = False  # the processor wants images grouped per prompt (it then reports batch_num_images)
+    native: bool = False  # one view per image (Qwen-VL): its default preset is hero-native, over 2 x 2 regions
     _built: list[BuiltHost] = field(default_factory=list, repr=False)
 
     @property
@@ -72,7 +80,11 @@ class HostRow:
             given = groups
         return dict(self.processor(images=given, text=list(texts), return_tensors="pt", padding=True, **options))
 
-    def pruner(self, keep_ratio: float, preset: str = "hero", **overrides: Any) -> Any:
+    def pruner(self, keep_ratio: float, preset: str | None = None, **overrides: Any) -> Any:
+        """The row's preset (``hero``; ``hero-native`` on hosts without tiles) with the row's layers."""
+        preset = preset or ("hero-native" if self.native else "hero")
+        if preset == "hero-native":
+            overrides.setdefault("region", 2)  # several regions on the tiny images' 3 x 7 ... 6 x 6 grids
         overrides.setdefault("low_layers", self.low)
         overrides.setdefault("high_layers", self.high)
         return presets.get(preset, keep_ratio, **overrides)
@@ -128,6 +140,41 @@ def build_tiny_llava_onevision(vision_aspect_ratio: str = "anyres_max_9") -> Bui
     )
 
 
+#: The Qwen hosts' processor bounds: 16 to 48 merged tokens per image (non-square grids for the test images).
+QWEN_TOKENS = (16, 48)
+
+
+def build_tiny_qwen2_5_vl() -> BuiltHost:
+    """Qwen2.5-VL: 14-px patches, 28-px merged tokens, window attention over 2 x 2 merged tokens (56 px) in every
+    block but 2 and 5 (full attention), so the matrix's layers (1, 2) and (4,) read both kinds."""
+    side = 28
+    return build_qwen2_5_vl(
+        window_size=56,
+        fullatt_block_indexes=(2, 5),
+        min_pixels=side * side * QWEN_TOKENS[0],
+        max_pixels=side * side * QWEN_TOKENS[1],
+        words=WORDS,
+        **TINY_VISION,
+        **TINY_TEXT,
+    )
+
+
+def build_tiny_qwen3_vl() -> BuiltHost:
+    """Qwen3-VL: 16-px patches, 32-px merged tokens, full attention, DeepStack levels from blocks 1 and 3."""
+    side = 32
+    return build_qwen3_vl(
+        deepstack_visual_indexes=(1, 3),
+        num_position_embeddings=64,
+        min_pixels=side * side * QWEN_TOKENS[0],
+        max_pixels=side * side * QWEN_TOKENS[1],
+        words=WORDS,
+        **TINY_VISION,
+        **TINY_TEXT,
+    )
+
+
+QWEN_TAG = "<|vision_start|><|image_pad|><|vision_end|>"
+
 HOSTS: dict[str, HostRow] = {
     "llava_next": HostRow("llava_next", build_tiny_llava_next, "<image>", (1, 2), (4,), 16),
     "internvl": HostRow("internvl", _internvl, "<IMG_CONTEXT>", (1, 2), (4,), 16),
@@ -141,6 +188,8 @@ HOSTS: dict[str, HostRow] = {
         16,
         True,
     ),
+    "qwen2_5_vl": HostRow("qwen2_5_vl", build_tiny_qwen2_5_vl, QWEN_TAG, (1, 2), (4,), 0, native=True),
+    "qwen3_vl": HostRow("qwen3_vl", build_tiny_qwen3_vl, QWEN_TAG, (1, 2), (4,), 0, native=True),
 }
 
 

@@ -355,6 +355,14 @@ def test_encoder_facts_are_data(host: HostRow) -> None:
     assert facts.depth == 6 and facts.feature_layer in (-1, -2)
     if host.name.startswith("llava_onevision"):
         assert (facts.cls_position, facts.query_source, facts.tower) == ("none", "mean-token", "siglip")
+    elif host.native:
+        tower = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl"}[host.name]
+        assert (facts.cls_position, facts.query_source, facts.tower, facts.feature_layer) == (
+            "none",
+            "mean-token",
+            tower,
+            -1,
+        )
     else:
         assert (facts.cls_position, facts.query_source) == ("first", "cls")
 

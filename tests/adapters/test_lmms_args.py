@@ -232,7 +232,7 @@ def test_a_clip_no_preset_reads_is_checked_not_loaded_and_a_warning_says_so(
     assert console.lines[0] == (
         "WARNING",
         f"hero: clip={clip} is ignored: preset {preset} reads no relevance ({why}); drop clip= or use a preset "
-        "that reads it (hero, hero-reference)",
+        "that reads it (hero, hero-native, hero-reference)",
     )
     assert [level for level, _ in console.lines] == ["WARNING", "INFO"]
     assert console.lines[1][1].startswith(f"hero: HERO active: preset {preset}, keep ratio 0.5")

@@ -174,7 +174,7 @@ def _start(
     also: Callable[[Any], None] | None = None,
 ) -> _Session:
     """Load ``--clip`` (when given, used or not), then the host; build the preset at the encoder's real depth."""
-    from ..adapter import get_adapter
+    from ..adapter import get_adapter, preset_options
     from ..vlm import HeroVLM
 
     started = time.perf_counter()
@@ -188,9 +188,9 @@ def _start(
     _LOG.debug("loaded --model %s in %.2f s on %s, %s", args.model, time.perf_counter() - started, host.device,
                str(host.dtype).removeprefix("torch."))  # fmt: skip
     # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit --set layers are kept).
-    depth = int(get_adapter(host.model, processor=host.processor).num_layers)
-    _check_overrides([args.preset], [args.keep_ratio], overrides, depth, "counted in the loaded model")
-    pruner = presets.get(args.preset, args.keep_ratio, depth=depth, **{o.key: o.value for o in overrides})
+    encoder = preset_options(get_adapter(host.model, processor=host.processor))
+    _check_overrides([args.preset], [args.keep_ratio], overrides, encoder["depth"], "counted in the loaded model")
+    pruner = presets.get(args.preset, args.keep_ratio, **encoder, **{o.key: o.value for o in overrides})
     if pruner.uses_relevance and scorer is None:
         _LOG.info("no --clip given: tile budgets come from visual saliency alone")
     elif scorer is not None and not pruner.uses_relevance:

@@ -155,20 +155,20 @@ def evaluate(
         EvaluationError: when a row fails (an image that does not decode, a HeroError of the host call, CUDA
             out of memory); the message names the data file's line(s), ``partial`` holds the rows done.
     """
-    from ..adapter import get_adapter
+    from ..adapter import get_adapter, preset_options
     from ..vlm import HeroVLM
 
     start = time.perf_counter()
     names, ratios = check_options(presets, keep_ratios, batch_size, max_new_tokens)
     model = host.model
     # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit layer overrides are kept).
-    depth = int(get_adapter(model, processor=host.processor).num_layers)
-    routed = route_overrides(names, depth, dict(overrides or {}))
+    encoder = preset_options(get_adapter(model, processor=host.processor))
+    routed = route_overrides(names, encoder["depth"], dict(overrides or {}))
     settings = [(preset, ratio) for preset in names for ratio in ratios]
     vlms = [
         HeroVLM(
             model,
-            _presets.get(preset, ratio, depth=depth, **routed[preset]),
+            _presets.get(preset, ratio, **encoder, **routed[preset]),
             scorer,
             layout=layout,
             processor=host.processor,

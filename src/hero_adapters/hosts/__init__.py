@@ -12,8 +12,10 @@ import pkgutil
 from .internvl import InternVLAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
-__all__ = ["InternVLAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
+__all__ = ["InternVLAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

@@ -15,7 +15,7 @@ from hero_core import HeroError, to_device
 from ..adapter import AssembledImage, Box, EncodedImage, EncoderFacts
 from ..extras import require
 from ..pixels import check_channels, unnormalise
-from ..towers import attention_modules, tower_recipe
+from ..towers import attention_modules, full_attention_layers, tower_recipe
 
 __all__ = [
     "TransformersHost",
@@ -116,7 +116,8 @@ class TransformersHost:
 
     @property
     def encoder(self) -> EncoderFacts:
-        """The encoder's facts as data: depth, CLS position, query source, feature layer, tower recipe."""
+        """The encoder's facts as data: depth, CLS position, query source, feature layer, tower recipe, and the
+        full-attention layers of a tower that mixes them with window attention."""
         recipe = tower_recipe(self.vision_tower)
         layer = getattr(self.config, "vision_feature_layer", -1)
         return EncoderFacts(
@@ -125,6 +126,7 @@ class TransformersHost:
             query_source=self.query_source,
             feature_layer=tuple(int(x) for x in layer) if isinstance(layer, (list, tuple)) else int(layer),
             tower=recipe.name,
+            full_attention=full_attention_layers(self.vision_tower),
         )
 
     @property

@@ -14,6 +14,8 @@ from .builders import (
     build_internvl,
     build_llava_next,
     build_llava_onevision,
+    build_qwen2_5_vl,
+    build_qwen3_vl,
     build_tiny_clip,
     word_tokenizer,
 )
@@ -29,6 +31,8 @@ __all__ = [
     "build_internvl",
     "build_llava_next",
     "build_llava_onevision",
+    "build_qwen2_5_vl",
+    "build_qwen3_vl",
     "build_tiny_clip",
     "check_adapter",
     "check_scorer",

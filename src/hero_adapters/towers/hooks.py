@@ -28,7 +28,14 @@ from hero_core import HeroError
 
 from .recipes import TowerRecipe, list_tower_recipes
 
-__all__ = ["QUERIES", "ClsAttentionRecord", "attention_modules", "cls_attention_hooks", "tower_recipe"]
+__all__ = [
+    "QUERIES",
+    "ClsAttentionRecord",
+    "attention_modules",
+    "cls_attention_hooks",
+    "full_attention_layers",
+    "tower_recipe",
+]
 
 #: "cls": the CLS token's own row. "mean": the stand-in for CLS-free towers (HERO_SPEC.md): the mean of the
 #: layer's input tokens as the query, keys over every token.
@@ -44,7 +51,9 @@ class ClsAttentionRecord:
         recipe: the tower recipe that computed the rows.
         query: ``"cls"`` or ``"mean"`` (see ``QUERIES``).
         rows: layer -> list of (B, H, T) float32 query rows, one entry per forward of the tower, over all T
-            tokens of the tower's sequence (the CLS key included where the tower has one).
+            tokens of the tower's sequence (the CLS key included where the tower has one). A recipe with
+            ``packed_rows`` (Qwen2.5-VL, Qwen3-VL) records (1, H, S) per call: the S tokens of every image
+            packed together, each weighted within its own attention segment (see that recipe for the order).
     """
 
     layers: tuple[int, ...]
@@ -127,6 +136,16 @@ def _record_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 def _query_rows(module: nn.Module, slot: _Slot, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
     """(B, H, T) float32 softmax row of the recorded query over every key of this call."""
+    if slot.recipe.packed_rows is not None:
+        with torch.no_grad():
+            rows = slot.recipe.packed_rows(module, args, kwargs, slot.record.query)
+        if not isinstance(rows, Tensor) or rows.dim() != 3 or rows.shape[0] != 1 or rows.dtype != torch.float32:
+            raise HeroError.field(
+                f"packed rows of encoder layer {slot.layer} (recipe {slot.recipe.name!r})",
+                rows,
+                "a (1, H, S) float32 tensor from TowerRecipe.packed_rows",
+            )
+        return rows
     hidden, mask = slot.recipe.read_call(args, kwargs)
     if not isinstance(hidden, Tensor) or hidden.dim() != 3:
         raise HeroError.field(
@@ -244,6 +263,27 @@ def attention_modules(tower: nn.Module) -> tuple[list[nn.Module], TowerRecipe]:
 def tower_recipe(tower: nn.Module) -> TowerRecipe:
     """The recipe that serves ``tower`` (HeroError as in ``attention_modules``)."""
     return attention_modules(tower)[1]
+
+
+def full_attention_layers(tower: nn.Module) -> tuple[int, ...] | None:
+    """The 0-based layers of ``tower`` whose attention spans each whole image, or None when every layer does.
+
+    Windowed towers (Qwen2.5-VL: every block not in its ``fullatt_block_indexes``, default 7, 15, 23, 31 of
+    32) attend only inside windows elsewhere, so a stand-in row there covers one window at a time. The
+    recipe serving the tower reads this from the tower class it knows (``TowerRecipe.full_attention``);
+    towers without windows (CLIP, SigLIP, InternViT, timm, open_clip, Qwen3-VL) give None.
+
+    Examples:
+        >>> full_attention_layers(qwen2_5_vl.model.visual)   # doctest: +SKIP
+        (7, 15, 23, 31)
+
+    Raises:
+        HeroError: as ``attention_modules`` for a tower no recipe serves.
+    """
+    modules, recipe = attention_modules(tower)
+    if recipe.full_attention is None:
+        return None
+    return recipe.full_attention(tower, modules)
 
 
 @contextmanager

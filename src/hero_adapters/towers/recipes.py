@@ -21,6 +21,8 @@ from hero_core import HeroError
 
 __all__ = [
     "CLS_POSITIONS",
+    "FullAttentionReader",
+    "PackedRows",
     "TowerRecipe",
     "find_recipe",
     "list_tower_recipes",
@@ -36,6 +38,10 @@ Projector = Callable[[Any, Tensor, Tensor], tuple[Tensor, Tensor]]
 CallReader = Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]]
 #: module -> (heads, head size, scale)
 GeometryReader = Callable[[Any], tuple[int, int, float]]
+#: (module, args, kwargs, query) -> (1, H, S) float32 rows of a packed call (the recipe computes them itself)
+PackedRows = Callable[[Any, tuple[Any, ...], dict[str, Any], str], Tensor]
+#: (tower, its attention modules in layer order) -> the full-attention layers, or None when every layer is
+FullAttentionReader = Callable[[nn.Module, list[nn.Module]], tuple[int, ...] | None]
 
 
 def split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -67,9 +73,20 @@ class TowerRecipe:
             exactly as the module computes them before its attention kernel (norms included).
         read_call: ``(args, kwargs) -> (hidden, mask)`` of the module's forward call.
         geometry: ``module -> (heads, head size, scale)``.
+        packed_rows: for modules called on a *packed* sequence (several images or windows in one
+            ``(S, D)`` call, separated by ``cu_seqlens``, as Qwen2.5-VL's and Qwen3-VL's towers call theirs):
+            ``(module, args, kwargs, query) -> (1, H, S)`` float32 rows that the hook records instead of
+            running ``read_call`` / ``project`` / ``geometry`` on a ``(B, T, D)`` input. Each token's value
+            is its weight within its own attention segment (rows sum to 1 per segment and head); the
+            recipe documents the token order. None (the default): the generic ``(B, T, D)`` path.
+        full_attention: ``(tower, attention modules in layer order) -> full-attention layers`` for towers
+            whose other layers attend only inside windows (Qwen2.5-VL), read by the recipe from the
+            tower class it knows; None (the default): every layer attends over the whole image
+            (``full_attention_layers(tower)`` returns None).
 
     Raises:
-        HeroError: on an empty name or class list or an unknown CLS position.
+        HeroError: on an empty name or class list, an unknown CLS position, or a ``packed_rows`` /
+            ``full_attention`` that is neither None nor callable.
     """
 
     name: str
@@ -78,6 +95,8 @@ class TowerRecipe:
     project: Projector = _separate_projections
     read_call: CallReader = split_call
     geometry: GeometryReader = _heads_dim_scale
+    packed_rows: PackedRows | None = None
+    full_attention: FullAttentionReader | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -89,6 +108,10 @@ class TowerRecipe:
                 raise HeroError.field("TowerRecipe.classes", cls, "a class or a 'module.path:ClassName' string")
         if self.cls_position not in CLS_POSITIONS:
             raise HeroError.field("TowerRecipe.cls_position", self.cls_position, f"one of {CLS_POSITIONS}")
+        for name in ("packed_rows", "full_attention"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise HeroError.field(f"TowerRecipe.{name}", value, "None or a callable")
 
     def resolved(self) -> tuple[type, ...]:
         """The served classes whose modules are imported now (an unimported class has no instances)."""
