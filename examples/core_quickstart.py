@@ -38,6 +38,8 @@ def main() -> None:
     print(f"views={tiles.num_views} tokens/view={tiles.num_tokens} valid patch tokens={vanilla}")
     print(f"{'preset':<20} {'R':>4} {'budgets per view':<28} {'kept':>5} {'prefill TFLOPs*':>15}")
     for name in presets.PRESETS:
+        if name == "hero-native":
+            continue  # for hosts without tiles (Qwen-VL): it plans one view per image, not tiles + thumbnail
         for ratio in (0.4, 0.2):
             plan = presets.get(name, ratio).plan(tiles, relevance)
             tflops = VICUNA_7B.prefill_flops(plan.num_kept) / 1e12

@@ -119,8 +119,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "C03",
         "hero_core/presets.py",
-        'dataclasses.replace(_function_aware(depth), head_reduction="softmax_mean")',
-        'dataclasses.replace(_function_aware(depth), head_reduction="mean")',
+        'dataclasses.replace(_function_aware(depth, full_attention), head_reduction="softmax_mean")',
+        'dataclasses.replace(_function_aware(depth, full_attention), head_reduction="mean")',
         (GAPS_CORE, "tests/core/test_pruner.py", "tests/core/test_presets_depth.py"),
         "presets.hero_reference builds the plain head mean",
     ),

@@ -26,6 +26,7 @@ from .adapter import (
     check_host_adapter,
     get_adapter,
     list_adapters,
+    preset_options,
     register_adapter,
 )
 from .hosts import InternVLAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter
@@ -55,6 +56,7 @@ __all__ = [
     "cls_attention_hooks",
     "get_adapter",
     "list_adapters",
+    "preset_options",
     "register_adapter",
     "register_tower_recipe",
 ]

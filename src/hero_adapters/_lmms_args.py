@@ -153,8 +153,8 @@ def pretrained_config(pretrained: str, llava_hf: Any) -> Any:
             model_type,
             f"one of {supported}: a tiled (AnyRes) model that lmms-eval's llava_hf loads ({loadable}) and HERO has "
             f"an adapter for ({list_adapters()})",
-            "LLaVA-1.5 ('llava') has no tiles to prune; for InternVL use HeroVLM(...).attach() around another "
-            "lmms-eval model in Python (docs/evaluate.md).",
+            "LLaVA-1.5 ('llava') has no tiles to prune; for InternVL, Qwen2.5-VL or Qwen3-VL (which llava_hf does "
+            "not load) use HeroVLM(...).attach() around lmms-eval's own model for it in Python (docs/evaluate.md).",
         )
     return config
 

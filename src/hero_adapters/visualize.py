@@ -16,6 +16,10 @@ patches and for the legend's swatches alike.
 The tile geometry comes from the adapter: ``ImageReport.view_boxes`` says where every view lies on the
 original image (LLaVA-NeXT: a padded canvas with the image centred; InternVL: tiles that partition the
 resized image); the thumbnail is the whole image, drawn beside.
+
+An image of one view (a native-resolution host such as Qwen-VL: no tiles, no thumbnail) is drawn once, large,
+with its kept tokens marked on it; when the plan has regions (``hero_core.NativePlan`` of ``presets.hero_native``)
+each region is outlined and labelled with its kept/total tokens and importance.
 """
 
 from __future__ import annotations
@@ -176,9 +180,11 @@ def _plan_layout(size: tuple[int, int], report: ImageReport, display: int = 672,
         )
     width, height = size
     tiles = tile_views(encoded)
+    thumb = encoded.thumbnail_index
+    single = not tiles  # one view (a native-resolution host): drawn on the main panel, no thumbnail panel
     # The canvas the local tiles cover, in fractions of the original image (padding lies outside [0, 1]);
     # shown pixels below: `sx`, `sy` of them per unit fraction of the image's width, height.
-    local = [boxes[v] for v in tiles] or [(0.0, 0.0, 1.0, 1.0)]
+    local = [boxes[v] for v in (tiles or [thumb])]
     x0, y0 = min(0.0, *(b[0] for b in local)), min(0.0, *(b[1] for b in local))
     x1, y1 = max(1.0, *(b[2] for b in local)), max(1.0, *(b[3] for b in local))
     unit = display / max((x1 - x0) * width, (y1 - y0) * height)  # shown pixels per image pixel
@@ -193,23 +199,28 @@ def _plan_layout(size: tuple[int, int], report: ImageReport, display: int = 672,
             round(_MARGIN + (boxes[v][2] - x0) * sx),
             round(_HEADER + (boxes[v][3] - y0) * sy),
         )
-        for v in tiles
+        for v in (tiles or [thumb])
     }
-    side = display // 2
-    tx = 2 * _MARGIN + panel_w
-    views[encoded.thumbnail_index] = (tx, _HEADER, tx + side, _HEADER + side)
-    out_w = panel_w + side + 3 * _MARGIN
+    if single:
+        out_w, body_h = panel_w + 2 * _MARGIN, panel_h
+        shown = [(key, text) for key, text in _LEGEND if key in _legend_keys(report)]
+    else:
+        side = display // 2
+        tx = 2 * _MARGIN + panel_w
+        views[thumb] = (tx, _HEADER, tx + side, _HEADER + side)
+        out_w, body_h = panel_w + side + 3 * _MARGIN, max(panel_h, side + 40)
+        shown = list(_LEGEND)
     # Legend: swatch, text, in lines as wide as the picture (one line unless the picture is narrow).
     placed: list[tuple[int, int, str, str]] = []  # (x, line, key, text)
     x, line = _MARGIN, 0
-    for key, text in _LEGEND:
+    for key, text in shown:
         item = _SWATCH + 6 + round(font.getlength(text))
         if x > _MARGIN and x + item > out_w - _MARGIN:
             x, line = _MARGIN, line + 1
         placed.append((x, line, key, text))
         x += item + 22
     lines = line + 1
-    out_h = max(panel_h, side + 40) + _HEADER + _FOOTER + _LEGEND_LINE * (lines - 1)
+    out_h = body_h + _HEADER + _FOOTER + _LEGEND_LINE * (lines - 1)
     top = out_h - _FOOTER - _LEGEND_LINE * (lines - 1) + 10
     legend = {
         key: ((x, top + n * _LEGEND_LINE, x + _SWATCH, top + n * _LEGEND_LINE + _SWATCH), text)
@@ -219,11 +230,32 @@ def _plan_layout(size: tuple[int, int], report: ImageReport, display: int = 672,
         size=(out_w, out_h),
         panel=(_MARGIN, _HEADER, _MARGIN + panel_w, _HEADER + panel_h),
         image=image,
-        thumbnail=views[encoded.thumbnail_index],
+        thumbnail=views[thumb],
         views=views,
         grid=encoded.grid,
         legend=legend,
     )
+
+
+def _legend_keys(report: ImageReport) -> set[str]:
+    """The legend entries a one-view picture needs: kept and pruned; padding where the view has any; the importance
+    split where the plan scored regions with both parts."""
+    keys = {"kept", "pruned"}
+    if not bool(report.encoded.valid_mask.all()):
+        keys.add("padding")
+    if (
+        _region_floats(report.plan, "region_saliency") is not None
+        and _region_floats(report.plan, "region_relevance") is not None
+    ):
+        keys |= {"saliency", "relevance"}
+    return keys
+
+
+def _region_floats(plan: Any, name: str) -> list[float] | None:
+    """A per-region tensor of a ``NativePlan`` (``region_importance``, ...) as floats, or None (another plan, or
+    none recorded)."""
+    value = getattr(plan, name, None)
+    return _floats(value) if isinstance(value, torch.Tensor) else None
 
 
 def _states(layout: _Layout, box: tuple[int, int, int, int], views: Sequence[int], report: ImageReport) -> np.ndarray:
@@ -250,7 +282,9 @@ def render_plan(
 
     The picture is ``panel + display // 2 + 48`` pixels wide and ``max(panel, display // 2 + 40) + 118`` high,
     where the panel, the local tiles' canvas, has ``display`` pixels on its longer side (a narrow picture whose
-    legend takes more than one line is 20 pixels higher per extra line).
+    legend takes more than one line is 20 pixels higher per extra line). An image of one view (no tiles: a
+    native-resolution host) has no thumbnail panel: its one view is the panel, ``panel + 32`` pixels wide and
+    ``panel + 118`` high (legend lines likewise), with the plan's regions outlined when it has any.
 
     Args:
         image: the original ``PIL.Image`` the report was made from.
@@ -278,7 +312,8 @@ def render_plan(
     canvas.paste(
         rgb.resize((placed[2] - placed[0], placed[3] - placed[1])), (placed[0] - panel[0], placed[1] - panel[1])
     )
-    states = _states(layout, panel, tiles, report)
+    single = not tiles
+    states = _states(layout, panel, tiles or [thumb], report)
     inside = np.zeros(states.shape, dtype=bool)
     inside[
         max(0, placed[1] - panel[1]) : max(0, placed[3] - panel[1]),
@@ -287,8 +322,9 @@ def render_plan(
     states[~inside] = _PADDING
     out.paste(image_module.fromarray(_paint(np.asarray(canvas), states, panel[:2])), panel[:2])
     box = layout.thumbnail
-    thumbnail = np.asarray(rgb.resize((box[2] - box[0], box[3] - box[1])))
-    out.paste(image_module.fromarray(_paint(thumbnail, _states(layout, box, [thumb], report), box[:2])), box[:2])
+    if not single:
+        thumbnail = np.asarray(rgb.resize((box[2] - box[0], box[3] - box[1])))
+        out.paste(image_module.fromarray(_paint(thumbnail, _states(layout, box, [thumb], report), box[:2])), box[:2])
 
     draw = draw_module.Draw(out)
     heading = title or (
@@ -314,8 +350,14 @@ def render_plan(
         _label(draw, (bx0 + 6, by0 + 6), label, small)
         if saliency is not None and relevance is not None and importance is not None:
             _split_bar(draw, (bx0 + 6, by0 + 24), saliency[view], relevance[view])
-    _tile_edge(draw, (box[0], box[1], box[2] - 1, box[3] - 1))
-    _label(draw, (box[0] + 6, box[1] + 6), f"thumbnail: {budgets[thumb]}/{counts[thumb]}", small)
+    if single:
+        regions = _draw_regions(draw, layout, report, small)
+        _tile_edge(draw, (box[0], box[1], box[2] - 1, box[3] - 1))
+        if not regions:
+            _label(draw, (box[0] + 6, box[1] + 6), f"image: {budgets[thumb]}/{counts[thumb]}", small)
+    else:
+        _tile_edge(draw, (box[0], box[1], box[2] - 1, box[3] - 1))
+        _label(draw, (box[0] + 6, box[1] + 6), f"thumbnail: {budgets[thumb]}/{counts[thumb]}", small)
 
     swatch_states = {"kept": _KEPT, "pruned": _PRUNED, "padding": _PADDING}
     for key, ((sx0, sy0, sx1, sy1), text) in layout.legend.items():
@@ -327,14 +369,48 @@ def render_plan(
             draw.rectangle([sx0, sy0, sx1 - 1, sy1 - 1], fill=_SALIENCY if key == "saliency" else _RELEVANCE)
         draw.text((sx1 + 6, sy0 + 1), text, fill=_INK, font=small)
     below = max(y1 for (_, _, _, y1), _ in layout.legend.values()) + 8
-    detail = f"tile label: kept/valid patch tokens; layout {report.layout}; query: {report.query!r}"
+    if single:
+        what = "region label: kept/all tokens of the region" if regions else "label: kept/valid tokens"
+        detail = f"{what}; layout {report.layout}; query: {report.query!r}"
+        note = "one view: the image at the host's own resolution (no tiles, no thumbnail)"
+        if regions:
+            note += f"; {regions} regions outlined (hero-native)"
+    else:
+        detail = f"tile label: kept/valid patch tokens; layout {report.layout}; query: {report.query!r}"
+        note = "thumbnail panel: the whole image as the model's global view"
     draw.text((_MARGIN, below), detail[:140], fill=_INK, font=small)
-    draw.text(
-        (_MARGIN, below + 20), "thumbnail panel: the whole image as the model's global view", fill=_INK, font=small
-    )
+    draw.text((_MARGIN, below + 20), note, fill=_INK, font=small)
     if path is not None:
         out.save(Path(path))
     return out
+
+
+def _draw_regions(draw: Any, layout: _Layout, report: ImageReport, font: Any) -> int:
+    """Outline the regions of a one-view plan (``NativePlan.regions``: (row0, col0, row1, col1) boxes of the token
+    grid) on its view, each labelled ``region i: kept/all`` with its importance and split bar when the plan has
+    them; returns how many were drawn (0 for a plan without regions)."""
+    regions = tuple(getattr(report.plan, "regions", ()) or ())
+    view = report.encoded.thumbnail_index
+    rows, cols = layout.grid
+    if not regions or any(len(r) != 4 or not 0 <= r[0] < r[2] <= rows or not 0 <= r[1] < r[3] <= cols
+                          for r in regions):  # fmt: skip
+        return 0
+    x0, y0, x1, y1 = layout.views[view]
+    xe, ye = _edges(x0, x1, cols), _edges(y0, y1, rows)
+    keep = report.plan.keep[view].reshape(rows, cols).cpu().numpy()
+    importance = _region_floats(report.plan, "region_importance")
+    saliency = _region_floats(report.plan, "region_saliency")
+    relevance = _region_floats(report.plan, "region_relevance")
+    for r0, c0, r1, c1 in regions:
+        _tile_edge(draw, (int(xe[c0]), int(ye[r0]), int(xe[c1]) - 1, int(ye[r1]) - 1))
+    for i, (r0, c0, r1, c1) in enumerate(regions):  # labels over every edge
+        label = f"region {i + 1}: {int(keep[r0:r1, c0:c1].sum())}/{(r1 - r0) * (c1 - c0)}"
+        if importance is not None and len(importance) == len(regions):
+            label += f"  s={importance[i]:.2f}"
+        _label(draw, (int(xe[c0]) + 6, int(ye[r0]) + 6), label, font)
+        if saliency is not None and relevance is not None and len(saliency) == len(relevance) == len(regions):
+            _split_bar(draw, (int(xe[c0]) + 6, int(ye[r0]) + 24), saliency[i], relevance[i])
+    return len(regions)
 
 
 def render_layer_strip(

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hero_core import EncodedTiles, HeroError, ImageCounts, TextScorer, to_device
-from hero_core.allocators import tile_views
+from hero_core import EncodedTiles, HeroError, ImageCounts, TextScorer
 
 from ._generation import host_attention_mask, relative_lengths
+from ._scoring import score_images
 from ._timing import StageTimer
 from .adapter import AssembledImage, EncodedImage, HostAdapter, PrunedPrompt, check_host_adapter, get_adapter
 from .attach import Attachment, Query, host_call, host_generate
@@ -498,60 +498,8 @@ class HeroVLM:
         check(counts, kept, where=f"{type(self.adapter).__name__} for image {index}")
 
     def _score(self, encoded: Sequence[EncodedImage], queries: Sequence[str | None]) -> list[Tensor | None]:
-        """(V,) relevance per image with a query (None without): the scorer's raw CLIP cosine of every LOCAL TILE,
-        checked; the thumbnail's entry is 0.
-
-        Only the tiles are scored: HERO's Eq. 2 ranks tiles, and no allocator reads the thumbnail's score, so the
-        CLIP image tower runs over K views, not V. A scorer with ``score_batch`` (the library's) is called ONCE
-        for the whole call, every image's tiles together, each distinct query embedded once; a plain
-        ``(views, text) -> (K,)`` function is called image by image.
-        """
-        scorer = self.text_scorer
-        regions = getattr(self.pruner, "regions", None)
-        if callable(regions):  # a pruner without tiles (presets.hero_native): crops of the one view, per region
-            asked, views = [], []
-            for i, (image, text) in enumerate(zip(encoded, queries, strict=True)):
-                if text is not None:
-                    crops = region_crops(image, regions(image.tiles))
-                    asked.append((i, torch.arange(int(crops.shape[0]), device=image.tiles.device)))
-                    views.append(crops)
-        else:
-            asked = [
-                (i, to_device(tile_views(image.tiles), image.tiles.device, torch.long))  # one upload per image
-                for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
-                if text is not None and image.tiles.num_views > 1
-            ]
-            views = [encoded[i].views.index_select(0, others.to(encoded[i].views.device)) for i, others in asked]
-        texts = [str(queries[i]) for i, _ in asked]
-        batch = getattr(scorer, "score_batch", None)
-        if callable(batch):
-            scores = batch(views, texts)
-            if not isinstance(scores, (list, tuple)) or len(scores) != len(asked):
-                raise HeroError.field(
-                    f"text_scorer {_name(scorer)}.score_batch output",
-                    type(scores).__name__,
-                    f"a list of {len(asked)} tensors, one per image given",
-                )
-        else:
-            scores = [scorer(item, text) for item, text in zip(views, texts, strict=True)]  # type: ignore[misc]
-        scored: dict[int, Tensor] = {}
-        for (i, others), score in zip(asked, scores, strict=True):
-            count, tiles = int(others.numel()), encoded[i].tiles
-            name = f"text_scorer {_name(scorer)} output for image {i}"
-            expected = f"a finite float tensor of shape ({count},): one raw CLIP cosine per view it was given"
-            fix = "Fix the scorer; it receives views (K, 3, h, w) RGB in [0, 1] (the local tiles) and the query text."
-            if not isinstance(score, Tensor) or score.shape != (count,) or not score.dtype.is_floating_point:
-                raise HeroError.field(name, score, expected, fix)
-            zeros = torch.zeros(len(others) if callable(regions) else tiles.num_views, device=tiles.device)
-            scored[i] = zeros.index_copy(0, others, score.detach().to(tiles.device, torch.float32))
-            # NaN/inf are refused in the planner's one read of the batch (no host sync per image here)
-            tiles.check_later(name, scored[i], expected, fix)
-        return [
-            None
-            if text is None
-            else scored.get(i, torch.zeros(image.tiles.num_views, dtype=torch.float32, device=image.tiles.device))
-            for i, (image, text) in enumerate(zip(encoded, queries, strict=True))
-        ]
+        """Relevance per image with a query (``_scoring.score_images``: one scorer call for the whole call)."""
+        return score_images(self.text_scorer, self.pruner, encoded, queries)
 
     def _rebuild(
         self, run: _Run, ids: Tensor, mask: Tensor, *, side: str, device: torch.device, labels: Tensor | None = None
@@ -599,10 +547,6 @@ class HeroVLM:
         return inputs
 
 
-def _name(scorer: object) -> str:
-    return str(getattr(scorer, "__name__", type(scorer).__name__))
-
-
 def _device(model: nn.Module) -> torch.device:
     device = getattr(model, "device", None)
     if isinstance(device, torch.device):
@@ -637,28 +581,3 @@ def _unleft_rows(mask: Tensor) -> list[int]:
     """Rows whose padding is not all on the left (a 0 after a 1)."""
     after = (mask.cummax(dim=1).values > mask).any(dim=1)
     return after.nonzero().flatten().tolist()
-
-
-def region_crops(image: EncodedImage, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
-    """(R, 3, h, w) crops of an image's one view at ``boxes`` ((row0, col0, row1, col1) half-open, in units of the
-    view's token grid), each resized (bilinear, antialiased) to the largest crop's size, for a text scorer."""
-    view = image.views[0:1]  # (1, 3, H, W)
-    rows, cols = image.tiles.grid
-    height, width = int(view.shape[-2]), int(view.shape[-1])
-    pixel_boxes = [
-        (
-            r0 * height // rows,
-            c0 * width // cols,
-            max(r1 * height // rows, r0 * height // rows + 1),
-            max(c1 * width // cols, c0 * width // cols + 1),
-        )
-        for r0, c0, r1, c1 in boxes
-    ]
-    size = (max(b[2] - b[0] for b in pixel_boxes), max(b[3] - b[1] for b in pixel_boxes))
-    crops = [
-        torch.nn.functional.interpolate(
-            view[..., y0:y1, x0:x1], size=size, mode="bilinear", antialias=True, align_corners=False
-        )
-        for y0, x0, y1, x1 in pixel_boxes
-    ]
-    return torch.cat(crops, dim=0).clamp_(0.0, 1.0)

@@ -61,3 +61,51 @@ def test_readme_snippet_runs_as_written(
     assert report is not None and report.tokens_out < report.tokens_in
     assert f"{report.tokens_in} -> {report.tokens_out}" in capsys.readouterr().out
     assert str(next(namespace["model"].parameters()).device).startswith(namespace["device"])  # type: ignore[attr-defined]
+
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}USER: {% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> {% else %}{{ part['text'] }}"
+    "{% endif %}{% endfor %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def test_readme_qwen_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Qwen2.5-VL snippet, with the first snippet's names (scorer, dtype, device, question), on a tiny
+    checkpoint with the real tower's depth and full-attention blocks, saved and loaded from disk."""
+    from PIL import Image
+
+    from hero_adapters import HeroVLM
+    from hero_adapters.testing import build_qwen2_5_vl
+    from hero_core import presets
+
+    text = README.read_text()
+    section = text[text.index("Qwen2.5-VL and Qwen3-VL (`Qwen2_5_VLForConditionalGeneration`") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    code = match.group(1)
+    assert '"./Qwen2.5-VL-7B-Instruct"' in code
+    host = build_qwen2_5_vl(vision_width=32, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+                            min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 64)  # fmt: skip
+    host.processor.chat_template = QWEN_TEMPLATE
+    host.model.save_pretrained(tmp_path / "qwen")
+    host.processor.save_pretrained(tmp_path / "qwen")
+    Image.new("RGB", (150, 90), (40, 200, 40)).save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    code = code.replace('"./Qwen2.5-VL-7B-Instruct"', repr(str(tmp_path / "qwen")))
+    namespace: dict[str, object] = {
+        "__name__": "__readme__",
+        "AutoProcessor": __import__("transformers").AutoProcessor,
+        "HeroVLM": HeroVLM,
+        "presets": presets,
+        "Image": Image,
+        "scorer": lambda views, text: views.flatten(1).std(-1),
+        "dtype": None,
+        "device": "cpu",
+        "question": "what is in the picture",
+    }
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["encoder"] == {"depth": 32, "full_attention": (7, 15, 23, 31)}
+    report = namespace["vlm"].last_report  # type: ignore[attr-defined]
+    assert report is not None and 0 < report.tokens_out < report.tokens_in
+    assert report.positions == "original"

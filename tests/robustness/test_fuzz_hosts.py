@@ -150,7 +150,8 @@ CHANGES: dict[str, Change] = {
     "pixels-list": _pixels(lambda p, s: p.tolist()[:1]),
     "pixels-extra-image": _pixels(lambda p, s: torch.cat([p, p[:1]])),
     "pixels-one-less": _pixels(lambda p, s: p[:-1]),
-    "pixels-channels": _pixels(lambda p, s: p[..., :1, :, :]),
+    # (Qwen's pixels are flat patches (S, C t p p): one channel's share of each row)
+    "pixels-channels": _pixels(lambda p, s: p[..., :1, :, :] if p.dim() > 2 else p[:, : p.shape[1] // 3]),
     "pixels-small": _pixels(lambda p, s: p[..., : 1 + s % 8, : 1 + s % 8]),
     "no-pixels": _drop("pixel_values"),
     "no-sizes": _drop("image_sizes"),

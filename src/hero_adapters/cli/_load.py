@@ -112,10 +112,15 @@ def _processor_pixels(source: str, processor: Any, prompt: str, image: Any) -> t
             f"{type(error).__name__}: {_one_line(error).rstrip('.')}. The processor config is broken; copy the "
             "checkpoint's own."
         ) from error
-    if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (4, 5):
+    # Views (V, 3, H, W) or (1, V, 3, H, W); a native-resolution processor (Qwen-VL) gives one view as rows of
+    # flattened patches (P, C * T * p * p).
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (2, 4, 5):
+        shape = (
+            f"a tensor of shape {tuple(pixels.shape)}" if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        )
         raise HeroError(
             f"--model {source}: the processor made from {_processor_files(source)} returns no pixel_values of views "
-            f"(got {type(pixels).__name__}). The processor config is broken; copy the checkpoint's own."
+            f"(got {shape}). The processor config is broken; copy the checkpoint's own."
         )
     return pixels
 
@@ -134,7 +139,7 @@ def _check_processor(source: str, processor: Any, config: Any) -> None:
     pixels = _processor_pixels(source, processor, "describe", image)
     size = getattr(getattr(config, "vision_config", None), "image_size", None)
     expected = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    if all(isinstance(x, int) for x in expected) and tuple(pixels.shape[-2:]) != expected:
+    if pixels.ndim > 2 and all(isinstance(x, int) for x in expected) and tuple(pixels.shape[-2:]) != expected:
         height, width = pixels.shape[-2:]
         raise HeroError(
             f"--model {source}: the processor made from {_processor_files(source)} makes views of {height}x{width} "
@@ -144,7 +149,10 @@ def _check_processor(source: str, processor: Any, config: Any) -> None:
 
 
 def _processor_views(pixels: torch.Tensor) -> int:
-    """How many views (tiles and thumbnail) the processor made of one image: (V, 3, H, W) or (1, V, 3, H, W)."""
+    """How many views (tiles and thumbnail) the processor made of one image: (V, 3, H, W) or (1, V, 3, H, W); one
+    for a native-resolution processor's patch rows (P, C * T * p * p)."""
+    if pixels.ndim == 2:
+        return 1
     return int(pixels.shape[1] if pixels.ndim == 5 else pixels.shape[0])
 
 

@@ -110,16 +110,17 @@ class QwenHost(TransformersHost):
         merge = self._merge**2
         tokens = [size // merge for size in sizes]
         pixel_values = inputs.get("pixel_values")
+        vision = self.config.vision_config
+        width = int(vision.in_channels) * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
         if (
             not isinstance(pixel_values, Tensor)
             or not pixel_values.dtype.is_floating_point
-            or pixel_values.dim() != 2
-            or int(pixel_values.shape[0]) != sum(sizes)
+            or tuple(pixel_values.shape) != (sum(sizes), width)
         ):
             raise HeroError.field(
                 "pixel_values",
                 pixel_values,
-                f"a float tensor ({sum(sizes)}, C * t * p * p): the patches of the grids image_grid_thw gives",
+                f"a float tensor ({sum(sizes)}, {width}): the patches of the grids image_grid_thw gives",
                 "Pass pixel_values and image_grid_thw from the same processor call.",
             )
         if runs is not None and list(runs) != tokens:
@@ -249,7 +250,8 @@ class QwenHost(TransformersHost):
         types = self._token_types(prompt.inputs.get("mm_token_type_ids"), ids, mask)
         merge = self._merge  # the grids encode read, from the images' token grids: no second read
         grid = torch.tensor([(1, h * merge, w * merge) for h, w in (image.tiles.grid for image in prompt.encoded)])
-        last = ids[torch.arange(ids.shape[0]), mask.shape[1] - 1 - mask.flip(1).argmax(1)] if ids.numel() else ids
+        live = mask.long()
+        last = ids[torch.arange(ids.shape[0]), mask.shape[1] - 1 - live.flip(1).argmax(1)] if ids.numel() else ids
         if bool((last == self.image_token_id).any()):
             raise HeroError.field(
                 "input_ids",
