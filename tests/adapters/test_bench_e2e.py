@@ -23,7 +23,18 @@ from hero_core import HeroError, presets
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--size", "tiny", "--device", "cpu", "--repeats", "1"]
 #: The smallest run with an identity check: batch 1, HERO at keep ratio 1 only, no baselines, no threads.
-IDENTITY_ONLY = [*TINY, "--batches", "1", "--keep-ratios", "1", "--baselines", "--threads", "0"]
+IDENTITY_ONLY = [
+    *TINY,
+    "--batches",
+    "1",
+    "--keep-ratios",
+    "1",
+    "--baselines",
+    "--threads",
+    "0",
+    "--hosts",
+    "llava-next",
+]
 COLUMNS = [
     "setting",
     "image tokens",
@@ -55,7 +66,11 @@ def test_tiny_run_has_every_row_and_column(tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["e2e-cpu-tiny.json", "e2e-cpu-tiny.md"]
     record = json.loads((tmp_path / "e2e-cpu-tiny.json").read_text())
     assert record["benchmark"] == "bench_e2e" and record["machine"]["device"] == "cpu"
-    assert record["identity_passed"] and [c["batch"] for c in record["identity"]] == [1, 8]
+    assert record["settings"]["hosts"] == ["LLaVA-NeXT", "Qwen2.5-VL"]
+    assert record["identity_passed"]
+    assert [(c["host"], c["batch"]) for c in record["identity"]] == [
+        (host, batch) for host in ("LLaVA-NeXT", "Qwen2.5-VL") for batch in (1, 8)
+    ]
     assert all(c["tokens_equal"] and c["max_abs_logit_diff"] <= c["atol"] for c in record["identity"])
     settings = [
         "model.generate",
@@ -67,9 +82,10 @@ def test_tiny_run_has_every_row_and_column(tmp_path: Path) -> None:
         "`uniform-strided` R = 0.2",
         "`thumbnail-attention` R = 0.2",
     ]
-    for batch in (1, 8):
-        rows = [row for row in record["rows"] if row["batch"] == batch]
-        assert [row["setting"] for row in rows] == settings
+    native = ["model.generate", *(f"HERO-native R = {r}" for r in ("1", "0.4", "0.2", "0.1"))]
+    for host, batch in [(host, batch) for host in ("LLaVA-NeXT", "Qwen2.5-VL") for batch in (1, 8)]:
+        rows = [row for row in record["rows"] if row["batch"] == batch and row["host"] == host]
+        assert [row["setting"] for row in rows] == (settings if host == "LLaVA-NeXT" else native)
         host, full, pruned = rows[0], rows[1], rows[3]
         assert full["image_tokens"] == host["image_tokens"] > pruned["image_tokens"] > 0
         assert all(row["ttft_s"] > 0 and row["tokens_per_s"] > 0 and row["peak_gib"] is None for row in rows)
@@ -79,12 +95,19 @@ def test_tiny_run_has_every_row_and_column(tmp_path: Path) -> None:
         assert pruned["hero_share_of_ttft"] == pytest.approx(own / pruned["ttft_s"])
     hosts = [row["image_tokens"] for row in record["rows"] if row["setting"] == "model.generate"]
     assert hosts[1] > 4 * hosts[0]  # batch 8: eight images, different shapes (some smaller than batch 1's)
+    assert hosts[2] == 24 and hosts[3] > 2 * hosts[2]  # Qwen: 1008 x 672 / 6 = 168 x 112 px: 4 x 6 merged tokens
+    assert all(
+        row["preset"] == "hero-native" for row in record["rows"] if row["host"] == "Qwen2.5-VL" and row["preset"]
+    )
     assert [c["setting"] for c in record["concurrency"]] == ["model.generate", "HERO R = 0.2"]
     assert all(c["requests"] == 2 and c["p99_s"] >= c["p50_s"] > 0 for c in record["concurrency"])
     markdown = (tmp_path / "e2e-cpu-tiny.md").read_text()
     assert _header(markdown, "setting") == COLUMNS
-    assert "#### Batch 1" in markdown and "#### Batch 8" in markdown and "FAILED" not in markdown
-    assert "| batch 1 | 4 | True | 0.00e+00 |" in markdown and "| HERO R = 0.2 | 2 |" in markdown
+    assert "#### LLaVA-NeXT, Batch 1" in markdown and "#### Qwen2.5-VL, Batch 8" in markdown
+    assert "FAILED" not in markdown and "| HERO R = 0.2 | 2 |" in markdown
+    assert "| LLaVA-NeXT, batch 1 | 4 | True | 0.00e+00 |" in markdown
+    assert "| Qwen2.5-VL, batch 8 | 4 | True | 0.00e+00 |" in markdown and "| HERO-native R = 0.2 |" in markdown
+    assert "LLaVA-NeXT only" in markdown  # concurrency: Qwen's rope_deltas live on the model
     assert "not measured on CPU" in markdown
 
 
@@ -110,14 +133,22 @@ def _drops_the_last_prompt_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HeroVLM, "generate", generate)
 
 
-@pytest.mark.parametrize("break_it", [_wrong_keep_ratio_one, _drops_the_last_prompt_token])
+@pytest.mark.parametrize(
+    ("break_it", "host"),
+    [
+        (_wrong_keep_ratio_one, "llava-next"),
+        (_drops_the_last_prompt_token, "llava-next"),
+        (_wrong_keep_ratio_one, "qwen2.5-vl"),  # hero-native at keep ratio 1 must be the host too
+    ],
+)
 def test_identity_check_fails_when_hero_changes_the_output(
-    break_it: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    break_it: Any, host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert e2e.main([*IDENTITY_ONLY, "--out", str(tmp_path / "good")]) == 0  # the same run, unbroken, passes
+    argv = [*IDENTITY_ONLY[:-1], host]
+    assert e2e.main([*argv, "--out", str(tmp_path / "good")]) == 0  # the same run, unbroken, passes
     break_it(monkeypatch)
     with pytest.raises(HeroError, match="identity at keep ratio 1"):
-        e2e.main([*IDENTITY_ONLY, "--out", str(tmp_path / "bad")])
+        e2e.main([*argv, "--out", str(tmp_path / "bad")])
     record = json.loads((tmp_path / "bad" / "e2e-cpu-tiny.json").read_text())  # written, then the error
     assert not record["identity_passed"] and not record["identity"][0]["passed"]
     markdown = (tmp_path / "bad" / "e2e-cpu-tiny.md").read_text()
@@ -152,7 +183,14 @@ def test_options_and_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert done.value.code == 0
     help_text = capsys.readouterr().out
     assert "--write-results" in help_text and "--size" in help_text and "--threads" in help_text
-    for bad in (["--batches", "9"], ["--keep-ratios", "0.2"], ["--new-tokens", "1"], ["--repeats", "0"]):
+    assert e2e.parse([]).hosts == ["llava-next", "qwen2.5-vl"]
+    for bad in (
+        ["--hosts", "qwen3-vl"],
+        ["--batches", "9"],
+        ["--keep-ratios", "0.2"],
+        ["--new-tokens", "1"],
+        ["--repeats", "0"],
+    ):
         with pytest.raises(SystemExit) as done:
             e2e.parse(bad)
         assert done.value.code == 2

@@ -39,11 +39,12 @@ def test_tiny_run_times_the_library_path_for_every_tower(tmp_path: Path, monkeyp
     calls = _in_process_memory(monkeypatch)
     assert encode.main([*TINY, "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "encode-tiny.json").read_text())
-    assert set(record["towers"]) == {"clip-l14-336", "internvit-300m", "siglip-so400m"}
-    assert calls == [(tower, mode) for tower in record["towers"] for mode in encode.MODES]
+    assert set(record["towers"]) == {"clip-l14-336", "internvit-300m", "siglip-so400m", "qwen2.5-vl"}
+    modes_of = {name: encode.MODES[:2] if name == "qwen2.5-vl" else encode.MODES for name in record["towers"]}
+    assert calls == [(tower, mode) for tower in record["towers"] for mode in modes_of[tower]]
     assert record["machine"]["device"] == "cpu" and record["machine"]["cpu"]
     paper, scaled = [5, 6, 7, 8, 21], [6, 7, 8, 9, 24]  # presets.hero(0.2, depth=27): scale_layers' rule
-    for name, tokens, layers, depth in (
+    for name, tokens, layers, depth in (  # the tiled towers
         ("clip-l14-336", 16, paper, 24),
         ("internvit-300m", 4, paper, 24),
         ("siglip-so400m", 16, scaled, 27),
@@ -69,11 +70,21 @@ def test_tiny_run_times_the_library_path_for_every_tower(tmp_path: Path, monkeyp
         assert checks["max_abs_diff_features_b_vs_a"] == 0.0
         assert checks["max_abs_diff_hooks_vs_eager"] < 1e-5
         assert sum(checks["kept_tokens_b"]) < sum(checks["tokens_in"])
+    qwen = record["towers"]["qwen2.5-vl"]  # one view at native resolution, hero-native, no eager maps
+    assert (qwen["views"], qwen["tokens_per_view"], qwen["tile_grid"], qwen["image_size"]) == (1, 24, None, [112, 168])
+    assert qwen["hooked_layers"] == [7, 31] and qwen["encoder_layers"] == 32  # snapped to the full-attention blocks
+    assert set(qwen["modes"]) == {"a_host", "b_hero"} and qwen["eager"].startswith("not applicable")
+    assert qwen["ratios"]["b/a_time"] == pytest.approx(
+        qwen["modes"]["b_hero"]["median_s"] / qwen["modes"]["a_host"]["median_s"]
+    )
+    assert qwen["checks"]["max_abs_diff_features_b_vs_a"] == 0.0
+    assert qwen["checks"]["kept_tokens_b"] == [4] and qwen["checks"]["tokens_in"] == [24]  # floor(0.2 * 24)
     assert record["meets_targets"] == all(t["meets_targets"] for t in record["towers"].values())
     table = (tmp_path / "encode-tiny.md").read_text()
     assert "tiny test towers" in table and "target <= 1.05" in table and "target <= 1.1" in table
     assert "Planning alone" in table and "InternViT-300M-shaped | 5 x 4" in table
     assert "SigLIP-so400m in LLaVA-OneVision" in table and "scaled to 27 layers" in table
+    assert "Qwen2.5-VL-7B vision tower in Qwen2.5-VL: 1 views x 24 tokens" in table
 
 
 def test_one_tower_without_eager_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,3 +151,17 @@ def test_siglip_tower_is_so400m_in_llava_onevision() -> None:
     # the tiny build is the real tower's depth, so the tiny run hooks the real run's layers
     built = encode.build_host(siglip, tiny=True)
     assert built.model.config.vision_config.num_hidden_layers == 27 and built.tile_pixels == 56
+
+
+def test_qwen_tower_is_the_7b_tower_at_its_processor_grid() -> None:
+    qwen = encode.TOWERS["qwen2.5-vl"]
+    assert (qwen.host, qwen.layers, qwen.has_cls, qwen.native) == ("Qwen2.5-VL", 32, False, True)
+    assert qwen.image_of(5, tiny=False) == (672, 1008)  # 48 x 72 patches of 14 px: 864 merged tokens
+    spec = encode.QWEN2_5_VL_7B_VISION
+    assert (spec["hidden_size"], spec["num_heads"], spec["intermediate_size"]) == (1280, 16, 3420)
+    assert spec["fullatt_block_indexes"] == [7, 15, 23, 31] and spec["window_size"] == 112
+    encode._check_spec(qwen, SimpleNamespace(**spec))
+    with pytest.raises(HeroError, match="window_size"):
+        encode._check_spec(qwen, SimpleNamespace(**{**spec, "window_size": 224}))
+    args = SimpleNamespace(tiny=False, views=5, dtype="float32")
+    assert encode.eager_maps_bytes(qwen, args) == 0  # no maps: mode (c) is not applicable

@@ -101,3 +101,26 @@ def test_an_explicit_layer_beyond_the_depth_names_the_depth():
         presets.thumbnail_attention(0.2, depth=12, selector_layer=12)
     with pytest.raises(HeroError, match="reference encoder"):
         presets.scale_layers((24,), 12)
+
+
+def test_every_preset_snaps_its_default_layers_to_full_attention_layers() -> None:
+    """Qwen2.5-VL's tower: depth 32, full attention at 7, 15, 23, 31 only. Default layers (scaled, then snapped)
+    all land there; explicit layers are kept; a bad ``full_attention`` is refused by every preset."""
+    full = (7, 15, 23, 31)
+    expected = {
+        "hero": (7, 31),
+        "hero-reference": (7, 31),
+        "hero-native": (7, 31),
+        "cls-attention": (31,),
+        "thumbnail-attention": (31,),
+        "uniform-random": (),
+        "uniform-strided": (),
+    }
+    assert set(expected) == set(presets.PRESETS)
+    for name, layers in expected.items():
+        assert presets.get(name, 0.2, depth=32, full_attention=full).layers == layers, name
+        with pytest.raises(HeroError, match="full_attention"):
+            presets.get(name, 0.2, depth=32, full_attention=(40,))
+    # without full_attention the scaled layers stay as they were (window layers included)
+    assert presets.get("hero", 0.2, depth=32).layers == (7, 8, 9, 11, 28)
+    assert presets.get("hero", 0.2, depth=32, full_attention=full, low_layers=(8,)).layers == (8, 31)

@@ -1,5 +1,6 @@
-"""``hero bench e2e``'s models and inputs (see ``hero_adapters.bench.e2e``): a LLaVA-NeXT host and a CLIP relevance
-scorer built from configs with random weights at one of three sizes, and the prompts of batch 1 and batch n."""
+"""``hero bench e2e``'s models and inputs (see ``hero_adapters.bench.e2e``): a LLaVA-NeXT host, a Qwen2.5-VL host
+and a CLIP relevance scorer built from configs with random weights at one of three sizes, and the prompts of batch 1
+and batch n."""
 
 from __future__ import annotations
 
@@ -94,6 +95,55 @@ SIZES: dict[str, Size] = {
 }
 
 
+#: The Qwen2.5-VL prompt (the host's image markup) and its images: batch 1 a 1008 x 672 image (the processor's grid
+#: 48 x 72 patches: 864 image tokens), batch n that one and the next n - 1 of ``SHAPES_336``; ``tiny`` divides by 6.
+QWEN_PROMPT = "USER: <|vision_start|><|image_pad|><|vision_end|> what is written on the sign ? ASSISTANT:"
+QWEN_SHAPES = ((1008, 672), *SHAPES_336[1:])
+
+
+@dataclass(frozen=True)
+class QwenSize:
+    """One Qwen2.5-VL size, as ``build_qwen2_5_vl`` options: the vision tower and the LLM."""
+
+    title: str
+    vision: dict[str, Any]
+    text: dict[str, Any]
+    scale: int = 1  # image sides divided by this
+
+
+#: Qwen2.5-VL-7B's vision tower (``bench encode``'s ``qwen2.5-vl``), as ``build_qwen2_5_vl`` options.
+QWEN_7B_VISION: dict[str, Any] = {
+    "vision_layers": 32,
+    "vision_width": 1280,
+    "vision_heads": 16,
+    "vision_mlp": 3420,
+    "fullatt_block_indexes": (7, 15, 23, 31),
+    "window_size": 112,
+    "patch_size": 14,
+}
+_QWEN_GEOMETRY = {key: QWEN_7B_VISION[key] for key in ("vision_layers", "fullatt_block_indexes", "window_size")}
+QWEN_SIZES: dict[str, QwenSize] = {
+    "7b": QwenSize(
+        "Qwen2.5-VL-7B shape (its vision tower: 32 blocks, width 1280, window attention but blocks 7, 15, 23, 31; "
+        "Qwen2.5-7B: 28 layers, d 3584, 28 heads, 4 KV heads, MLP 18944; the word-level test vocabulary)",
+        QWEN_7B_VISION,
+        {"text_width": 3584, "text_layers": 28, "text_heads": 28, "text_kv_heads": 4, "text_mlp": 18944},
+    ),
+    "narrow": QwenSize(
+        "narrow Qwen2.5-VL (the 7B tower's geometry: patch 14, 112-px windows, 32 blocks, full attention at 7, 15, "
+        "23, 31, width 64; Qwen2 LLM 4 layers, d 512)",
+        {**_QWEN_GEOMETRY, "vision_width": 64, "vision_heads": 2},
+        {"text_width": 512, "text_layers": 4, "text_heads": 8},
+    ),
+    "tiny": QwenSize(
+        "test-size Qwen2.5-VL (32 blocks of width 32; LLM 1 layer, d 64), images a sixth of the side",
+        {**_QWEN_GEOMETRY, "vision_width": 32, "vision_heads": 2},
+        {"text_width": 64, "text_layers": 1, "text_heads": 2},
+        scale=6,
+    ),
+}
+
+
 @dataclass
 class Setup:
     """The built host model, its processor, the scorer, and the model inputs of each batch size."""
@@ -104,6 +154,8 @@ class Setup:
     scorer: Any
     batches: dict[int, dict[str, Any]]  # batch size -> model inputs on the device
     singles: list[dict[str, Any]]  # batch-1 inputs of each shape (the concurrency requests)
+    host: str = "LLaVA-NeXT"
+    title: str = ""  # the host's size in words (default: ``size.title``)
 
 
 def build(size: Size, device: torch.device, dtype: torch.dtype, batch_sizes: list[int], seed: int = 0) -> Setup:
@@ -145,11 +197,35 @@ def build(size: Size, device: torch.device, dtype: torch.dtype, batch_sizes: lis
     return Setup(size, model, processor, scorer, batches, singles)
 
 
-def _inputs(processor: Any, shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def build_qwen(
+    size: Size, scorer: Any, device: torch.device, dtype: torch.dtype, batch_sizes: list[int], seed: int = 0
+) -> Setup:
+    """A Qwen2.5-VL host of ``size``'s name (``QWEN_SIZES``; random ``dtype`` weights made on ``device``), sharing
+    the LLaVA-NeXT setup's relevance ``scorer``, and its inputs; seeded."""
+    from ..testing import build_qwen2_5_vl
+
+    qwen = QWEN_SIZES[size.name]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the weights are made in dtype (a 7B LLM in float32 would double the memory)
+    try:
+        with torch.device(device):
+            built = build_qwen2_5_vl(**qwen.vision, **qwen.text, seed=seed)
+    finally:
+        torch.set_default_dtype(default)
+    model = built.model.to(device=device, dtype=dtype).eval()
+    shapes = [(w // qwen.scale, h // qwen.scale) for w, h in QWEN_SHAPES]
+    batches = {n: _inputs(built.processor, shapes[:n], device, dtype, QWEN_PROMPT) for n in batch_sizes}
+    singles = [_inputs(built.processor, [shape], device, dtype, QWEN_PROMPT) for shape in shapes]
+    return Setup(size, model, built.processor, scorer, batches, singles, "Qwen2.5-VL", qwen.title)
+
+
+def _inputs(
+    processor: Any, shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype, prompt: str = PROMPT
+) -> dict[str, Any]:
     from ..demo import draw_test_card
 
     images = [draw_test_card(width, height) for width, height in shapes]
-    raw = processor(images=images, text=[PROMPT] * len(images), padding=True, return_tensors="pt")
+    raw = processor(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
     out = {key: value.to(device) for key, value in raw.items()}
     out["pixel_values"] = out["pixel_values"].to(dtype)
     return out

@@ -40,6 +40,20 @@ SIGLIP_SO400M: dict[str, Any] = {
     "patch_size": 14,
     "vision_use_head": False,
 }
+#: Qwen2.5-VL-7B's vision tower (Qwen2.5-VL 3B / 7B / 72B share it), as transformers ``Qwen2_5_VLVisionConfig`` fields:
+#: 32 blocks of width 1280, 16 heads, a gated MLP of 3420; window attention in 112-px windows (8 x 8 patches) except
+#: the full-attention blocks 7, 15, 23, 31; 2 x 2 patches merged into one LLM token.
+QWEN2_5_VL_7B_VISION: dict[str, Any] = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "num_heads": 16,
+    "intermediate_size": 3420,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "window_size": 112,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 #: The tiny LLM behind every real-size tower (the bench times the vision path only).
 TINY_LLM: dict[str, Any] = {"text_width": 64, "text_layers": 1, "text_heads": 2}
 #: Test-size towers (``--tiny``): the same code path in seconds; the real tower's depth (``Tower.layers``), so
@@ -59,16 +73,33 @@ class Tower:
     spec: dict[str, Any]  # vision_config fields the real-size build must have
     layers_note: str
     host_spec: tuple[tuple[str, Any], ...] = ()  # model.config fields the build must have (any size)
+    #: native-resolution hosts (one view per image): the image's (height, width) in pixels, real size / --tiny;
+    #: None for the tiled hosts, whose image is ``image_size(--views, tile)``
+    image: tuple[int, int] | None = None
+    tiny_image: tuple[int, int] | None = None
+    #: why mode (c) cannot run on this host ("" where it can)
+    no_eager: str = ""
 
     @property
     def layers(self) -> int:
         """The encoder's depth (tiny builds keep it, so HERO's layers are the same)."""
-        return int(self.spec["num_hidden_layers"])
+        return int(self.spec.get("num_hidden_layers", self.spec.get("depth", 0)))
 
     @property
     def has_cls(self) -> bool:
-        """False for SigLIP: no CLS token; HERO records the mean-token stand-in query."""
-        return self.host != "LLaVA-OneVision"
+        """False for SigLIP and Qwen: no CLS token; HERO records the mean-token stand-in query."""
+        return self.host not in ("LLaVA-OneVision", "Qwen2.5-VL")
+
+    @property
+    def native(self) -> bool:
+        """One view per image at native resolution (Qwen2.5-VL): ``presets.hero_native``, not ``presets.hero``."""
+        return self.image is not None
+
+    def image_of(self, views: int, tiny: bool) -> tuple[int, int]:
+        """(height, width) of the one image the modes encode."""
+        if self.image is not None and self.tiny_image is not None:
+            return self.tiny_image if tiny else self.image
+        return image_size(views, self.tiny_tile if tiny else self.tile)
 
 
 TOWERS: dict[str, Tower] = {
@@ -103,13 +134,54 @@ TOWERS: dict[str, Tower] = {
             "(round(l * 26 / 23)); mean-token stand-in query, SigLIP has no CLS",
             (("vision_feature_layer", -1), ("vision_feature_select_strategy", "full")),
         ),
+        Tower(
+            "qwen2.5-vl",
+            "Qwen2.5-VL-7B vision tower",
+            "Qwen2.5-VL",
+            28,  # one merged token's side in pixels (2 x 2 patches of 14)
+            28,
+            QWEN2_5_VL_7B_VISION,
+            "presets.hero_native(0.2, **preset_options(adapter)): the paper's layers scaled to 32 and snapped to "
+            "the full-attention blocks (7, 15, 23, 31); mean-token stand-in query, no CLS",
+            image=(672, 1008),  # the processor's grid: 48 x 72 patches, 24 x 36 = 864 merged tokens
+            tiny_image=(112, 168),  # 8 x 12 patches, 4 x 6 = 24 merged tokens; 2 windows of 8 x 8 patches
+            no_eager="not applicable: Qwen2.5-VL's vision attention returns no attention maps "
+            "(output_attentions records nothing)",
+        ),
     )
 }
 
 
 def build_host(tower: Tower, tiny: bool) -> Any:
     """The tower's host (``BuiltHost``), real vision size and a tiny LLM, or everything tiny; seeded."""
-    from ..testing import LLAVA_NEXT_7B_PINPOINTS, build_internvl, build_llava_next, build_llava_onevision
+    from ..testing import (
+        LLAVA_NEXT_7B_PINPOINTS,
+        build_internvl,
+        build_llava_next,
+        build_llava_onevision,
+        build_qwen2_5_vl,
+    )
+
+    if tower.name == "qwen2.5-vl":
+        spec = tower.spec
+        size: dict[str, int] = dict(TINY_VISION)
+        if not tiny:
+            size = {"vision_width": spec["hidden_size"], "vision_heads": spec["num_heads"]}
+            size["vision_mlp"] = spec["intermediate_size"]
+        built = build_qwen2_5_vl(
+            vision_layers=tower.layers,
+            fullatt_block_indexes=tuple(spec["fullatt_block_indexes"]),
+            window_size=int(spec["window_size"]),
+            patch_size=int(spec["patch_size"]),
+            vision_width=size["vision_width"],
+            vision_heads=size["vision_heads"],
+            vision_mlp=size["vision_mlp"],
+            **TINY_LLM,
+            seed=0,
+        )
+        if not tiny:
+            check_spec(tower, built.model.config.vision_config)
+        return built
 
     vision: dict[str, Any] = {"vision_layers": tower.layers, **TINY_VISION}
     if not tiny:
@@ -172,7 +244,7 @@ class Case:
     host_inputs: dict[str, Tensor]  # what the host's get_image_features takes
     hero_inputs: dict[str, Tensor]  # what adapter.encode takes (processor outputs + image_inputs)
     runs: list[int] | None
-    relevance: Tensor  # (V,) stand-in for the text scorer's output
+    relevance: Tensor  # (V,) stand-in for the text scorer's output; native hosts: (R,), one per region
 
 
 def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
@@ -187,6 +259,8 @@ def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
         model.set_attn_implementation(attn)
     model = model.to(device=device, dtype=dtype).eval()
     tile, views = built.tile_pixels, args.views
+    if tower.native:
+        return _native_case(tower, built, model, args, device, dtype)
     generator = torch.Generator().manual_seed(1)
     pixels = torch.randn(views, 3, tile, tile, generator=generator).to(device=device, dtype=dtype)
     sizes = torch.tensor([image_size(views, tile)], dtype=torch.long, device=device)
@@ -204,6 +278,34 @@ def make_case(tower: Tower, args: argparse.Namespace, attn: str) -> Case:
     relevance[thumbnail] = 0.0
     pruner = presets.hero(KEEP_RATIO, depth=tower.layers)
     return Case(tower, model, adapter, pruner, host_inputs, hero_inputs, runs, relevance)
+
+
+def _native_case(
+    tower: Tower, built: Any, model: Any, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> Case:
+    """Qwen2.5-VL: one image of ``tower.image_of`` pixels through the host's own image processor (its grid, its
+    patch layout), ``presets.hero_native`` at the adapter's depth and full-attention blocks, and one relevance value
+    per region of the image's token grid."""
+    from .. import get_adapter
+    from ..adapter import preset_options
+
+    height, width = tower.image_of(args.views, args.tiny)
+    generator = torch.Generator().manual_seed(1)
+    picture = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+    raw = built.processor.image_processor(images=[picture], return_tensors="pt")
+    grid = raw["image_grid_thw"]
+    if [int(v) for v in grid[0]] != [1, height // built.patch_size, width // built.patch_size]:
+        raise HeroError.field(f"{tower.name} image_grid_thw", grid.tolist(), f"the {height} x {width} image's patches")
+    host_inputs = {
+        "pixel_values": raw["pixel_values"].to(device=device, dtype=dtype),
+        "image_grid_thw": grid.to(device),
+    }
+    adapter = get_adapter(model, processor=built.processor)
+    pruner = presets.hero_native(KEEP_RATIO, **preset_options(adapter))
+    merge = int(model.config.vision_config.spatial_merge_size)
+    regions = pruner.allocator.regions((int(grid[0, 1]) // merge, int(grid[0, 2]) // merge))
+    relevance = torch.linspace(0.1, 0.3, len(regions), device=device)  # (R,) one CLIP score per region
+    return Case(tower, model, adapter, pruner, host_inputs, dict(host_inputs), None, relevance)
 
 
 def _pair(value: Any) -> tuple[int, int]:

@@ -58,7 +58,10 @@ def available_bytes(device: torch.device) -> int:
 
 
 def eager_maps_bytes(tower: Tower, args: argparse.Namespace) -> int:
-    """Size of the attention maps ``output_attentions=True`` keeps: L x V x H x (P + 1)^2 values (P^2: SigLIP)."""
+    """Size of the attention maps ``output_attentions=True`` keeps: L x V x H x (P + 1)^2 values (P^2: SigLIP);
+    0 for a host whose attention returns no maps (``Tower.no_eager``)."""
+    if tower.no_eager:
+        return 0
     heads = TINY_VISION["vision_heads"] if args.tiny else int(tower.spec["num_attention_heads"])
     tile = tower.tiny_tile if args.tiny else tower.tile
     tokens = (tile // _pair(tower.spec["patch_size"])[0]) ** 2 + int(tower.has_cls)  # tiny towers: patch 14 too

@@ -12,6 +12,16 @@ downloaded), at ``--size``:
 Rows, each at batch 1 (a 672 x 672 image: 2 x 2 tiles + the base view) and batch 8 (eight images of different
 shapes and token counts): ``model.generate``; ``HeroVLM`` with ``presets.hero`` at every ``--keep-ratios``; and the
 baselines (``--baselines``) at ``--baseline-ratio``. HERO's scorer runs on the query (the score stage is real).
+
+A Qwen2.5-VL host (``--hosts``; one view per image at native resolution, no tiles) follows with its own rows:
+``model.generate`` and ``HeroVLM`` with ``presets.hero_native`` (``preset_options(adapter)``: the tower's depth and
+full-attention blocks) at every ``--keep-ratios``, scored by the same CLIP scorer (one crop per region). Sizes: ``7b``
+Qwen2.5-VL-7B's vision tower and Qwen2.5-7B's LLM shape (28 layers, d 3584, GQA 28 / 4), bf16; ``narrow`` the same
+tower geometry (patch 14, 112-px windows, 32 blocks, full attention at 7, 15, 23, 31) at width 64 and a 4-layer LLM
+of width 512; ``tiny`` for tests. Batch 1 is a 1008 x 672 image (48 x 72 patches, 864 image tokens), batch 8 that
+one and seven of the LLaVA rows' shapes. No baselines there (``thumbnail-attention`` needs tiles) and no concurrency
+(the host caches its M-RoPE ``rope_deltas`` on the model, so even its own ``generate`` cannot share one model across
+threads).
 Per row:
 
 - TTFT: ``generate(max_new_tokens=1)``, median of ``--repeats`` (batch > 1: half of them, at least one);
@@ -22,7 +32,8 @@ Per row:
   runs that tower too), score, plan, assemble; and score + plan + assemble as a share of the row's TTFT (the
   issue's target: at most 10%).
 
-Identity at keep ratio 1 is CHECKED for every batch size: ``HeroVLM`` with ``presets.hero(1.0)`` must give the
+Identity at keep ratio 1 is CHECKED for every host and batch size: ``HeroVLM`` with ``presets.hero(1.0)``
+(Qwen2.5-VL: ``presets.hero_native(1.0)``) must give the
 same tokens as ``model.generate`` and raw logits equal within ``--atol`` (``output_logits`` /
 ``return_dict_in_generate``). A failure marks the table and the record, and the command exits with an error after
 writing them.
@@ -35,7 +46,8 @@ Results: ``e2e-<device>.json`` + ``.md`` (``-<size>`` added for a size that is n
 ./hero-bench-results, or --out DIR; --write-results updates the checkout's tracked benchmarks/results and
 benchmarks/README.md instead.
 
-Usage: hero bench e2e [--device auto|cpu|cuda] [--dtype ...] [--size 7b|narrow|tiny] [--repeats N]
+Usage: hero bench e2e [--device auto|cpu|cuda] [--dtype ...] [--size 7b|narrow|tiny] [--hosts llava-next qwen2.5-vl]
+                      [--repeats N]
                       [--new-tokens 16] [--batches 1 8] [--threads 4] [--requests N] [--out DIR | --write-results]
 """
 
@@ -54,12 +66,14 @@ from hero_core import HeroError, presets
 from .._progress import progress
 from ._common import HelpFormatter, Parser, add_output_options, machine, now, output_folder, pick_device, sync
 from ._common import write_results as _write
-from ._e2e_setup import QUERY, SIZES, Setup, build, image_tokens
+from ._e2e_setup import QUERY, SIZES, Setup, build, build_qwen, image_tokens
 
 STAGES = ("encode", "score", "plan", "assemble")
 HERO_OWN = ("score", "plan", "assemble")  # encode is the host's own tower (under the hooks)
 SHARE_TARGET = 0.10
 HOST = "model.generate"
+#: ``--hosts``: the host name in the record, and the preset its HERO rows use.
+HOSTS = {"llava-next": ("LLaVA-NeXT", "hero"), "qwen2.5-vl": ("Qwen2.5-VL", "hero-native")}
 
 
 def parse(argv: Sequence[str] | None) -> Any:
@@ -69,6 +83,9 @@ def parse(argv: Sequence[str] | None) -> Any:
         "--dtype", choices=["float32", "bfloat16", "float16"], help="weights (default: bfloat16 on CUDA, else float32)"
     )
     parser.add_argument("--size", choices=list(SIZES), help="model size (default: 7b on CUDA, narrow on CPU)")
+    parser.add_argument(
+        "--hosts", nargs="+", choices=list(HOSTS), default=list(HOSTS), help="hosts whose rows run (LLaVA-NeXT first)"
+    )
     parser.add_argument("--repeats", type=int, help="timed calls per row (default: 3 on CUDA, 2 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens of the end-to-end run")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (1 to 8)")
@@ -101,19 +118,30 @@ def parse(argv: Sequence[str] | None) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ one row
-def _settings(args: Any) -> list[tuple[str, str | None, float | None]]:
-    """(label, preset, keep ratio) of every row; the host first."""
+def _preset(setup: Setup) -> str:
+    """The preset of the host's HERO rows: ``hero``; ``hero-native`` on Qwen2.5-VL (one view, no tiles)."""
+    return next(preset for host, preset in HOSTS.values() if host == setup.host)
+
+
+def _settings(args: Any, setup: Setup) -> list[tuple[str, str | None, float | None]]:
+    """(label, preset, keep ratio) of every row of the host; the host's own generate first."""
     rows: list[tuple[str, str | None, float | None]] = [(HOST, None, None)]
-    rows += [(f"HERO R = {r:g}", "hero", r) for r in args.keep_ratios]
-    rows += [(f"`{name}` R = {args.baseline_ratio:g}", name, args.baseline_ratio) for name in args.baselines]
+    preset = _preset(setup)
+    label = "HERO" if preset == "hero" else "HERO-native"
+    rows += [(f"{label} R = {r:g}", preset, r) for r in args.keep_ratios]
+    if preset == "hero":  # the baselines on the tiled host (thumbnail-attention needs tiles)
+        rows += [(f"`{name}` R = {args.baseline_ratio:g}", name, args.baseline_ratio) for name in args.baselines]
     return rows
 
 
 def _vlm(setup: Setup, preset: str, ratio: float) -> Any:
+    from .. import get_adapter
+    from ..adapter import preset_options
     from ..vlm import HeroVLM
 
-    depth = int(setup.model.config.vision_config.num_hidden_layers)
-    return HeroVLM(setup.model, presets.get(preset, ratio, depth=depth), setup.scorer, processor=setup.processor)
+    adapter = get_adapter(setup.model, processor=setup.processor)
+    pruner = presets.get(preset, ratio, **preset_options(adapter))
+    return HeroVLM(setup.model, pruner, setup.scorer, adapter=adapter)
 
 
 def _caller(setup: Setup, preset: str | None, ratio: float | None) -> tuple[Callable[..., Any], Any]:
@@ -168,6 +196,7 @@ def measure_row(
     if vlm is not None and vlm.last_report is not None:
         tokens = int(vlm.last_report.tokens_out)
     row: dict[str, Any] = {
+        "host": setup.host,
         "setting": label,
         "preset": preset,
         "keep_ratio": ratio,
@@ -198,7 +227,7 @@ def check_identity(setup: Setup, batch: int, args: Any, atol: float) -> dict[str
         "return_dict_in_generate": True,
     }
     host, _ = _caller(setup, None, None)
-    hero, _ = _caller(setup, "hero", 1.0)
+    hero, _ = _caller(setup, _preset(setup), 1.0)
     want, got = host(inputs, **settings), hero(inputs, **settings)
     same = bool(torch.equal(want.sequences, got.sequences))
     steps = min(len(want.logits), len(got.logits))
@@ -206,6 +235,7 @@ def check_identity(setup: Setup, batch: int, args: Any, atol: float) -> dict[str
     diff = max((float((a.float() - b.float()).abs().max()) for a, b in pairs), default=0.0)
     ok = same and len(want.logits) == len(got.logits) and diff <= atol
     return {
+        "host": setup.host,
         "batch": batch,
         "new_tokens": settings["max_new_tokens"],
         "tokens_equal": same,
@@ -278,11 +308,13 @@ def table_lines(record: dict[str, Any]) -> list[str]:
     if not all(check["passed"] for check in identity):
         lines += ["**IDENTITY CHECK FAILED: HeroVLM at keep ratio 1 is not model.generate (see below).**", ""]
     n = record["settings"]["new_tokens"]
-    for batch in record["settings"]["batches"]:
-        rows = [row for row in record["rows"] if row["batch"] == batch]
+    hosts = list(dict.fromkeys(row.get("host", "LLaVA-NeXT") for row in record["rows"]))
+    for host_name, batch in [(host_name, batch) for host_name in hosts for batch in record["settings"]["batches"]]:
+        rows = [row for row in record["rows"] if row["batch"] == batch and row.get("host", "LLaVA-NeXT") == host_name]
+        image = "one 1008 x 672 image" if host_name == "Qwen2.5-VL" else "one 672 x 672 image"
+        title = "" if hosts == ["LLaVA-NeXT"] else f"{host_name}, "
         lines += [
-            f"#### Batch {batch}"
-            + (" (one 672 x 672 image)" if batch == 1 else f" ({batch} images, different shapes)"),
+            f"#### {title}Batch {batch}" + (f" ({image})" if batch == 1 else f" ({batch} images, different shapes)"),
             "",
             f"| setting | image tokens | TTFT ms | speed-up | {n} new tokens, s | tokens/s | peak GiB | "
             "encode ms | score ms | plan ms | assemble ms | HERO % of TTFT |",
@@ -300,7 +332,7 @@ def table_lines(record: dict[str, Any]) -> list[str]:
                 + f" | {'–' if share is None else f'{100 * share:.1f}%'} |"
             )
         lines.append("")
-    shares = [row["hero_share_of_ttft"] for row in record["rows"] if row["preset"] == "hero" and row["keep_ratio"] < 1]
+    shares = [row["hero_share_of_ttft"] for row in record["rows"] if _pruned_hero(row)]
     verdict = (
         f" HERO's pruned rows: {100 * min(shares):.1f}% to {100 * max(shares):.1f}% "
         f"({'met' if record['met'] else 'NOT met'})."
@@ -316,8 +348,8 @@ def table_lines(record: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| batch {c['batch']} | {c['new_tokens']} | {c['tokens_equal']} | {c['max_abs_logit_diff']:.2e} | "
-        f"{c['atol']:g} | {'passed' if c['passed'] else '**FAILED**'} |"
+        f"| {_host_label(c, hosts)}batch {c['batch']} | {c['new_tokens']} | {c['tokens_equal']} | "
+        f"{c['max_abs_logit_diff']:.2e} | {c['atol']:g} | {'passed' if c['passed'] else '**FAILED**'} |"
         for c in identity
     ]
     if record.get("concurrency"):
@@ -325,7 +357,13 @@ def table_lines(record: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Concurrency: {first['threads']} threads share the one model, each sending batch-1 requests of "
-            f"{first['new_tokens']} new tokens (the eight shapes in turn):",
+            f"{first['new_tokens']} new tokens (the eight shapes in turn)"
+            + (
+                "; LLaVA-NeXT only (Qwen2.5-VL caches its M-RoPE rope_deltas on the model, so one model cannot serve "
+                "two threads, the host's own generate included):"
+                if "Qwen2.5-VL" in hosts
+                else ":"
+            ),
             "",
             "| setting | requests | requests/s | p50 latency s | p99 latency s |",
             "|---|---|---|---|---|",
@@ -335,6 +373,16 @@ def table_lines(record: dict[str, Any]) -> list[str]:
             for c in record["concurrency"]
         ]
     return lines
+
+
+def _host_label(check: dict[str, Any], hosts: list[str]) -> str:
+    """``"Qwen2.5-VL, "`` before an identity check's batch where the record has more than LLaVA-NeXT."""
+    return "" if hosts == ["LLaVA-NeXT"] else f"{check.get('host', 'LLaVA-NeXT')}, "
+
+
+def _pruned_hero(row: dict[str, Any]) -> bool:
+    """A HERO row below keep ratio 1 (``hero`` or ``hero-native``): the rows the 10% target is about."""
+    return row["preset"] in ("hero", "hero-native") and row["keep_ratio"] < 1
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -350,29 +398,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = args.requests or (4 if cuda else 2)
     atol = args.atol if args.atol is not None else (1e-4 if dtype == torch.float32 else 2e-2)
     batches = sorted(set(args.batches))
-    setup = build(size, device, dtype, batches)
-    settings = _settings(args)
-    identity = [check_identity(setup, batch, args, atol) for batch in batches]
+    setup = build(size, device, dtype, batches)  # the scorer is built with it, and shared
+    setups = [setup] if "llava-next" in args.hosts else []
+    if "qwen2.5-vl" in args.hosts:
+        setups.append(build_qwen(size, setup.scorer, device, dtype, batches))
+    identity = [check_identity(each, batch, args, atol) for each in setups for batch in batches]
     rows = [
-        measure_row(setup, label, preset, ratio, batch, args, device)
-        for batch, (label, preset, ratio) in progress(
-            [(batch, setting) for batch in batches for setting in settings], desc="bench e2e"
+        measure_row(each, label, preset, ratio, batch, args, device)
+        for each, batch, (label, preset, ratio) in progress(
+            [(each, batch, setting) for each in setups for batch in batches for setting in _settings(args, each)],
+            desc="bench e2e",
         )
     ]
     concurrency = []
-    if args.threads:
+    if args.threads and "llava-next" in args.hosts:
         for preset, ratio in progress([(None, None), ("hero", args.baseline_ratio)], desc="bench e2e: threads"):
             concurrency.append(measure_concurrency(setup, preset, ratio, args, requests))
     passed = all(check["passed"] for check in identity)
-    pruned = [row for row in rows if row["preset"] == "hero" and row["keep_ratio"] < 1]
+    pruned = [row for row in rows if _pruned_hero(row)]
     record: dict[str, Any] = {
         "benchmark": "bench_e2e",
-        "what": f"model.generate vs HeroVLM.generate end to end: {size.title}; random {dtype_name} weights; "
+        "what": "model.generate vs HeroVLM.generate end to end: "
+        + "; ".join(each.title or size.title for each in setups)
+        + f"; random {dtype_name} weights; "
         f"TTFT = generate(max_new_tokens=1), median of {args.repeats} (batch > 1: {max(1, args.repeats // 2)})",
         "machine": machine(device),
         "measured_at": now(),
         "settings": {
             "size": size.name,
+            "hosts": [each.host for each in setups],
             "dtype": dtype_name,
             "repeats": args.repeats,
             "new_tokens": args.new_tokens,

@@ -14,6 +14,12 @@ is downloaded):
   patch 14, ``vision_use_head=False``; feature layer -1, strategy ``full``). V = 5 views: a 768 x 768 image
   (a 2 x 2 anyres grid of the builder's pinpoints, multiples of 384 up to 3 x 3) plus the base view; N = 729
   tokens per view. SigLIP has no CLS: HERO records the mean-token stand-in query.
+- ``qwen2.5-vl``: Qwen2.5-VL with Qwen2.5-VL-7B's vision tower (32 blocks, width 1280, 16 heads, gated MLP 3420,
+  patch 14, window attention in 112-px windows except the full-attention blocks 7, 15, 23, 31). ONE view: a
+  1008 x 672 image through the host's image processor (grid 48 x 72 patches, packed, in window order inside the
+  tower), 864 LLM tokens after the 2 x 2 merge; ``--views`` does not apply. No CLS: the mean-token stand-in query,
+  planned by ``presets.hero_native`` (``hero_adapters.adapter.preset_options``: low layer 7, high layer 31).
+  Mode (c) does not exist there: the host's vision attention returns no maps.
 
 Three modes per tower, on the same pixels:
 
@@ -22,8 +28,10 @@ Three modes per tower, on the same pixels:
                hooks and describes every image, then ``Pruner.plan`` per image (``presets.hero(0.2)``, the
                paper's layers: low 5-8, high 21; on InternViT these are CLIP-L's defaults applied to a
                24-layer tower; on SigLIP-so400m ``presets.hero(0.2, depth=27)``, the paper's layers scaled
-               to 27 layers by ``hero_core.presets.scale_layers``: low 6-9, high 24). A fixed relevance
-               vector stands in for the text scorer, which is not timed here (``hero bench prefill`` times it).
+               to 27 layers by ``hero_core.presets.scale_layers``: low 6-9, high 24; on Qwen2.5-VL
+               ``presets.hero_native(0.2, depth=32, full_attention=(7, 15, 23, 31))``). A fixed relevance
+               vector (per view; per region on Qwen) stands in for the text scorer, which is not timed here
+               (``hero bench prefill`` times it).
 - ``c_eager``: the peers' route: the host call with eager attention and ``output_attentions=True`` (every
                layer's full map). ``--eager auto`` skips it when the maps would not fit in memory.
 
@@ -42,7 +50,7 @@ Results: ``encode.json`` + ``encode.md`` (suffixed ``-bfloat16`` / ``-cuda`` / `
 chosen). They go to ``./hero-bench-results``, or ``--out DIR``; ``--write-results`` updates the checkout's
 tracked ``benchmarks/results`` and ``benchmarks/README.md`` instead.
 
-Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m|siglip-so400m] [--device auto|cpu|cuda]
+Usage: ``hero bench encode [--tower all|clip-l14-336|internvit-300m|siglip-so400m|qwen2.5-vl] [--device auto|cpu|cuda]
 [--dtype float32|bfloat16 (default: bfloat16 on CUDA)] [--repeats 3] [--write-results | --out DIR]``
    or: ``python benchmarks/bench_encode.py [...]``
 """
@@ -72,6 +80,7 @@ from ._encode_cases import (
     INTERNVIT_300M,
     KEEP_RATIO,
     MODES,
+    QWEN2_5_VL_7B_VISION,
     SIGLIP_SO400M,
     TINY_LLM,
     TINY_VISION,
@@ -105,6 +114,7 @@ __all__ = [
     "MEMORY_TARGET",
     "MODES",
     "PLAN_TARGET",
+    "QWEN2_5_VL_7B_VISION",
     "SIGLIP_SO400M",
     "TIME_TARGET",
     "TINY_LLM",
@@ -215,6 +225,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _eager_decision(tower: Tower, args: argparse.Namespace) -> tuple[bool, str]:
+    if tower.no_eager:
+        return False, tower.no_eager
     maps = eager_maps_bytes(tower, args)
     if args.eager != "auto":
         return args.eager == "on", f"--eager {args.eager}"
@@ -282,7 +294,7 @@ def run_tower(tower: Tower, args: argparse.Namespace) -> dict[str, Any]:
         "tower": tower.title,
         "host": tower.host,
         "vision_config": "tiny test tower" if args.tiny else tower.spec,
-        "image_size": list(image_size(args.views, tower.tiny_tile if args.tiny else tower.tile)),
+        "image_size": list(tower.image_of(args.views, args.tiny)),
         **geometry,
         "layers_note": tower.layers_note,
         "eager": eager_note,
@@ -355,11 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     chosen = list(TOWERS.values()) if args.tower == "all" else [TOWERS[args.tower]]
     size = "tiny test towers" if args.tiny else "real-size towers, random weights"
+    tiled = [tower for tower in chosen if not tower.native]
+    # --views applies to the tiled hosts; a native-resolution host encodes its one image as one view
+    views = f"{args.views} views" if tiled else "one view"
+    views += " (Qwen2.5-VL: one view)" if tiled and len(tiled) < len(chosen) else ""
     _LOG.info(
-        "bench encode: %s (%s), %d views, %s on %s, %d threads, %d repeats",
+        "bench encode: %s (%s), %s, %s on %s, %d threads, %d repeats",
         ", ".join(t.name for t in chosen),
         size,
-        args.views,
+        views,
         args.dtype,
         args.device,
         args.threads,
@@ -371,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     names = " and ".join(f"{r['tower']} ({r['host']})" for r in towers.values())
     record = {
         "benchmark": "bench_encode",
-        "what": f"{names} ({size}), {args.views} views, {args.dtype}: (a) host get_image_features, "
-        "(b) adapter.encode + Pruner.plan, (c) eager output_attentions=True; medians",
+        "what": f"{names} ({size}), {views}, {args.dtype}: (a) host get_image_features, "
+        "(b) adapter.encode + Pruner.plan, (c) eager output_attentions=True (where the host has maps); medians",
         "machine": {
             **machine(torch.device(args.device)),
             "dtype": args.dtype,
@@ -384,13 +400,14 @@ def main(argv: list[str] | None = None) -> int:
             "views": args.views,
             "repeats": args.repeats,
             "plan_repeats": args.plan_repeats,
-            "hosts": "built by hero_adapters.testing (build_llava_next / build_internvl / build_llava_onevision): "
-            "real-size vision "
+            "hosts": "built by hero_adapters.testing (build_llava_next / build_internvl / build_llava_onevision / "
+            "build_qwen2_5_vl): real-size vision "
             f"tower, tiny LLM {TINY_LLM}, random weights, seed 0",
             "timing": "one process per run, modes round-robin after one warm-up each; median and min of the repeats",
             "hero_preset": f"presets.hero({KEEP_RATIO}, depth=<the tower's layers>) (24 layers: the paper's "
-            "layers; 27: scaled by hero_core.presets.scale_layers); "
-            "relevance: a fixed vector standing in for the text scorer",
+            "layers; 27: scaled by hero_core.presets.scale_layers); Qwen2.5-VL (one view per image): "
+            f"presets.hero_native({KEEP_RATIO}, **preset_options(adapter)) (depth 32, snapped to the full-attention "
+            "blocks); relevance: a fixed vector standing in for the text scorer (one value per view, or per region)",
             "memory": "CPU: one subprocess per mode, peak = process high-water mark; CUDA: in this process, peak = "
             "the mode's model and inputs plus the max allocated above the start of its call; "
             "extra = peak minus the footprint after building the host",

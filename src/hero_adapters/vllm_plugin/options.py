@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hero_core import HeroError, Pruner, presets
+from hero_core import HeroError, HeroNativePruner, Pruner, presets
 
 __all__ = ["ENGINE_KEYS", "REQUEST_KEYS", "HeroOptions", "parse_options", "request_options"]
 
@@ -100,6 +100,13 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
         pruner = presets.get(name, ratio, depth=depth, **options)
     except HeroError as error:  # an unknown key: name it as the engine option it was given as
         raise HeroError(f"hero.{error}") from None
+    if isinstance(pruner, HeroNativePruner):
+        raise HeroError.field(
+            "hero.preset",
+            name,
+            "a preset for tiled hosts",
+            "hero-native plans hosts without tiles (Qwen-VL), which the plugin does not serve yet; use 'hero'.",
+        )
     if not pruner.count_known:
         raise HeroError.field(
             "hero.preset",
