@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hero_core import HeroError
 
-__all__ = ["host_attention_mask", "relative_lengths"]
+__all__ = ["check_not_empty", "host_attention_mask", "relative_lengths", "unleft_rows", "vocab_size"]
 
 
 def _generation_config(model: Any, kwargs: dict[str, Any]) -> Any:
@@ -88,3 +88,32 @@ def _default_max_length(model: Any, kwargs: dict[str, Any]) -> bool:
         and getattr(passed, "max_length", None) is None
         and getattr(own, "max_length", None) is None
     )
+
+
+def check_not_empty(ids: Tensor) -> None:
+    """The host's language model needs at least one prompt of at least one token (a (B, 0) prompt fails
+    inside its attention with a RuntimeError)."""
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise HeroError.field(
+            "input_ids",
+            ids,
+            "at least one prompt of at least one token",
+            "An empty text still needs the tokenizer's special tokens (e.g. BOS) or a chat template.",
+        )
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """Rows of the host's input embedding (the ids it can embed), or None when it does not say."""
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        table = embeddings() if callable(embeddings) else None
+    except (NotImplementedError, AttributeError):  # a model without a plain input embedding
+        return None
+    rows = getattr(table, "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
+
+
+def unleft_rows(mask: Tensor) -> list[int]:
+    """Rows whose padding is not all on the left (a 0 after a 1)."""
+    after = (mask.cummax(dim=1).values > mask).any(dim=1)
+    return after.nonzero().flatten().tolist()

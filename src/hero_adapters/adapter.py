@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
@@ -133,6 +133,8 @@ class PrunedPrompt:
         inputs: the adapter's image inputs and encoder options of this call (``input_keys``, ``encoder_keys``).
         side: the padding side of ``rebuilt`` (``"left"`` or ``"right"``).
         generate: True for ``generate``, False for one ``forward``.
+        state: what ``prompt_inputs`` leaves for the adapter's optional ``after_host_call(prompt)``, which
+            ``HeroVLM`` calls once the host's call succeeded (model state the host's own call would set).
     """
 
     input_ids: Tensor
@@ -144,6 +146,7 @@ class PrunedPrompt:
     inputs: Mapping[str, Any]
     side: str
     generate: bool
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ with a rebuilt ``attention_mask``, and the host's own ``generate`` receives the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 
 from hero_core import EncodedTiles, HeroError, ImageCounts, TextScorer
 
-from ._generation import host_attention_mask, relative_lengths
+from ._features import with_token_features
+from ._generation import check_not_empty, host_attention_mask, relative_lengths, unleft_rows, vocab_size
 from ._scoring import score_images
 from ._timing import StageTimer
 from .adapter import AssembledImage, EncodedImage, HostAdapter, PrunedPrompt, check_host_adapter, get_adapter
@@ -38,6 +40,8 @@ from .sequence import (
 )
 
 __all__ = ["POSITIONS", "REFUSED", "HeroVLM"]
+
+_LOG = logging.getLogger("hero_adapters")
 
 POSITIONS = ("contiguous", "original")
 #: What HeroVLM refuses in every host's generate / forward, and what to do instead (the README lists these).
@@ -150,6 +154,16 @@ class HeroVLM:
                 f"0-based encoder layers in [0, {depth - 1}] (this vision encoder has {depth} layers)",
                 "Choose selector layers the encoder has, e.g. presets.hero(r, low_layers=(...), high_layers=(...)).",
             )
+        full = getattr(getattr(self.adapter, "encoder", None), "full_attention", None)
+        window = sorted(set(pruner.layers) - set(full)) if full else []
+        if window:  # a stand-in row there covers one window, not the image: allowed, but said
+            _LOG.warning(
+                "hero: pruner layers %s are window-attention layers of this tower (full attention: %s); their rows "
+                "rank tokens inside each window only. presets.get(name, r, **hero_adapters.preset_options(adapter)) "
+                "snaps the default layers to full-attention ones.",
+                window,
+                list(full or ()),
+            )
         self.model = model
         self.pruner = pruner
         self.text_scorer = text_scorer
@@ -258,24 +272,26 @@ class HeroVLM:
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
             ids, mask = self._check_prompt(input_ids, attention_mask)
-            _check_not_empty(ids)
+            check_not_empty(ids)
             if attention_mask is None:
                 mask = host_attention_mask(self.model, ids, generate_kwargs)
             if padding_side(mask) != "left":
                 raise HeroError.field(
                     "attention_mask",
-                    f"padding on the right or inside prompts (rows {_unleft_rows(mask)})",
+                    f"padding on the right or inside prompts (rows {unleft_rows(mask)})",
                     "left padding, as generation with a decoder-only LLM needs",
                     "Pad on the left: processor.tokenizer.padding_side = 'left' (the host would generate after the "
                     "padding); pass attention_mask if pad_token_id also occurs inside a prompt.",
                 )
-            run = self._run(ids, mask, image_inputs, query, timer)
+            run = self._run(ids, mask, image_inputs, query, timer, generate=True)
             rebuilt = self._rebuild(run, ids, mask, side="left", device=input_ids.device)
             generate_kwargs = relative_lengths(self.model, generate_kwargs, ids.shape[1])
+            host_inputs, prompt = self._host_inputs(run, rebuilt, "left", True)
         self.last_report = run.report
         # The host's generate runs as it always does (under no_grad), so what it returns are normal tensors.
         with torch.no_grad(), timer.stage("generate"), host_call():
-            output = host_generate(self.model)(**self._host_inputs(run, rebuilt, "left", True), **generate_kwargs)
+            output = host_generate(self.model)(**host_inputs, **generate_kwargs)
+        self._after_host_call(prompt)
         if isinstance(output, Tensor):
             return splice(ids, output, rebuilt.input_ids.shape[1]), run.report
         output.sequences = splice(ids, output.sequences, rebuilt.input_ids.shape[1])
@@ -344,24 +360,26 @@ class HeroVLM:
         timer = StageTimer(_device(self.model))
         with torch.inference_mode():
             ids, mask = self._check_prompt(input_ids, attention_mask)
-            _check_not_empty(ids)
+            check_not_empty(ids)
             side = padding_side(mask)
             if side is None:
                 raise HeroError.field(
                     "attention_mask",
-                    f"padding inside prompts (rows {_unleft_rows(mask)})",
+                    f"padding inside prompts (rows {unleft_rows(mask)})",
                     "padding on one side of every prompt (left or right)",
                 )
             run = self._run(ids, mask, image_inputs, query, timer)
             rebuilt = self._rebuild(run, ids, mask, labels=labels, side=side, device=input_ids.device)
+            inputs, prompt = self._host_inputs(run, rebuilt, side, False)
         self.last_report = run.report
-        inputs = self._host_inputs(run, rebuilt, side, False)
         if rebuilt.labels is not None:
             inputs["labels"] = rebuilt.labels
         if attention_mask is None and bool(rebuilt.attention_mask.all()):
             inputs.pop("attention_mask")  # as the caller called the host: no mask
         with torch.no_grad(), timer.stage("forward"):
-            return self.model(**inputs, **forward_kwargs)
+            output = self.model(**inputs, **forward_kwargs)
+        self._after_host_call(prompt)
+        return output
 
     __call__ = forward
 
@@ -377,7 +395,7 @@ class HeroVLM:
         """``check_prompt`` with the host's vocabulary: ids the embedding has (the image placeholder exempt).
         Returns host copies (one transfer): the bookkeeping never reads the device again."""
         return check_prompt(
-            input_ids, attention_mask, vocab_size=_vocab_size(self.model), image_token_id=self.adapter.image_token_id
+            input_ids, attention_mask, vocab_size=vocab_size(self.model), image_token_id=self.adapter.image_token_id
         )
 
     def _refuse(self, kwargs: Mapping[str, Any]) -> None:
@@ -393,10 +411,15 @@ class HeroVLM:
         image_inputs: dict[str, Any],
         query: object,
         timer: StageTimer,
+        *,
+        generate: bool = False,
     ) -> _Run:
         token = self.adapter.image_token_id
         if ids is not None and mask is not None:
             check_unpadded(ids, mask, token)
+            check_call = getattr(self.adapter, "check_call", None)  # an adapter's own checks of the prompt, first
+            if callable(check_call) and image_inputs.get(self.adapter.input_keys[0]) is not None:
+                image_inputs = dict(check_call(ids, mask, image_inputs, generate=generate))
         pixels_key = self.adapter.input_keys[0]
         if image_inputs.get(pixels_key) is None:
             extra = [key for key in image_inputs if key in self.adapter.input_keys]
@@ -422,6 +445,8 @@ class HeroVLM:
         keeps_all = callable(getattr(self.pruner, "keeps_all", None)) and bool(self.pruner.keeps_all())
         with timer.stage("encode"):
             encoded = self.adapter.encode(image_inputs, () if keeps_all else self.pruner.layers, runs=runs)
+        if bool(getattr(self.pruner, "needs_features", False)) and not keeps_all:
+            encoded = [with_token_features(image) for image in encoded]  # DivPrune, DART: per-token features
         spans = None
         if ids is not None and mask is not None:
             spans = placeholder_spans(ids, mask, token, [image.tokens_in for image in encoded])
@@ -522,10 +547,14 @@ class HeroVLM:
             device=device,
         )
 
-    def _host_inputs(self, run: _Run, rebuilt: Rebuilt, side: str, generate: bool) -> dict[str, Any]:
-        """The host's inputs for the pruned prompt; an adapter's ``prompt_inputs`` adds what it sets itself
-        (the Qwen-VL hosts: M-RoPE ``position_ids`` and the model's ``rope_deltas``, last, after every check)."""
+    def _host_inputs(
+        self, run: _Run, rebuilt: Rebuilt, side: str, generate: bool
+    ) -> tuple[dict[str, Any], PrunedPrompt | None]:
+        """The host's inputs for the pruned prompt; an adapter's ``prompt_inputs`` adds what it sets itself (the
+        Qwen-VL hosts: M-RoPE ``position_ids``). Built before ``last_report`` changes, so a refusal changes nothing;
+        the prompt is returned for ``_after_host_call``."""
         inputs: dict[str, Any] = {"input_ids": rebuilt.input_ids, "attention_mask": rebuilt.attention_mask}
+        prompt = None
         if rebuilt.position_ids is not None:
             inputs["position_ids"] = rebuilt.position_ids
         if run.assembled:
@@ -544,7 +573,14 @@ class HeroVLM:
                     generate=generate,
                 )
                 inputs.update(prompt_inputs(prompt))
-        return inputs
+        return inputs, prompt
+
+    def _after_host_call(self, prompt: PrunedPrompt | None) -> None:
+        """An adapter's ``after_host_call(prompt)`` once the host's call succeeded (the Qwen hosts set the model's
+        ``rope_deltas`` there, as the host's own call would have; a failed call leaves them as they were)."""
+        after = getattr(self.adapter, "after_host_call", None)
+        if prompt is not None and callable(after):
+            after(prompt)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -552,32 +588,3 @@ def _device(model: nn.Module) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
-
-
-def _check_not_empty(ids: Tensor) -> None:
-    """The host's language model needs at least one prompt of at least one token (a (B, 0) prompt fails
-    inside its attention with a RuntimeError)."""
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise HeroError.field(
-            "input_ids",
-            ids,
-            "at least one prompt of at least one token",
-            "An empty text still needs the tokenizer's special tokens (e.g. BOS) or a chat template.",
-        )
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    """Rows of the host's input embedding (the ids it can embed), or None when it does not say."""
-    embeddings = getattr(model, "get_input_embeddings", None)
-    try:
-        table = embeddings() if callable(embeddings) else None
-    except (NotImplementedError, AttributeError):  # a model without a plain input embedding
-        return None
-    rows = getattr(table, "num_embeddings", None)
-    return rows if isinstance(rows, int) else None
-
-
-def _unleft_rows(mask: Tensor) -> list[int]:
-    """Rows whose padding is not all on the left (a 0 after a 1)."""
-    after = (mask.cummax(dim=1).values > mask).any(dim=1)
-    return after.nonzero().flatten().tolist()

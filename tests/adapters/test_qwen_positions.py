@@ -172,11 +172,6 @@ def test_deepstack_levels_are_pruned_at_the_same_tokens() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- bad input
-def _state(model: Any) -> tuple[Any, ...]:
-    deltas = model.model.rope_deltas
-    return (None if deltas is None else deltas.clone(), tuple(model.state_dict().keys()))
-
-
 @pytest.mark.parametrize("name", QWEN)
 @pytest.mark.parametrize(
     ("change", "field"),
@@ -186,26 +181,115 @@ def _state(model: Any) -> tuple[Any, ...]:
         (lambda i: {**i, "second_per_grid_ts": torch.ones(1)}, "second_per_grid_ts"),
         (lambda i: {**i, "position_ids": torch.zeros_like(i["input_ids"])}, "position_ids"),
         (lambda i: {**i, "rope_deltas": torch.zeros(2, 1, dtype=torch.long)}, "rope_deltas"),
-        (
-            lambda i: {**i, "image_grid_thw": i["image_grid_thw"].flip(0)},
-            "image_grid_thw",
-        ),
+        (lambda i: {**i, "image_grid_thw": i["image_grid_thw"].flip(0)}, "image_grid_thw"),
         (lambda i: {k: v for k, v in i.items() if k != "mm_token_type_ids"}, "mm_token_type_ids"),
         (lambda i: {**i, "mm_token_type_ids": torch.zeros_like(i["mm_token_type_ids"])}, "mm_token_type_ids"),
         (lambda i: {**i, "mm_token_type_ids": i["mm_token_type_ids"] * 2}, "mm_token_type_ids"),
     ],
 )
-def test_bad_input_is_refused_and_the_model_left_as_it_was(name: str, change: Any, field: str) -> None:
+def test_bad_input_is_refused_before_anything_runs(name: str, change: Any, field: str) -> None:
+    """Refused before the scorer runs (the grids before the scorer too), with ``last_report`` and the model's
+    ``rope_deltas`` those of the previous, good call."""
+    row = host_row(name)
+    inputs = _prompts(row)
+    calls: list[int] = []
+
+    def scorer(views: torch.Tensor, text: str) -> torch.Tensor:
+        calls.append(int(views.shape[0]))
+        return views.flatten(1).std(-1)
+
+    vlm = HeroVLM(row.model, row.pruner(0.4), scorer, processor=row.processor)
+    vlm.generate(**inputs, query="what", max_new_tokens=1, do_sample=False)  # a good call first
+    report, deltas, scored = vlm.last_report, row.model.model.rope_deltas.clone(), len(calls)
+    assert scored > 0
+    with pytest.raises(HeroError) as caught:
+        vlm.generate(**change(inputs), query="what", max_new_tokens=1, do_sample=False)
+    assert field in str(caught.value)
+    assert vlm.last_report is report and len(calls) == scored
+    assert torch.equal(row.model.model.rope_deltas, deltas)
+
+
+@pytest.mark.parametrize("name", QWEN)
+def test_a_failing_host_call_leaves_rope_deltas_as_they_were(name: str) -> None:
     row = host_row(name)
     inputs = _prompts(row)
     vlm = HeroVLM(row.model, row.pruner(0.4), processor=row.processor)
-    vlm.generate(**inputs, max_new_tokens=1, do_sample=False)  # a stale rope_deltas from a good call
-    before = _state(row.model)
-    with pytest.raises(HeroError) as caught:
-        vlm.generate(**change(inputs), max_new_tokens=1, do_sample=False)
-    assert field in str(caught.value)
-    after = _state(row.model)
-    assert torch.equal(before[0], after[0]) and before[1] == after[1]
+    vlm.generate(**inputs, max_new_tokens=1, do_sample=False)
+    deltas = row.model.model.rope_deltas.clone()
+    other = row.inputs([row.text("USER: what is {} in this {} ASSISTANT:")], [row.image(90, 40), row.image(70, 70)])
+    with pytest.raises(ValueError, match="not used by the model"):
+        vlm.generate(**other, max_new_tokens=1, do_sample=False, not_a_generate_option=1)
+    assert torch.equal(row.model.model.rope_deltas, deltas)
+
+
+@pytest.mark.parametrize("name", QWEN)
+def test_forward_positions_with_right_padding(name: str) -> None:
+    """``forward`` keeps the caller's padding side: right padding, pruned, gets the unpruned positions of its
+    kept columns (three rows, padding 0 as get_rope_index writes it); a prompt ending with an image is taken."""
+    row = host_row(name)
+    processor = row.processor
+    processor.tokenizer.padding_side = "right"
+    try:
+        texts = [row.text("USER: {} describe the image ASSISTANT:"), row.text("USER: what is {} in this {}")]
+        inputs = row.inputs(texts, [row.image(60, 150), row.image(90, 40, seed=1), row.image(70, 70, seed=2)])
+    finally:
+        processor.tokenizer.padding_side = "left"
+    assert int(inputs["attention_mask"][:, -1].min()) == 0  # one row is padded on the right
+    vlm = HeroVLM(row.model, row.pruner(0.4), processor=row.processor)
+    with _rotary_positions(row.model) as seen:
+        vlm(**inputs)
+    model = row.model
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    positions, _ = model.model.get_rope_index(
+        ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
+    )
+    report = vlm.last_report
+    assert report is not None
+    token, image, rows = int(model.config.image_token_id), 0, []
+    for b in range(ids.shape[0]):
+        keep = mask[b].bool().clone()
+        is_image = (ids[b] == token) & keep
+        starts = [int(i) for i in is_image.nonzero().flatten() if i == 0 or not bool(is_image[i - 1])]
+        keep &= ~is_image
+        for start in starts:
+            keep[start + report.images[image].plan.keep[0].nonzero().flatten()] = True
+            image += 1
+        rows.append(positions[:, b, keep])
+    width = max(r.shape[1] for r in rows)
+    expected = torch.zeros(3, ids.shape[0], width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        expected[:, b, : r.shape[1]] = r
+    assert torch.equal(seen[0], expected)
+
+
+def test_qwen2_5_rows_and_token_features_are_in_raster_order() -> None:
+    """The tower runs in window order; the adapter's rows and token features must be in the processor's
+    (raster) order: checked against the tower's own recording un-permuted with ``unpermute_windows`` and the
+    host's window index, on a grid of several windows."""
+    from transformers.vision_utils import get_vision_window_index
+
+    from hero_adapters.towers import cls_attention_hooks, unpermute_windows
+
+    row = host_row("qwen2_5_vl")
+    vlm = HeroVLM(row.model, row.pruner(0.4), processor=row.processor)
+    inputs = row.inputs([row.text("USER: {} describe ASSISTANT:")], [row.image(60, 150)])
+    grid = inputs["image_grid_thw"]
+    tower = row.model.model.visual
+    with torch.inference_mode():
+        encoded = vlm.adapter.encode(vlm._split(inputs)[0], (2,))[0]
+        with cls_attention_hooks(tower, (2,), query="mean") as record:
+            output = tower(inputs["pixel_values"], grid_thw=grid)
+    index, windows = get_vision_window_index(grid, spatial_merge_size=2, window_size=56, patch_size=14)
+    assert len(windows) > 3  # several windows: window order differs from raster order
+    assert not torch.equal(index, torch.arange(index.numel()))
+    rows = unpermute_windows(record.stacked(), index, 4)[0, 0]  # (H, S) in raster order
+    expected = rows.reshape(rows.shape[0], -1, 4).sum(-1)
+    torch.testing.assert_close(encoded.tiles.cls_attention[0, 0], expected, rtol=0, atol=1e-6)
+    hidden = unpermute_windows(output.last_hidden_state.T, index, 4).T  # (S, D) in raster order
+    assert encoded.tiles.token_features is not None
+    torch.testing.assert_close(
+        encoded.tiles.token_features[0], hidden.reshape(-1, 4, hidden.shape[-1]).mean(1), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", QWEN)

@@ -34,10 +34,6 @@ BUDGET = {
 }
 
 
-#: Syncs of ``generate`` only (not ``plan``): the Qwen hosts' M-RoPE positions read ``mm_token_type_ids`` once.
-PROMPT_ONLY = {"qwen2_5_vl": 1, "qwen3_vl": 1}
-
-
 def test_every_host_has_a_budget():
     assert set(BUDGET) == set(HOSTS)
 
@@ -58,7 +54,6 @@ def test_syncs_per_image_and_per_call(name: str, entry: str) -> None:
     row = host_row(name)
     vlm = HeroVLM(row.model, row.pruner(0.3), processor=row.processor)
     per_image, per_call = BUDGET[name]
-    per_call -= PROMPT_ONLY.get(name, 0) if entry == "plan" else 0
     first, second = row.prompts()[:2]
     for prompts in ([first], [second], [first, second]):
         inputs = _inputs(row, prompts)

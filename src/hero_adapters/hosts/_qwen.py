@@ -234,8 +234,33 @@ class QwenHost(TransformersHost):
         return per_image_features(assembled)
 
     # --------------------------------------------------------------------------------------------- positions
+    def check_call(
+        self, input_ids: Tensor, attention_mask: Tensor, inputs: Mapping[str, Any], *, generate: bool
+    ) -> dict[str, Any]:
+        """The checks of a prompt with images before anything runs (``HeroVLM`` calls it first): the caller's
+        ``mm_token_type_ids`` (read once; the returned inputs carry the host copy) and, for ``generate``, text
+        after the last image (the decode positions continue from the prompt's last token).
+
+        Raises:
+            HeroError: without ``mm_token_type_ids``, when they disagree with the placeholders or mark video,
+                or when a prompt to generate from ends inside an image run.
+        """
+        types = self._token_types(inputs.get("mm_token_type_ids"), input_ids, attention_mask)
+        if generate and input_ids.numel():
+            ends = attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(1)
+            if bool((input_ids[torch.arange(input_ids.shape[0]), ends] == self.image_token_id).any()):
+                raise HeroError.field(
+                    "input_ids",
+                    "a prompt that ends with an image placeholder",
+                    "text after every image (the chat template's <|vision_end|>)",
+                    "Build the prompt with the processor's chat template: decoding continues after the prompt's "
+                    "last token.",
+                )
+        return {**inputs, "mm_token_type_ids": types}
+
     def prompt_inputs(self, prompt: PrunedPrompt) -> dict[str, Any]:
-        """``position_ids`` for the pruned prompt and its ``mm_token_type_ids``; sets the model's ``rope_deltas``.
+        """``position_ids`` for the pruned prompt and its ``mm_token_type_ids``; the model's ``rope_deltas`` are left
+        in ``prompt.state`` for ``after_host_call``.
 
         The host's ``get_rope_index`` runs on the caller's unpruned prompt; every column the pruned prompt keeps
         takes its own (t, h, w) position. For ``generate`` the rows are the host's four ([text; t; h; w], the text
@@ -243,22 +268,13 @@ class QwenHost(TransformersHost):
         (B, 1) become "the unpruned next position minus the pruned length", what the host's decode step adds.
 
         Raises:
-            HeroError: without ``mm_token_type_ids``, when they disagree with the placeholders or mark video,
-                or when a prompt ends inside an image run. Nothing on the model changes then.
+            HeroError: without ``mm_token_type_ids`` or when they disagree with the placeholders (``check_call``
+                refuses these first). Nothing on the model changes here.
         """
         ids, mask = prompt.input_ids, prompt.attention_mask
         types = self._token_types(prompt.inputs.get("mm_token_type_ids"), ids, mask)
         merge = self._merge  # the grids encode read, from the images' token grids: no second read
         grid = torch.tensor([(1, h * merge, w * merge) for h, w in (image.tiles.grid for image in prompt.encoded)])
-        live = mask.long()
-        last = ids[torch.arange(ids.shape[0]), mask.shape[1] - 1 - live.flip(1).argmax(1)] if ids.numel() else ids
-        if bool((last == self.image_token_id).any()):
-            raise HeroError.field(
-                "input_ids",
-                "a prompt that ends with an image placeholder",
-                "text after every image (the chat template's <|vision_end|>)",
-                "Build the prompt with the processor's chat template: the decode positions continue after the text.",
-            )
         positions, _ = self.base.get_rope_index(
             ids, mm_token_type_ids=types, image_grid_thw=grid, attention_mask=mask
         )  # (3, B, S) unpruned
@@ -286,8 +302,15 @@ class QwenHost(TransformersHost):
             )
             position_ids = torch.cat([text[None].to(device, torch.long), position_ids], dim=0)
         new_types = (rebuilt.input_ids == self.image_token_id).to(types.dtype)
-        self.base.rope_deltas = to_device(deltas, device, torch.long)  # last: every check above has passed
+        prompt.state["rope_deltas"] = to_device(deltas, device, torch.long)
         return {"position_ids": position_ids, "mm_token_type_ids": new_types}
+
+    def after_host_call(self, prompt: PrunedPrompt) -> None:
+        """Once the host's call succeeded: the model's ``rope_deltas``, as the host's own call leaves them (its
+        cache-based decode, ``model(..., past_key_values=...)`` without positions, then continues right)."""
+        deltas = prompt.state.get("rope_deltas")
+        if deltas is not None:
+            self.base.rope_deltas = deltas
 
     def _token_types(self, value: object, ids: Tensor, mask: Tensor) -> Tensor:
         """The caller's ``mm_token_type_ids`` on the host, checked against the placeholders (text 0, image 1)."""
