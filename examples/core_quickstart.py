@@ -28,6 +28,7 @@ def synthetic_image(seed: int = 0) -> EncodedTiles:
         thumbnail_index=0,
         grid=(24, 24),
         tile_grid=(2, 2),
+        token_features=torch.randn(views, tokens, 1024, generator=generator),  # for divprune / dart
     )
 
 

@@ -13,7 +13,14 @@ from .efficiency import VICUNA_7B, VICUNA_13B, ModelShape, kv_cache_bytes, prefi
 from .native import HeroNativePruner, NativePlan, RegionAllocator
 from .plan import Allocation, PrunePlan, Pruner
 from .protocols import BudgetAllocator, TextScorer, TileEncoderOutputs, TokenSelector
-from .selectors import ClsAttentionSelector, FunctionAwareSelector, RandomSelector, StridedSelector
+from .selectors import (
+    ClsAttentionSelector,
+    DartSelector,
+    DivPruneSelector,
+    FunctionAwareSelector,
+    RandomSelector,
+    StridedSelector,
+)
 from .tiles import EncodedTiles
 
 __version__ = "0.1.0"
@@ -24,6 +31,8 @@ __all__ = [
     "Allocation",
     "BudgetAllocator",
     "ClsAttentionSelector",
+    "DartSelector",
+    "DivPruneSelector",
     "EncodedTiles",
     "FunctionAwareSelector",
     "HeroAllocator",

@@ -13,6 +13,7 @@ from ._device import to_device
 from ._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_relevance
 from .counts import ImageCounts, exact_total
 from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
+from .selectors._image import IMAGE, VIEW, missing_features
 from .tiles import EncodedTiles
 
 __all__ = ["Allocation", "PrunePlan", "Pruner", "Staged"]
@@ -52,7 +53,8 @@ class PrunePlan:
 
     Attributes:
         keep: (V, N) bool, True for the patch tokens that go to the language model.
-        budgets: (V,) int64, kept tokens per view (``keep.sum(-1) == budgets``).
+        budgets: (V,) int64, kept tokens per view (``keep.sum(-1) == budgets``): the allocator's budgets, or with
+            a selector that chooses across views (``scope = "image"``) the per-view counts it produced.
         importance: (V,) float or None; per-view importance when the allocator explains itself.
         saliency: (V,) float or None; the visual-saliency part of ``importance``.
         relevance: (V,) float or None; the task-relevance part of ``importance``.
@@ -80,6 +82,13 @@ class PrunePlan:
 class Pruner:
     """A keep ratio, a ``BudgetAllocator`` and a ``TokenSelector``: one pruning method, as a value.
 
+    A selector chooses inside each view by default. One that declares ``scope = "image"`` (a class attribute:
+    ``DivPruneSelector``, ``DartSelector``) chooses across all views of an image: it is given the total of the
+    allocator's budgets, a (1,) int64 tensor, and may spread it over the views as it likes; the plan's
+    ``budgets`` are then the per-view counts it produced. A selector (or allocator) that declares
+    ``needs_features = True`` compares tokens by ``tiles.token_features``: ``needs_features`` says so to the
+    adapter, and planning refuses tiles without them (a ``HeroError``, never another method).
+
     Examples:
         >>> pruner = Pruner(keep_ratio=0.2, allocator=HeroAllocator(alpha=0.7), selector=FunctionAwareSelector())
         >>> plan = pruner.plan(tiles, relevance)          # doctest: +SKIP
@@ -98,6 +107,20 @@ class Pruner:
         layers = getattr(self.selector, "layers", None)
         if not isinstance(layers, tuple):
             raise HeroError.field("selector.layers", layers, "a tuple of encoder layer indices (may be empty)")
+        scope = _scope(self.selector)
+        if scope not in (VIEW, IMAGE):
+            raise HeroError.field("selector.scope", scope, f"{VIEW!r} (one budget per view, the default) or {IMAGE!r}")
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether planning reads ``tiles.token_features`` (adapters record them only then): the selector's or the
+        allocator's optional ``needs_features`` attribute (DivPrune, DART)."""
+        return any(bool(getattr(part, "needs_features", False)) for part in (self.selector, self.allocator))
+
+    @property
+    def scope(self) -> str:
+        """``"view"`` (the selector keeps each view's budget) or ``"image"`` (it takes the image's total)."""
+        return _scope(self.selector)
 
     @property
     def uses_relevance(self) -> bool:
@@ -225,6 +248,11 @@ class Pruner:
             )
         for checked, score in zip(images, scores, strict=True):
             check_relevance(score, checked.num_views, finite=False)
+        if self.needs_features and not self.keeps_all():  # refused whatever the content: never a silent change
+            for checked in images:
+                if checked.token_features is None:
+                    part = _feature_part(self)
+                    raise missing_features(_name(part), str(getattr(part, "preset", _name(part))))
         staged: dict[int, Any] = {}
         stage = getattr(self.allocator, "_stage", None) if _one_sync(self.allocator) else None
         with torch.inference_mode():
@@ -234,6 +262,8 @@ class Pruner:
                 if score is not None:
                     score = scores[i] = to_device(score, checked.device, score.dtype)
                     checked.check_later("relevance", score, *RELEVANCE_FINITE)
+                if self.needs_features and checked.token_features is not None:
+                    checked.check_later("token_features", checked.token_features, *_FEATURES_FINITE)
                 if callable(stage):
                     staged[i] = stage(checked, score if self.uses_relevance else None)
             if staged:  # the batch's one host sync: every staged image's weights and host facts
@@ -257,8 +287,18 @@ class Pruner:
             allocation = allocate(checked, relevance, self.keep_ratio)
         else:
             allocation = Allocation(budgets=self.allocator(checked, relevance, self.keep_ratio))
-        budgets = _checked_budgets(allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator))
-        keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
+        budgets, counts = _checked_budgets(
+            allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator)
+        )
+        if self.scope == IMAGE:
+            total = sum(counts)
+            with torch.inference_mode(False):
+                given = to_device([total], checked.device, torch.int64)  # (1,) the image's total
+            checked.remember_counts(given, (total,))  # the selector reads the total without a device read
+            keep = _checked_image_keep(self.selector(checked, given), total, checked, self.selector)
+            budgets = keep.sum(-1)  # (V,) the per-view counts the selector produced
+        else:
+            keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
         return PrunePlan(
             keep=keep,
             budgets=budgets,
@@ -290,7 +330,9 @@ def _one_sync(part: object) -> bool:
     return vars(type(part)).get("_one_sync") is True
 
 
-def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object, *, trusted: bool) -> Tensor:
+def _checked_budgets(
+    budgets: Any, tiles: EncodedTiles, allocator: object, *, trusted: bool
+) -> tuple[Tensor, tuple[int, ...]]:
     name = f"{type(allocator).__name__} budgets"
     if (
         not isinstance(budgets, Tensor)
@@ -307,7 +349,7 @@ def _checked_budgets(budgets: Any, tiles: EncodedTiles, allocator: object, *, tr
     capacity = tiles.capacity
     if any(not 0 <= count <= cap for count, cap in zip(counts, capacity, strict=True)):
         raise HeroError.field(name, list(counts), f"0 <= budgets[v] <= valid tokens of view v = {list(capacity)}")
-    return budgets
+    return budgets, counts
 
 
 def _checked_keep(keep: Any, budgets: Tensor, tiles: EncodedTiles, selector: object) -> Tensor:
@@ -325,3 +367,36 @@ def _checked_keep(keep: Any, budgets: Tensor, tiles: EncodedTiles, selector: obj
             f"exactly budgets = {budgets.tolist()} kept per view, on valid positions only",
         )
     return keep
+
+
+def _checked_image_keep(keep: Any, total: int, tiles: EncodedTiles, selector: object) -> Tensor:
+    """The keep mask of a selector that chooses across views: (V, N) bool, exactly ``total`` valid positions."""
+    name = f"{type(selector).__name__} keep mask"
+    shape = (tiles.num_views, tiles.num_tokens)
+    if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool or keep.device != tiles.device:
+        raise HeroError.field(name, keep, f"a bool tensor of shape {shape} on {tiles.device}")
+    if _one_sync(selector):
+        return keep  # the shipped ones keep exactly the total, on valid positions
+    broken = (keep & ~tiles.valid_mask).any() | (keep.sum() != total)
+    if bool(broken):  # one host sync
+        raise HeroError.field(
+            name, int(keep.sum()), f"exactly the image's total {total} kept over all views, on valid positions only"
+        )
+    return keep
+
+
+_FEATURES_FINITE = ("finite values (found NaN or inf)", "Check the pixels and the encoder's dtype.")
+
+
+def _scope(selector: object) -> str:
+    """A selector's declared scope: ``"view"`` unless it says ``scope = "image"``."""
+    return str(getattr(selector, "scope", VIEW))
+
+
+def _name(part: object) -> str:
+    return type(part).__name__
+
+
+def _feature_part(pruner: Pruner) -> object:
+    """The part that reads the token features (it may name its preset in a ``preset`` class attribute)."""
+    return next(part for part in (pruner.selector, pruner.allocator) if getattr(part, "needs_features", False))

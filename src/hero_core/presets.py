@@ -22,12 +22,21 @@ from ._errors import HeroError
 from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAllocator
 from .native import HeroNativePruner, RegionAllocator
 from .plan import Pruner
-from .selectors import ClsAttentionSelector, FunctionAwareSelector, RandomSelector, StridedSelector
+from .selectors import (
+    ClsAttentionSelector,
+    DartSelector,
+    DivPruneSelector,
+    FunctionAwareSelector,
+    RandomSelector,
+    StridedSelector,
+)
 
 __all__ = [
     "PAPER_DEPTH",
     "PRESETS",
     "cls_attention",
+    "dart",
+    "divprune",
     "get",
     "hero",
     "hero_native",
@@ -200,6 +209,31 @@ def thumbnail_attention(
     return _build(keep_ratio, allocator, selector, overrides, depth)
 
 
+def divprune(
+    keep_ratio: float, *, depth: int | None = None, full_attention: Sequence[int] | None = None, **overrides: Any
+) -> Pruner:
+    """DivPrune (Alvar et al., CVPR 2025, arXiv:2503.02175): the most diverse tokens of the whole image, by a greedy
+    max-min of the cosine distance between ``token_features`` (``DivPruneSelector``), across all views.
+
+    The total is the paper preset's ``exact_total`` (``UniformAllocator``'s budgets, summed), so it keeps exactly
+    as many tokens as ``hero`` at the same ratio; the views share it as the selector chooses. Needs
+    ``token_features`` (``Pruner.needs_features``); reads no attention, so ``depth`` and ``full_attention`` are
+    checked and otherwise ignored. Override ``max_matrix_tokens``."""
+    _check_full_attention(full_attention, depth)
+    return _build(keep_ratio, UniformAllocator(), DivPruneSelector(), overrides, _check_optional_depth(depth))
+
+
+def dart(
+    keep_ratio: float, *, depth: int | None = None, full_attention: Sequence[int] | None = None, **overrides: Any
+) -> Pruner:
+    """DART (Wen et al. 2025, arXiv:2502.11494) before the LLM, as TensorRT Edge-LLM applies it: pivot tokens of
+    largest feature norm, then the tokens least similar to each pivot (duplicates dropped), over the whole image
+    (``DartSelector``). Total, ``token_features``, ``depth`` and ``full_attention`` as in ``divprune``. Override
+    ``pivots``, ``pivot_rule``."""
+    _check_full_attention(full_attention, depth)
+    return _build(keep_ratio, UniformAllocator(), DartSelector(), overrides, _check_optional_depth(depth))
+
+
 PRESETS: dict[str, Callable[..., Pruner]] = {
     "hero": hero,
     "hero-reference": hero_reference,
@@ -208,6 +242,8 @@ PRESETS: dict[str, Callable[..., Pruner]] = {
     "uniform-strided": uniform_strided,
     "cls-attention": cls_attention,
     "thumbnail-attention": thumbnail_attention,
+    "divprune": divprune,
+    "dart": dart,
 }
 
 

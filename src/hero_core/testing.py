@@ -43,6 +43,7 @@ __all__ = [
     "keep_ratios",
     "make_tiles",
     "relevances",
+    "with_token_features",
 ]
 
 _STRATEGIES = ("encoded_tiles", "keep_ratios", "relevances")
@@ -105,9 +106,11 @@ def check_allocator(
 def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor, *, dtypes: bool = False) -> Tensor:
     """Assert the invariants every ``TokenSelector`` must hold; return its keep mask.
 
-    Always: (V, N) bool, exactly ``budgets[v]`` kept in view v, only valid positions, the same result on
-    a second call. With ``dtypes`` (use it on tiles made with ``separated=True``): the same keep set when
-    the attention, the CLS tokens and any ``token_features`` are cast to bfloat16 and float16.
+    Always: (V, N) bool on the tiles' device, only valid positions, the same result on a second call, and
+    exactly ``budgets[v]`` kept in view v; for a selector that chooses across views (``scope = "image"``)
+    exactly ``budgets.sum()`` over the whole image, spread as it likes. With ``dtypes`` (use it on tiles made
+    with ``separated=True``): the same keep set when the attention, the CLS tokens and any ``token_features``
+    are cast to bfloat16 and float16.
 
     Raises:
         AssertionError: naming the invariant that broke.
@@ -118,8 +121,13 @@ def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor
     _require(isinstance(keep, Tensor), f"{context}: returned {type(keep).__name__}, not a Tensor")
     _require(keep.shape == shape, f"{context}: shape {tuple(keep.shape)} != {shape}")
     _require(keep.dtype == torch.bool, f"{context}: dtype {keep.dtype} != torch.bool")
+    _require(keep.device == tiles.device, f"{context}: device {keep.device} != {tiles.device}")
     counts = keep.sum(-1)
-    _require(torch.equal(counts.cpu(), budgets.cpu()), f"{context}: kept {counts.tolist()} per view")
+    if getattr(selector, "scope", "view") == "image":
+        total = int(budgets.sum())
+        _require(int(counts.sum()) == total, f"{context}: kept {int(counts.sum())} over the image, not {total}")
+    else:
+        _require(torch.equal(counts.cpu(), budgets.cpu()), f"{context}: kept {counts.tolist()} per view")
     _require(not bool((keep & ~tiles.valid_mask).any()), f"{context}: kept a padding position")
     _require(torch.equal(keep, selector(tiles, budgets)), f"{context}: a second call chose other tokens")
     if dtypes:
@@ -132,6 +140,15 @@ def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor
             )
             _require(torch.equal(keep, selector(cast, budgets)), f"{context}: {dtype} inputs chose other tokens")
     return keep
+
+
+def with_token_features(tiles: EncodedTiles, *, width: int = 8, seed: int = 0) -> EncodedTiles:
+    """``tiles`` with ``token_features`` (V, N, width) drawn from a seeded normal distribution on the CPU, in the
+    dtype of ``cls_tokens`` and on the tiles' device (the other tensors unchanged): the input of presets that
+    compare tokens by their features (``Pruner.needs_features``: ``divprune``, ``dart``)."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(tiles.num_views, tiles.num_tokens, width, generator=generator)
+    return tiles.replace(token_features=features.to(dtype=tiles.cls_tokens.dtype, device=tiles.device))
 
 
 def _require(condition: bool, message: str) -> None:

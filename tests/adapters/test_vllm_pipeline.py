@@ -57,6 +57,7 @@ def test_options_defaults_and_pruner(clip_dir: str) -> None:
         ({"alpha": 1.0}, r"^hero\.keep_ratio=None is invalid"),
         ({"keep_ratio": 0.2, "preset": "hero-reference"}, r"^hero\.preset='hero-reference' is invalid.*count"),
         ({"keep_ratio": 0.2, "preset": "hero-native", "alpha": 1.0}, r"^hero\.preset='hero-native' is invalid.*tiles"),
+        ({"keep_ratio": 0.2, "preset": "divprune"}, r"^hero\.preset='divprune' is invalid.*features"),
         ({"keep_ratio": 0.2, "preset": "nope"}, r"^hero\.preset='nope' is invalid: expected one of"),
         ({"keep_ratio": 0.2}, r"^hero\.clip=None is invalid: expected a local CLIP checkpoint directory"),
         ({"keep_ratio": 0.2, "clip": "/no/such/dir"}, r"^hero\.clip='/no/such/dir' is invalid: expected a directory"),

@@ -19,6 +19,7 @@ from hero_core import (
     UniformAllocator,
     presets,
 )
+from hero_core.testing import with_token_features
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,15 @@ NATIVE_PRESETS = ("hero-native",)
 
 #: Presets and whether their totals are exact (the reference code drops floor remainders).
 PRESETS = {name: name != "hero-reference" for name in presets.PRESETS if name not in NATIVE_PRESETS}
+
+#: Presets whose selector compares tokens by their features and chooses across views (DivPrune, DART): the shared
+#: tests hand them tiles with token features (``tiles_for``); tests/core/test_whole_image.py tests them further.
+FEATURE_PRESETS = tuple(name for name in PRESETS if presets.get(name, 0.5).needs_features)
+
+
+def tiles_for(name: str, tiles: Any) -> Any:
+    """``tiles``, with token features added (seeded by the tiles' own values) when preset ``name`` needs them."""
+    if name not in FEATURE_PRESETS or tiles.token_features is not None:
+        return tiles
+    seed = int(tiles.cls_tokens.double().abs().sum() * 1e6) % 2**31
+    return with_token_features(tiles, width=6, seed=seed)

@@ -18,7 +18,7 @@ from hero_core import HeroError, ImageCounts, Pruner, UniformAllocator, presets
 from hero_core.counts import anyres_counts, anyres_grid, exact_total, tiled_counts, unpadded_size
 from hero_core.testing import encoded_tiles
 
-from .registry import ALLOCATORS, PRESETS
+from .registry import ALLOCATORS, PRESETS, tiles_for
 
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -42,6 +42,7 @@ def test_presets_say_whether_their_count_is_known(name: str) -> None:
 @given(tiles=encoded_tiles(), ratio=st.sampled_from([0.05, 0.1, 0.2, 0.29, 0.4, 0.5, 0.77, 1.0]))
 def test_the_planner_keeps_exactly_the_count_fixed_in_advance(name: str, tiles: Any, ratio: float) -> None:
     pruner = presets.get(name, ratio)
+    tiles = tiles_for(name, tiles)
     relevance = torch.linspace(-0.2, 0.6, tiles.num_views)
     plan = pruner.plan(tiles, relevance)
     counts = _counts_of(tiles)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hero_core import EncodedTiles, UniformAllocator, presets
 from hero_core.testing import check_allocator, check_selector, encoded_tiles, keep_ratios, make_tiles
 
-from .registry import ALLOCATORS, PRESETS, SELECTORS
+from .registry import ALLOCATORS, PRESETS, SELECTORS, tiles_for
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +22,12 @@ pytestmark = pytest.mark.gpu
 def _cuda(tiles: EncodedTiles) -> EncodedTiles:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    features = None if tiles.token_features is None else tiles.token_features.cuda()
     return tiles.replace(
-        cls_tokens=tiles.cls_tokens.cuda(), cls_attention=tiles.cls_attention.cuda(), valid_mask=tiles.valid_mask.cuda()
+        cls_tokens=tiles.cls_tokens.cuda(),
+        cls_attention=tiles.cls_attention.cuda(),
+        valid_mask=tiles.valid_mask.cuda(),
+        token_features=features,
     )
 
 
@@ -50,7 +54,7 @@ def test_every_selector_keeps_its_contract_on_cuda(row, tiles, ratio):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5, 1.0])
 def test_every_preset_plans_on_cuda_as_on_the_cpu(name, ratio):
-    tiles = make_tiles(num_views=5, grid=(12, 12), num_heads=4, padding="rows", separated=True, seed=3)
+    tiles = tiles_for(name, make_tiles(num_views=5, grid=(12, 12), num_heads=4, padding="rows", separated=True, seed=3))
     gpu = _cuda(tiles)
     relevance = torch.tensor([0.0, 0.31, 0.12, 0.27, 0.05])
     pruner = presets.get(name, ratio)

@@ -17,7 +17,7 @@ from hypothesis import given
 from hero_core import HeroAllocator, Pruner, presets
 from hero_core.testing import count_host_syncs, encoded_tiles, make_tiles
 
-from .registry import ALLOCATORS, PRESETS
+from .registry import ALLOCATORS, PRESETS, tiles_for
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def test_keeps_all_exactly_when_the_allocator_keeps_every_token_at_ratio_one(row
 @pytest.mark.parametrize("name", sorted(name for name, exact in PRESETS.items() if exact))
 @given(tiles=encoded_tiles())
 def test_the_shortcut_gives_the_plan_planning_gives(name: str, tiles: Any) -> None:
+    tiles = tiles_for(name, tiles)  # planning (the oracle) runs the selector
     relevance = torch.linspace(-0.3, 0.5, tiles.num_views)
     pruner = presets.get(name, 1.0)
     planned = Pruner(1.0, _Planned(pruner.allocator), pruner.selector).plan(tiles.replace(), relevance)

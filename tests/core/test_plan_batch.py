@@ -14,7 +14,7 @@ from hero_core import HeroError, Pruner, presets
 from hero_core.allocators import exact_split, tile_views
 from hero_core.testing import count_host_syncs, encoded_tiles, keep_ratios, make_tiles
 
-from .registry import PRESETS
+from .registry import PRESETS, tiles_for
 
 
 def _fresh(images: list[Any]) -> list[Any]:
@@ -30,6 +30,7 @@ def _relevance(images: list[Any]) -> list[Any]:
 @given(images=st.lists(encoded_tiles(), min_size=1, max_size=4), ratio=keep_ratios())
 def test_a_batch_plans_as_each_image_alone(name: str, images: list[Any], ratio: float) -> None:
     pruner = presets.get(name, ratio)
+    images = [tiles_for(name, tiles) for tiles in images]
     relevance = _relevance(images)
     together = pruner.plan_batch(_fresh(images), relevance)
     alone = [pruner.plan(tiles, rel) for tiles, rel in zip(_fresh(images), relevance, strict=True)]
@@ -47,6 +48,7 @@ def test_a_batch_reads_the_device_once(name: str) -> None:
         make_tiles(num_views=1, grid=(4, 6), seed=2),
         make_tiles(num_views=7, grid=(4, 6), padding="random", seed=3),
     ]
+    images = [tiles_for(name, tiles) for tiles in images]
     for ratio, expected in ((0.3, 1), (1.0, 0 if PRESETS[name] else 1)):
         fresh = _fresh(images)
         with count_host_syncs() as syncs:

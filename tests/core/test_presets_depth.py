@@ -48,7 +48,10 @@ def test_every_preset_takes_a_depth_and_reads_only_layers_it_has(name):
         pruner = presets.get(name, 0.3, depth=depth)
         assert all(0 <= layer < depth for layer in pruner.layers)
         native = name == "hero-native"  # one view with token features (a host without tiles)
-        tiles = make_tiles(num_views=1 if native else 3, grid=(4, 4), layers=tuple(range(depth)), token_features=native)
+        features = native or pruner.needs_features  # DivPrune and DART compare tokens by their features
+        tiles = make_tiles(
+            num_views=1 if native else 3, grid=(4, 4), layers=tuple(range(depth)), token_features=features
+        )
         plan = pruner.plan(tiles)
         assert torch.equal(plan.keep.sum(-1), plan.budgets)
 
@@ -115,6 +118,8 @@ def test_every_preset_snaps_its_default_layers_to_full_attention_layers() -> Non
         "thumbnail-attention": (31,),
         "uniform-random": (),
         "uniform-strided": (),
+        "divprune": (),
+        "dart": (),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, layers in expected.items():

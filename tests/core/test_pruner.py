@@ -12,12 +12,13 @@ from hypothesis import given
 from hero_core import VICUNA_7B, VICUNA_13B, ModelShape, Pruner, kv_cache_bytes, prefill_flops, presets
 from hero_core.testing import encoded_tiles, expected_total, keep_ratios, make_tiles, relevances
 
-from .registry import PRESETS
+from .registry import PRESETS, tiles_for
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @given(tiles=encoded_tiles(), ratio=keep_ratios())
 def test_every_preset_plans_exactly(name, tiles, ratio):
+    tiles = tiles_for(name, tiles)
     plan = presets.get(name, ratio).plan(tiles, torch.linspace(-0.2, 0.4, tiles.num_views))
     assert torch.equal(plan.keep.sum(-1), plan.budgets)
     assert not bool((plan.keep & ~tiles.valid_mask).any())
@@ -30,7 +31,7 @@ def test_every_preset_plans_exactly(name, tiles, ratio):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @given(tiles=encoded_tiles())
 def test_ratio_one_is_identity(name, tiles):
-    plan = presets.get(name, 1.0).plan(tiles)
+    plan = presets.get(name, 1.0).plan(tiles)  # nothing is selected at R = 1: no token features needed
     if PRESETS[name]:
         assert torch.equal(plan.keep, tiles.valid_mask)
     else:  # the reference floors and caps drop tokens even at R = 1 (capped excess is not redistributed)

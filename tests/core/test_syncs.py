@@ -15,7 +15,7 @@ from hero_core.allocators import HeroAllocator, exact_split, tile_views
 from hero_core.selectors import FunctionAwareSelector
 from hero_core.testing import count_host_syncs, encoded_tiles, keep_ratios, make_tiles
 
-from .registry import PRESETS
+from .registry import PRESETS, tiles_for
 
 
 def _planner_syncs(pruner: Pruner, tiles, relevance=None) -> int:
@@ -43,6 +43,7 @@ def test_the_counter_sees_reads_of_device_tensors_only():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @given(tiles=encoded_tiles(), ratio=keep_ratios())
 def test_every_preset_plans_with_one_host_sync(name, tiles, ratio):
+    tiles = tiles_for(name, tiles)
     relevance = torch.linspace(-0.2, 0.4, tiles.num_views)
     pruner = presets.get(name, ratio)
     # at R = 1 an exact-total preset keeps every valid token without reading anything (test_keeps_all.py)

@@ -100,6 +100,13 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
         pruner = presets.get(name, ratio, depth=depth, **options)
     except HeroError as error:  # an unknown key: name it as the engine option it was given as
         raise HeroError(f"hero.{error}") from None
+    if pruner.needs_features:
+        raise HeroError.field(
+            "hero.preset",
+            name,
+            "a preset that reads no token features",
+            f"{name} chooses by the tokens' features, which the plugin does not record yet; use 'hero'.",
+        )
     if isinstance(pruner, HeroNativePruner):
         raise HeroError.field(
             "hero.preset",

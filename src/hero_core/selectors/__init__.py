@@ -1,8 +1,17 @@
-"""Token selectors: which patch tokens of each view are kept."""
+"""Token selectors: which patch tokens of each view (or, ``scope = "image"``, of the whole image) are kept."""
 
 from .cls_attention import ClsAttentionSelector
+from .dart import DartSelector
+from .divprune import DivPruneSelector
 from .function_aware import FunctionAwareSelector
 from .random import RandomSelector
 from .strided import StridedSelector
 
-__all__ = ["ClsAttentionSelector", "FunctionAwareSelector", "RandomSelector", "StridedSelector"]
+__all__ = [
+    "ClsAttentionSelector",
+    "DartSelector",
+    "DivPruneSelector",
+    "FunctionAwareSelector",
+    "RandomSelector",
+    "StridedSelector",
+]
