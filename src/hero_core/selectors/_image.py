@@ -8,16 +8,27 @@ with exactly that many valid positions, spread over the views as the method choo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import HeroError
+from ..protocols import TileEncoderOutputs
 from ..tiles import EncodedTiles
 
-__all__ = ["IMAGE", "VIEW", "features_of", "image_total", "keep_from", "missing_features", "unit", "valid_tokens"]
+__all__ = [
+    "IMAGE",
+    "VIEW",
+    "FeatureSelector",
+    "features_of",
+    "image_total",
+    "keep_from",
+    "missing_features",
+    "unit",
+    "valid_tokens",
+]
 
 #: The two scopes a selector may declare (``scope`` class attribute; absent means ``VIEW``).
 VIEW = "view"
@@ -93,3 +104,33 @@ def missing_features(name: str, preset: str) -> HeroError:
         "Plan through hero_adapters.HeroVLM (it records token features when pruner.needs_features), or build "
         "EncodedTiles with token_features=... from the features the host sends its LLM.",
     )
+
+
+class FeatureSelector:
+    """The steps the shipped whole-image selectors share (DivPrune, DART): the image's total, its valid tokens,
+    every one of them when the total reaches them, none at 0, else their features (float32) handed to the
+    method's ``_order``, whose picks are kept. A subclass sets ``preset`` and ``_order`` (and ``_one_sync`` itself:
+    ``Pruner`` trusts only a class that declares it)."""
+
+    scope: ClassVar[str] = IMAGE
+    needs_features: ClassVar[bool] = True
+    preset: ClassVar[str]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return ()
+
+    def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
+        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
+        total = image_total(checked, budgets, type(self).__name__)
+        index = valid_tokens(checked)  # (n,)
+        if total >= index.shape[0]:
+            return checked.valid_mask.clone()  # every valid token (also when the image has none)
+        if total == 0:
+            return torch.zeros_like(checked.valid_mask)
+        features = features_of(checked, index, type(self).__name__, self.preset)  # (n, D)
+        return keep_from(checked, index.index_select(0, self._order(features, total)))
+
+    def _order(self, features: Tensor, total: int) -> Tensor:
+        """(total,) rows of ``features`` (n, D), 0 < total < n, in the method's pick order."""
+        raise NotImplementedError

@@ -9,9 +9,7 @@ import torch
 from torch import Tensor
 
 from .._errors import HeroError
-from ..protocols import TileEncoderOutputs
-from ..tiles import EncodedTiles
-from ._image import IMAGE, features_of, image_total, keep_from, valid_tokens
+from ._image import FeatureSelector
 
 __all__ = ["PIVOT_RULES", "DartSelector"]
 
@@ -23,7 +21,7 @@ _EPS = 1e-8
 
 
 @dataclass(frozen=True)
-class DartSelector:
+class DartSelector(FeatureSelector):
     """Pivot tokens, then, pivot by pivot, the tokens least similar to it: duplicates of a pivot are dropped.
 
     DART ("Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More", Wen, Gao,
@@ -53,8 +51,6 @@ class DartSelector:
     """
 
     _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the total on valid positions, no read-back check
-    scope: ClassVar[str] = IMAGE
-    needs_features: ClassVar[bool] = True
     preset: ClassVar[str] = "dart"
 
     pivots: int = 4
@@ -66,20 +62,8 @@ class DartSelector:
         if self.pivot_rule not in PIVOT_RULES:
             raise HeroError.field("pivot_rule", self.pivot_rule, f"one of {PIVOT_RULES}")
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return ()
-
-    def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
-        total = image_total(checked, budgets, type(self).__name__)
-        index = valid_tokens(checked)  # (n,)
-        n = int(index.shape[0])
-        if total >= n:
-            return checked.valid_mask.clone()  # every valid token (also when the image has none)
-        if total == 0:
-            return torch.zeros_like(checked.valid_mask)
-        features = features_of(checked, index, type(self).__name__, self.preset)  # (n, D)
+    def _order(self, features: Tensor, total: int) -> Tensor:
+        n = int(features.shape[0])
         count = min(self.pivots, total)
         l2 = torch.linalg.vector_norm(features, dim=-1)  # (n,)
         norms = torch.linalg.vector_norm(features, ord=1, dim=-1) if self.pivot_rule == "l1" else l2
@@ -100,4 +84,4 @@ class DartSelector:
             candidate.index_fill_(0, picks, False)
             chosen.append(picks)
             remaining -= take
-        return keep_from(checked, index.index_select(0, torch.cat(chosen)))
+        return torch.cat(chosen)

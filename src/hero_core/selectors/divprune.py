@@ -9,9 +9,7 @@ import torch
 from torch import Tensor
 
 from .._errors import HeroError
-from ..protocols import TileEncoderOutputs
-from ..tiles import EncodedTiles
-from ._image import IMAGE, features_of, image_total, keep_from, unit, valid_tokens
+from ._image import FeatureSelector, unit
 
 __all__ = ["DivPruneSelector"]
 
@@ -20,7 +18,7 @@ _STRIP = 768
 
 
 @dataclass(frozen=True)
-class DivPruneSelector:
+class DivPruneSelector(FeatureSelector):
     """Keep the most diverse set of tokens of the whole image, by cosine distance of ``token_features``.
 
     DivPrune ("DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models", Alvar, Singh, Akbari
@@ -53,8 +51,6 @@ class DivPruneSelector:
     """
 
     _one_sync: ClassVar[bool] = True  # Pruner.plan: keeps exactly the total on valid positions, no read-back check
-    scope: ClassVar[str] = IMAGE
-    needs_features: ClassVar[bool] = True
     preset: ClassVar[str] = "divprune"
 
     max_matrix_tokens: int = 8192
@@ -64,22 +60,10 @@ class DivPruneSelector:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise HeroError.field("max_matrix_tokens", value, "an int >= 0")
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return ()
-
-    def __call__(self, tiles: TileEncoderOutputs, budgets: Tensor, /) -> Tensor:
-        checked = EncodedTiles.from_outputs(tiles).require_finite()  # free after the planner's fetch
-        total = image_total(checked, budgets, type(self).__name__)
-        index = valid_tokens(checked)  # (n,)
-        if total >= index.shape[0]:
-            return checked.valid_mask.clone()  # every valid token (also when the image has none)
-        if total == 0:
-            return torch.zeros_like(checked.valid_mask)
-        x = unit(features_of(checked, index, type(self).__name__, self.preset))  # (n, D)
+    def _order(self, features: Tensor, total: int) -> Tensor:
+        x = unit(features)  # (n, D)
         greedy = _greedy_with_matrix if x.shape[0] <= self.max_matrix_tokens else _greedy_by_rows
-        order = greedy(x, total)  # (total,) rows of x in pick order
-        return keep_from(checked, index.index_select(0, order))
+        return greedy(x, total)  # (total,) rows of x in pick order
 
 
 def _similarity(x: Tensor) -> Tensor:
