@@ -17,16 +17,7 @@ from hero_adapters.bench import core
 from hero_core import EncodedTiles, presets
 from hero_core.native import HeroNativePruner
 
-CORE = ["--device", "cpu", "--views", "2", "--repeats", "1", "--forward-repeats", "1"]
-
-
-def _tiny_tower(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    config = CLIPVisionConfig(
-        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=336, patch_size=112
-    )
-    return CLIPVisionModel(config).to(device, dtype).eval()
+from .test_bench_output import CORE, _tiny_tower
 
 
 @pytest.fixture

@@ -41,9 +41,10 @@ def _rotary_positions(model: Any) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def _expected_prefill(row: Any, inputs: dict[str, Any], vlm: HeroVLM) -> torch.Tensor:
+def _expected_prefill(row: Any, inputs: dict[str, Any], vlm: HeroVLM, side: str = "left") -> torch.Tensor:
     """(3, B, S') the unpruned positions (the host's get_rope_index) at the columns the pruned prompt keeps,
-    written independently of the adapter: text columns, and per image its run start + kept token indices."""
+    written independently of the adapter: text columns, and per image its run start + kept token indices; each
+    row padded on ``side`` with 0, as get_rope_index writes padding."""
     model = row.model
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     positions, _ = model.model.get_rope_index(
@@ -67,7 +68,8 @@ def _expected_prefill(row: Any, inputs: dict[str, Any], vlm: HeroVLM) -> torch.T
     width = max(r.shape[1] for r in rows)
     out = torch.zeros(3, ids.shape[0], width, dtype=torch.long)
     for b, r in enumerate(rows):
-        out[:, b, width - r.shape[1] :] = r
+        where = slice(width - r.shape[1], width) if side == "left" else slice(0, r.shape[1])
+        out[:, b, where] = r
     return out
 
 
@@ -238,27 +240,7 @@ def test_forward_positions_with_right_padding(name: str) -> None:
     vlm = HeroVLM(row.model, row.pruner(0.4), processor=row.processor)
     with _rotary_positions(row.model) as seen:
         vlm(**inputs)
-    model = row.model
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    positions, _ = model.model.get_rope_index(
-        ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
-    )
-    report = vlm.last_report
-    assert report is not None
-    token, image, rows = int(model.config.image_token_id), 0, []
-    for b in range(ids.shape[0]):
-        keep = mask[b].bool().clone()
-        is_image = (ids[b] == token) & keep
-        starts = [int(i) for i in is_image.nonzero().flatten() if i == 0 or not bool(is_image[i - 1])]
-        keep &= ~is_image
-        for start in starts:
-            keep[start + report.images[image].plan.keep[0].nonzero().flatten()] = True
-            image += 1
-        rows.append(positions[:, b, keep])
-    width = max(r.shape[1] for r in rows)
-    expected = torch.zeros(3, ids.shape[0], width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        expected[:, b, : r.shape[1]] = r
+    expected = _expected_prefill(row, inputs, vlm, side="right")
     assert torch.equal(seen[0], expected)
 
 

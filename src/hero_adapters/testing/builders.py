@@ -461,6 +461,30 @@ def _qwen_text(
     return text
 
 
+def _qwen_host(
+    config_class: Any,
+    model_class: Any,
+    vision: Any,
+    text: Any,
+    vocab: dict[str, int],
+    processor: Any,
+    patch_size: int,
+    seed: int,
+) -> BuiltHost:
+    """The Qwen host from its tower and LLM configs, with the placeholder ids of ``vocab``, seeded."""
+    config = config_class(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    return BuiltHost(model=model, processor=processor, tile_pixels=2 * patch_size, patch_size=patch_size)
+
+
 def build_qwen2_5_vl(
     *,
     patch_size: int = 14,
@@ -517,17 +541,16 @@ def build_qwen2_5_vl(
         text_init,
         interleaved=False,
     )
-    config = transformers.Qwen2_5_VLConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
+    return _qwen_host(
+        transformers.Qwen2_5_VLConfig,
+        transformers.Qwen2_5_VLForConditionalGeneration,
+        vision,
+        text,
+        vocab,
+        processor,
+        patch_size,
+        seed,
     )
-    torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
-    return BuiltHost(model=model, processor=processor, tile_pixels=2 * patch_size, patch_size=patch_size)
 
 
 def build_qwen3_vl(
@@ -584,14 +607,13 @@ def build_qwen3_vl(
         text_init,
         interleaved=True,
     )
-    config = transformers.Qwen3VLConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
+    return _qwen_host(
+        transformers.Qwen3VLConfig,
+        transformers.Qwen3VLForConditionalGeneration,
+        vision,
+        text,
+        vocab,
+        processor,
+        patch_size,
+        seed,
     )
-    torch.manual_seed(seed)
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
-    return BuiltHost(model=model, processor=processor, tile_pixels=2 * patch_size, patch_size=patch_size)
