@@ -295,10 +295,10 @@ class Pruner:
             with torch.inference_mode(False):
                 given = to_device([total], checked.device, torch.int64)  # (1,) the image's total
             checked.remember_counts(given, (total,))  # the selector reads the total without a device read
-            keep = _checked_image_keep(self.selector(checked, given), total, checked, self.selector)
+            keep = _checked_keep(self.selector(checked, given), checked, self.selector, total=total)
             budgets = keep.sum(-1)  # (V,) the per-view counts the selector produced
         else:
-            keep = _checked_keep(self.selector(checked, budgets), budgets, checked, self.selector)
+            keep = _checked_keep(self.selector(checked, budgets), checked, self.selector, budgets=budgets)
         return PrunePlan(
             keep=keep,
             budgets=budgets,
@@ -352,33 +352,27 @@ def _checked_budgets(
     return budgets, counts
 
 
-def _checked_keep(keep: Any, budgets: Tensor, tiles: EncodedTiles, selector: object) -> Tensor:
+def _checked_keep(
+    keep: Any, tiles: EncodedTiles, selector: object, *, budgets: Tensor | None = None, total: int | None = None
+) -> Tensor:
+    """A selector's keep mask: (V, N) bool on the tiles' device, on valid positions only, with exactly ``budgets``
+    per view, or, for a selector that chooses across views, exactly ``total`` over the image. The shipped
+    selectors are trusted (no read); another is checked in one host sync."""
     name = f"{type(selector).__name__} keep mask"
     shape = (tiles.num_views, tiles.num_tokens)
     if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool or keep.device != tiles.device:
         raise HeroError.field(name, keep, f"a bool tensor of shape {shape} on {tiles.device}")
     if _one_sync(selector):
-        return keep  # keep_top keeps exactly min(budget, valid) valid positions, and budgets <= valid
-    broken = (keep & ~tiles.valid_mask).any() | (keep.sum(-1) != budgets).any()
-    if bool(broken):
-        raise HeroError.field(
-            name,
-            keep.sum(-1).tolist(),
-            f"exactly budgets = {budgets.tolist()} kept per view, on valid positions only",
-        )
-    return keep
-
-
-def _checked_image_keep(keep: Any, total: int, tiles: EncodedTiles, selector: object) -> Tensor:
-    """The keep mask of a selector that chooses across views: (V, N) bool, exactly ``total`` valid positions."""
-    name = f"{type(selector).__name__} keep mask"
-    shape = (tiles.num_views, tiles.num_tokens)
-    if not isinstance(keep, Tensor) or keep.shape != shape or keep.dtype != torch.bool or keep.device != tiles.device:
-        raise HeroError.field(name, keep, f"a bool tensor of shape {shape} on {tiles.device}")
-    if _one_sync(selector):
-        return keep  # the shipped ones keep exactly the total, on valid positions
-    broken = (keep & ~tiles.valid_mask).any() | (keep.sum() != total)
-    if bool(broken):  # one host sync
+        return keep  # keep_top / the whole-image selectors keep exactly their budget on valid positions
+    outside = (keep & ~tiles.valid_mask).any()
+    if budgets is not None:
+        if bool(outside | (keep.sum(-1) != budgets).any()):
+            raise HeroError.field(
+                name,
+                keep.sum(-1).tolist(),
+                f"exactly budgets = {budgets.tolist()} kept per view, on valid positions only",
+            )
+    elif bool(outside | (keep.sum() != total)):  # one host sync
         raise HeroError.field(
             name, int(keep.sum()), f"exactly the image's total {total} kept over all views, on valid positions only"
         )
