@@ -14,12 +14,11 @@ from .builders import (
     build_internvl,
     build_llava_next,
     build_llava_onevision,
-    build_qwen2_5_vl,
-    build_qwen3_vl,
     build_tiny_clip,
     word_tokenizer,
 )
 from .check import AdapterCheckError, AdapterCheckReport, check_adapter, check_scorer, hook_snapshot
+from .qwen_builders import build_qwen2_5_vl, build_qwen3_vl
 
 __all__ = [
     "DEMO_WORDS",
