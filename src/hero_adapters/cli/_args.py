@@ -79,6 +79,17 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _budget(text: str) -> int:
+    """A token budget per image: an int >= 1; argparse prefixes the flag (``argument --tokens: ...``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens; use e.g. 320") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1: a budget is the patch tokens KEPT per image, e.g. 320")
+    return value
+
+
 class _Override(NamedTuple):
     """One ``--set KEY=VALUE``: the field, its parsed value and the text as typed (for messages)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from hero_core import HeroError, presets
 
-from ._args import _device_arguments, _model_flag, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
+from ._args import _budget, _device_arguments, _model_flag, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
 from ._checks import _check_outputs, _check_overrides, _precheck
 from ._console import _steps
 from ._load import _load_clip, _load_host
@@ -35,14 +35,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='JSON Lines, one row per line: {"id": ..., "image": PATH, "prompt": ..., "answer": ... (optional)}; '
         "relative image paths are read from the file's folder",
     )
-    parser.add_argument(
+    budgets = parser.add_mutually_exclusive_group()
+    budgets.add_argument(
         "--keep-ratios",
         action=_Once,
         type=_ratio,
         nargs="+",
-        default=[1.0, 0.4, 0.2],
+        default=None,
         metavar="R",
-        help="fractions of patch tokens kept",
+        help="fractions of patch tokens kept (default: 1 0.4 0.2)",
+    )
+    budgets.add_argument(
+        "--tokens",
+        action=_Once,
+        type=_budget,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="instead of --keep-ratios: patch tokens kept per image, e.g. 640 320 160 (matched-count "
+        "evaluation; each image keeps min(T, its valid tokens), its keep ratio chosen from its own geometry; "
+        "newlines are not counted) (default: none)",
     )
     methods = parser.add_mutually_exclusive_group()
     methods.add_argument(
@@ -88,11 +100,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     config's depth) and ``--clip``'s config are checked before the model loads; the JSON is written once, at the
     end (or, when a row fails, with the rows before it and ``"complete": false``)."""
     from ..adapter import get_adapter
-    from ..evaluate import Evaluation, EvaluationError, check_options, evaluate
+    from ..evaluate import Evaluation, EvaluationError, check_options, check_tokens, evaluate
     from ..rows import read_rows
 
+    budgets = check_tokens(args.tokens, flags=True) if args.tokens is not None else ()
+    keep_ratios = args.keep_ratios if args.keep_ratios is not None else [1.0, 0.4, 0.2]
     names, ratios = check_options(
-        args.presets or [args.preset or "hero"], args.keep_ratios, args.batch_size, args.max_new_tokens, flags=True
+        args.presets or [args.preset or "hero"],
+        [1.0] if budgets else keep_ratios,  # with --tokens: the --set fields are checked at ratio 1
+        args.batch_size,
+        args.max_new_tokens,
+        flags=True,
     )
     folders = [("--model", args.model), ("--clip", args.clip)]
     _check_outputs([("--json", args.json, "json")], inputs=[("--data", args.data)], folders=folders)
@@ -129,14 +147,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         failed.append(partial)
         write(partial)
 
-    calls = math.ceil(len(rows) / args.batch_size) * (1 + len(names) * len(ratios))
+    calls = math.ceil(len(rows) / args.batch_size) * (1 + len(names) * len(budgets or ratios))
     bar = _steps(args, calls, "evaluating")
     try:
         result = evaluate(
             host,
             rows,
             presets=names,
-            keep_ratios=ratios,
+            keep_ratios=None if budgets else ratios,
+            tokens=budgets or None,
             overrides={item.key: item.value for item in overrides},
             scorer=scorer,
             batch_size=args.batch_size,

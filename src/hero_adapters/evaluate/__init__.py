@@ -18,6 +18,7 @@ HERO's encode, score and plan. Both paths are timed in the same run, on the same
 
 from __future__ import annotations
 
+from .budget import TokenBudget, budget_ratio
 from .loading import (
     PICKLE_SUFFIXES,
     Host,
@@ -30,16 +31,20 @@ from .loading import (
     weight_errors,
 )
 from .metrics import Answer, Evaluation, EvaluationError, SettingResult, normalize_answer, setting_key
-from .runner import check_options, evaluate, route_overrides
+from .runner import TOKENS_NOTE, check_options, check_tokens, evaluate, route_overrides
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "TOKENS_NOTE",
     "Answer",
     "Evaluation",
     "EvaluationError",
     "Host",
     "SettingResult",
+    "TokenBudget",
+    "budget_ratio",
     "check_options",
+    "check_tokens",
     "config_depth",
     "device_dtype",
     "evaluate",

@@ -41,8 +41,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def setting_key(preset: str, keep_ratio: float) -> str:
-    """``"<preset>@<keep ratio>"``, e.g. ``"hero@0.2"``: how answers name a setting."""
+def setting_key(preset: str, keep_ratio: float | None, tokens: int | None = None) -> str:
+    """``"<preset>@<keep ratio>"``, e.g. ``"hero@0.2"``, or with a token budget per image ``"hero@320t"``: how
+    answers name a setting."""
+    if tokens is not None:
+        return f"{preset}@{tokens}t"
     return f"{preset}@{keep_ratio:g}"
 
 
@@ -52,7 +55,7 @@ class SettingResult:
 
     Attributes:
         preset: the preset's name.
-        keep_ratio: the keep ratio.
+        keep_ratio: the keep ratio (None with a token budget: each image has its own, ``hero eval --tokens``).
         overrides: the ``--set`` fields this preset received.
         agreement: share of rows whose answer equals the unpruned answer exactly (None with no rows).
         first_divergence: per row (input order): None where the answers agree, else the first new-token
@@ -65,10 +68,14 @@ class SettingResult:
         prefill_seconds: mean time to first token per generate call (one batch).
         generate_seconds: total time of this setting's generate calls.
         speedup: unpruned mean prefill / this mean prefill, measured in the same run.
+        tokens: the patch-token budget per image (``--tokens``), or None with a keep ratio.
+        agreement_relative: ``agreement`` as a share of the unpruned model's (which agrees with itself: 1).
+        accuracy_relative: ``accuracy`` divided by the unpruned model's accuracy (None where either is None or
+            the unpruned accuracy is 0).
     """
 
     preset: str
-    keep_ratio: float
+    keep_ratio: float | None
     overrides: Mapping[str, Any]
     agreement: float | None
     first_divergence: tuple[int | None, ...]
@@ -79,18 +86,24 @@ class SettingResult:
     prefill_seconds: float | None
     generate_seconds: float
     speedup: float | None
+    tokens: int | None = None
+    agreement_relative: float | None = None
+    accuracy_relative: float | None = None
 
     @property
     def key(self) -> str:
-        return setting_key(self.preset, self.keep_ratio)
+        return setting_key(self.preset, self.keep_ratio, self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,
             "keep_ratio": self.keep_ratio,
+            "tokens": self.tokens,
             "overrides": dict(self.overrides),
             "agreement": self.agreement,
             "accuracy": self.accuracy,
+            "agreement_relative": self.agreement_relative,
+            "accuracy_relative": self.accuracy_relative,
             "flips": None if self.flips is None else dict(self.flips),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
@@ -177,17 +190,23 @@ class Evaluation:
         }
 
     def table(self) -> str:
-        """Markdown: the unpruned model, then one line per preset x keep ratio."""
+        """Markdown: the unpruned model, then one line per preset x keep ratio (or token budget per image); the
+        last two columns are agreement and accuracy as a percentage of the unpruned model's (the reference row:
+        everything kept, agreement 100% by definition), the way papers place methods."""
         answered = sum(answer.reference is not None for answer in self.answers)
+        budget = bool(self.settings.get("tokens"))
         lines = [
-            "| preset | keep ratio | agreement | first divergence | accuracy | right -> wrong / wrong -> right "
-            "| image tokens in -> out | prefill ms | speed-up |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| preset | {'tokens per image' if budget else 'keep ratio'} | agreement | first divergence | accuracy "
+            "| right -> wrong / wrong -> right | image tokens in -> out | prefill ms | speed-up "
+            "| agreement % of unpruned | accuracy % of unpruned |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         base = self.unpruned
+        reference = "100.0%" if self.rows else "-"
         lines.append(
             f"| unpruned | - | - | - | {_share(base['accuracy'], answered)} | - | {_tokens(base['tokens_in'], None)} | "
-            f"{_ms(base['prefill_seconds'])} | 1.00x |"
+            f"{_ms(base['prefill_seconds'])} | 1.00x | {reference} | "
+            f"{reference if base['accuracy'] else '-'} |"
         )
         for result in self.results:
             diverged = [d for d in result.first_divergence if d is not None]
@@ -196,16 +215,32 @@ class Evaluation:
             flips = (
                 "-" if result.flips is None else f"{result.flips['right_to_wrong']} / {result.flips['wrong_to_right']}"
             )
+            setting = f"{result.tokens}" if result.tokens is not None else f"{result.keep_ratio:g}"
             lines.append(
-                f"| {result.preset} | {result.keep_ratio:g} | {_share(result.agreement, self.rows)} | {median} | "
+                f"| {result.preset} | {setting} | {_share(result.agreement, self.rows)} | {median} | "
                 f"{_share(result.accuracy, answered)} | {flips} | {_tokens(result.tokens_in, result.tokens_out)} | "
-                f"{_ms(result.prefill_seconds)} | {speedup} |"
+                f"{_ms(result.prefill_seconds)} | {speedup} | {_percent(result.agreement_relative)} | "
+                f"{_percent(result.accuracy_relative)} |"
             )
+        if budget:
+            lines.append("")
+            lines.append(str(self.settings.get("tokens_note", "")))
         return "\n".join(lines)
 
 
 def _share(value: float | None, count: int) -> str:
     return "-" if value is None else f"{value:.1%} of {count}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _relative(value: float | None, reference: float | None) -> float | None:
+    """``value / reference`` (a share of the unpruned model's), None where either is missing or the reference 0."""
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
 
 
 def _tokens(tokens_in: float | None, tokens_out: float | None) -> str:
@@ -286,7 +321,7 @@ def summarise(
     rows: Sequence[Row],
     done: Sequence[Row],
     names: Sequence[str],
-    ratios: Sequence[float],
+    ratios: Sequence[float | None],
     routed: Mapping[str, Mapping[str, Any]],
     unpruned: Tally,
     tallies: Sequence[Tally],
@@ -296,34 +331,46 @@ def summarise(
     generate_seconds: float,
     complete: bool,
     error: str | None,
+    budgets: Sequence[int] = (),
 ) -> Evaluation:
+    """The ``Evaluation`` of the rows done; with ``budgets`` (token budgets per image) the settings are preset x
+    budget and ``ratios`` is ignored."""
     base_prefill = _mean(unpruned.prefill)
+    base_accuracy = _accuracy(unpruned.texts, done)
     tokens_in = _mean([float(x) for x in tallies[0].tokens_in]) if tallies else None
+    grid: list[tuple[str, float | None, int | None]] = (
+        [(p, None, t) for p in names for t in budgets] if budgets else [(p, r, None) for p in names for r in ratios]
+    )
     results = []
-    for (preset, ratio), tally in zip([(p, r) for p in names for r in ratios], tallies, strict=True):
+    for (preset, ratio, budget), tally in zip(grid, tallies, strict=True):
         agree = [text == base for text, base in zip(tally.texts, unpruned.texts, strict=True)]
         divergence = tuple(
             None if same else _first_divergence(ids, base_ids)
             for same, ids, base_ids in zip(agree, tally.ids, unpruned.ids, strict=True)
         )
         prefill = _mean(tally.prefill)
+        agreement = _mean([float(x) for x in agree])
+        accuracy = _accuracy(tally.texts, done)
         results.append(
             SettingResult(
                 preset=preset,
                 keep_ratio=ratio,
                 overrides=dict(routed[preset]),
-                agreement=_mean([float(x) for x in agree]),
+                agreement=agreement,
                 first_divergence=divergence,
-                accuracy=_accuracy(tally.texts, done),
+                accuracy=accuracy,
                 flips=_flips(unpruned.texts, tally.texts, done),
                 tokens_in=_mean([float(x) for x in tally.tokens_in]),
                 tokens_out=_mean([float(x) for x in tally.tokens_out]),
                 prefill_seconds=prefill,
                 generate_seconds=tally.seconds,
                 speedup=base_prefill / prefill if base_prefill is not None and prefill else None,
+                tokens=budget,
+                agreement_relative=_relative(agreement, 1.0),
+                accuracy_relative=_relative(accuracy, base_accuracy),
             )
         )
-    keys = [setting_key(p, r) for p in names for r in ratios]
+    keys = [setting_key(p, r, t) for p, r, t in grid]
     answers = tuple(
         Answer(
             id=row.id,
@@ -341,7 +388,7 @@ def summarise(
         rows_in_data=len(rows),
         settings=settings,
         unpruned={
-            "accuracy": _accuracy(unpruned.texts, done),
+            "accuracy": base_accuracy,
             "tokens_in": tokens_in,
             "prefill_seconds": base_prefill,
             "generate_seconds": unpruned.seconds,

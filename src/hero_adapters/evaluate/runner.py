@@ -19,10 +19,31 @@ from hero_core import presets as _presets
 
 from ..attach import host_generate
 from ..rows import Row, open_image
+from .budget import TokenBudget
 from .loading import Host
 from .metrics import Evaluation, EvaluationError, Tally, setting_key, summarise
 
-__all__ = ["check_options", "evaluate", "route_overrides"]
+__all__ = ["check_options", "check_tokens", "evaluate", "route_overrides"]
+
+TOKENS_NOTE = (
+    "tokens per image: patch tokens kept, newlines not counted (LLaVA-NeXT / OneVision row newlines are sent on top "
+    "and shown in 'image tokens in -> out'); an image with fewer valid tokens keeps them all"
+)
+
+
+def check_tokens(tokens: Sequence[int], *, flags: bool = False) -> tuple[int, ...]:
+    """Token budgets per image, checked: ints >= 1, at least one, each once. ``flags`` names ``--tokens``."""
+    name = "--tokens" if flags else "tokens"
+    budgets = tuple(tokens)
+    if not budgets:
+        raise HeroError.field(name, [], "at least one token budget per image, e.g. 640 320 160")
+    for budget in budgets:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise HeroError.field(name, budget, "patch tokens kept per image: ints >= 1, e.g. 640 320 160")
+    twice = [budget for i, budget in enumerate(budgets) if budget in budgets[:i]]
+    if twice:
+        raise HeroError.field(name, list(budgets), "each value once", f"{twice[0]!r} is given twice.")
+    return budgets
 
 
 def check_options(
@@ -115,7 +136,7 @@ def evaluate(
     rows: Sequence[Row],
     *,
     presets: Sequence[str] = ("hero",),
-    keep_ratios: Sequence[float] = (1.0, 0.4, 0.2),
+    keep_ratios: Sequence[float] | None = None,
     overrides: Mapping[str, Any] | None = None,
     scorer: Any = None,
     batch_size: int = 1,
@@ -125,6 +146,7 @@ def evaluate(
     data: str | Path | None = None,
     progress: Any = None,
     on_failure: Callable[[Evaluation], None] | None = None,
+    tokens: Sequence[int] | None = None,
 ) -> Evaluation:
     """Run every row unpruned and with every (preset, keep ratio); measure agreement, accuracy, tokens, prefill.
 
@@ -133,7 +155,8 @@ def evaluate(
         rows: the rows (``hero_adapters.rows.read_rows``), evaluated in order.
         presets: preset names (``hero_core.presets.PRESETS``); each runs at every keep ratio, so presets that
             keep equal counts at equal ratios are compared on equal budgets.
-        keep_ratios: keep ratios in (0, 1]; at 1 the agreement is measured like any other.
+        keep_ratios: keep ratios in (0, 1]; at 1 the agreement is measured like any other (default: 1, 0.4, 0.2;
+            not with ``tokens``).
         overrides: preset fields (``presets.get(name, r, **overrides)``), routed by ``route_overrides``.
         scorer: optional ``TextScorer`` for relevance (else budgets come from saliency alone).
         batch_size: rows per generate call (left padding; in float32 the answers equal batch size 1's,
@@ -146,6 +169,9 @@ def evaluate(
         progress: optional progress object (``update`` / ``set_description``), advanced once per generate call.
         on_failure: called with the partial ``Evaluation`` (``complete`` False) before a failure is raised,
             also on KeyboardInterrupt.
+        tokens: instead of keep ratios, patch-token budgets per image (matched-count evaluation): each image
+            keeps ``min(T, valid)`` patch tokens, its keep ratio chosen from its own geometry (``TokenBudget``);
+            newlines are not counted in T.
 
     Returns:
         The ``Evaluation``.
@@ -159,22 +185,31 @@ def evaluate(
     from ..vlm import HeroVLM
 
     start = time.perf_counter()
-    names, ratios = check_options(presets, keep_ratios, batch_size, max_new_tokens)
+    if tokens is not None and keep_ratios is not None:
+        raise HeroError.field("tokens", list(tokens), "not given together with keep_ratios (one or the other)")
+    budgets = check_tokens(tokens) if tokens is not None else ()
+    names, ratios = check_options(
+        presets, (1.0,) if budgets else (1.0, 0.4, 0.2) if keep_ratios is None else keep_ratios, batch_size,
+        max_new_tokens,
+    )  # fmt: skip
     model = host.model
     # The paper's layers are CLIP ViT-L/14's: scaled to this encoder's depth (explicit layer overrides are kept).
     encoder = preset_options(get_adapter(model, processor=host.processor))
     routed = route_overrides(names, encoder["depth"], dict(overrides or {}))
-    settings = [(preset, ratio) for preset in names for ratio in ratios]
-    vlms = [
-        HeroVLM(
-            model,
-            _presets.get(preset, ratio, **encoder, **routed[preset]),
-            scorer,
-            layout=layout,
-            processor=host.processor,
-        )
-        for preset, ratio in settings
-    ]
+    # (preset, keep ratio, token budget): a budget's ratio is chosen per image, when the image is planned.
+    settings: list[tuple[str, float | None, int | None]] = (
+        [(preset, None, budget) for preset in names for budget in budgets]
+        if budgets
+        else [(preset, ratio, None) for preset in names for ratio in ratios]
+    )
+
+    def pruner(preset: str, ratio: float | None, budget: int | None) -> Any:
+        if budget is not None:  # HeroVLM's pruner is one object per call; TokenBudget picks each image's preset
+            return TokenBudget(preset, budget, {**encoder, **routed[preset]})
+        assert ratio is not None
+        return _presets.get(preset, ratio, **encoder, **routed[preset])
+
+    vlms = [HeroVLM(model, pruner(*setting), scorer, layout=layout, processor=host.processor) for setting in settings]
     adapter = vlms[0].adapter
     cuda = host.device if host.device.type == "cuda" else None
     probe_class = _probe_class()
@@ -215,9 +250,12 @@ def evaluate(
             routed,
             unpruned,
             tallies,
+            budgets=budgets,
             settings={
                 "presets": list(names),
-                "keep_ratios": list(ratios),
+                "keep_ratios": None if budgets else list(ratios),
+                "tokens": list(budgets) if budgets else None,
+                "tokens_note": TOKENS_NOTE if budgets else None,
                 "overrides": routed,
                 "batch_size": batch_size,
                 "max_new_tokens": max_new_tokens,
@@ -265,9 +303,9 @@ def evaluate(
             if progress is not None:
                 progress.update()
             batch_steps: list[Tally] = []
-            for (preset, ratio), vlm in zip(settings, vlms, strict=True):
+            for (preset, ratio, budget), vlm in zip(settings, vlms, strict=True):
                 if progress is not None:
-                    progress.set_description(f"{span}: {setting_key(preset, ratio)}")
+                    progress.set_description(f"{span}: {setting_key(preset, ratio, budget)}")
                 sequences, first, total = timed(vlm.generate, **inputs, **extra, query=prompts, **options)
                 generate_seconds += total
                 pruned = Tally()
