@@ -28,7 +28,8 @@ def synthetic_image(seed: int = 0) -> EncodedTiles:
         thumbnail_index=0,
         grid=(24, 24),
         tile_grid=(2, 2),
-        token_features=torch.randn(views, tokens, 1024, generator=generator),  # for divprune / dart
+        token_features=torch.randn(views, tokens, 1024, generator=generator),  # divprune, dart, cdpruner, visionzip
+        token_relevance=0.3 * torch.rand(views, tokens, generator=generator),  # cdpruner: per-token CLIP cosine
     )
 
 

@@ -1,4 +1,6 @@
-"""Token features for pruners that ask for them (``Pruner.needs_features``: DivPrune, DART, ...).
+"""What pruners read beyond attention, and merged rows: token features for pruners that ask for them
+(``Pruner.needs_features``: DivPrune, DART, CDPruner, VisionZip), each token's relevance to its query
+(``Pruner.needs_token_relevance``: CDPruner), and the rows of tokens merged into kept ones (VisionZip's plan).
 
 An adapter may record ``EncodedTiles.token_features`` itself (the Qwen hosts do: the tower's last states per
 merged token). Otherwise ``HeroVLM`` builds them from what every adapter already returns: the host's unpruned
@@ -10,12 +12,62 @@ them. No host read: newline rows (source -1) go to a spare row that is dropped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
+from ._scoring import with_token_relevance
 from .adapter import EncodedImage
 
-__all__ = ["with_token_features"]
+__all__ = ["merge_planned", "merged_rows", "pruner_inputs", "with_token_features"]
+
+
+def pruner_inputs(
+    pruner: Any, scorer: Any, encoded: Sequence[EncodedImage], queries: Sequence[str | None], timer: Any
+) -> list[EncodedImage]:
+    """``encoded`` with what ``pruner`` reads beyond attention: ``token_features`` when it ``needs_features``,
+    ``token_relevance`` (the scorer's ``score_tokens``, timed as the "score" stage) when it
+    ``needs_token_relevance``."""
+    images = list(encoded)
+    if bool(getattr(pruner, "needs_features", False)):
+        images = [with_token_features(image) for image in images]
+    if bool(getattr(pruner, "needs_token_relevance", False)):
+        with timer.stage("score"):  # cdpruner: each token's CLIP cosine to its image's query
+            images = with_token_relevance(scorer, pruner, images, queries)
+    return images
+
+
+def merge_planned(encoded: Sequence[EncodedImage], plans: Sequence[Any]) -> list[EncodedImage]:
+    """Every image with its plan's merges applied (``merged_rows``); plans without ``merge_into`` merge nothing."""
+    return [merged_rows(image, getattr(plan, "merge_into", None)) for image, plan in zip(encoded, plans, strict=True)]
+
+
+def merged_rows(image: EncodedImage, merge_into: Tensor | None) -> EncodedImage:
+    """``image`` with the rows of merged tokens added into their targets' (VisionZip): each kept token's row
+    ``f_t`` becomes ``f_t + mean(f_a)`` over the tokens ``a`` whose ``merge_into`` is ``t`` (unchanged when
+    none is), every column of ``features`` alike (Qwen3-VL's DeepStack levels too). No host read.
+
+    Rows map to (view, token) slots by ``image.source``; newline rows (-1) stay as they are.
+    """
+    if merge_into is None:
+        return image
+    features, source = image.features, image.source.to(image.features.device)
+    slots = merge_into.numel()
+    into = merge_into.reshape(-1).to(features.device)  # (V N,)
+    target = torch.where(source >= 0, into.index_select(0, source.clamp(min=0)), torch.full_like(source, -1))
+    merged = (target >= 0) & (target != source)  # (T,) rows merged into another token
+    spare = torch.full_like(target, slots)  # rows that merge nowhere go to a spare slot
+    bucket = torch.where(merged, target, spare)
+    sums = features.new_zeros((slots + 1, features.shape[-1]), dtype=torch.float32)
+    sums.index_add_(0, bucket, features.float())
+    counts = features.new_zeros(slots + 1, dtype=torch.float32).index_add_(0, bucket, merged.float())
+    mean = sums[:slots] / counts[:slots].clamp(min=1.0)[:, None]  # (V N, D) per target slot
+    own = torch.where(source >= 0, source, torch.full_like(source, slots))  # each row's own slot
+    gain = torch.cat([mean, mean.new_zeros(1, mean.shape[-1])]).index_select(0, own)  # (T, D)
+    out = (features.float() + gain).to(features.dtype)
+    return dataclasses.replace(image, features=out)
 
 
 def with_token_features(image: EncodedImage) -> EncodedImage:

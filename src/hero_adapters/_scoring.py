@@ -1,12 +1,15 @@
 """Relevance scoring for ``HeroVLM``: the text scorer called once per call over every image's tiles (or, for
-pruners without tiles, every image's region crops), its answers checked."""
+pruners without tiles, every image's region crops), its answers checked; for pruners conditioned on each token's
+relevance (``cdpruner``), the scorer's ``score_tokens`` over every view, resampled to the host's token grid."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hero_core import HeroError, to_device
@@ -14,7 +17,7 @@ from hero_core.allocators import tile_views
 
 from .adapter import EncodedImage
 
-__all__ = ["region_crops", "score_images"]
+__all__ = ["check_token_scorer", "region_crops", "score_images", "with_token_relevance"]
 
 
 def score_images(
@@ -99,6 +102,81 @@ def region_crops(image: EncodedImage, boxes: Sequence[tuple[int, int, int, int]]
         for y0, x0, y1, x1 in pixel_boxes
     ]
     return torch.cat(crops, dim=0).clamp_(0.0, 1.0)
+
+
+def check_token_scorer(pruner: Any, scorer: Any) -> None:
+    """Refuse a pruner that reads ``token_relevance`` (``cdpruner``) without a scorer that has ``score_tokens``.
+
+    Raises:
+        HeroError: naming the preset and the scorers that work.
+    """
+    if not bool(getattr(pruner, "needs_token_relevance", False)) or callable(getattr(scorer, "score_tokens", None)):
+        return
+    raise HeroError.field(
+        "text_scorer",
+        None if scorer is None else _name(scorer),
+        f"a text scorer with score_tokens: preset {_preset(pruner)!r} weighs each token by its CLIP cosine to the "
+        "instruction",
+        "Pass one of the library's CLIP scorers (hero_adapters.text_scorers.HFClipTextScorer or OpenClipTextScorer; "
+        "CLI: --clip), or choose a preset that needs no text (divprune, dart).",
+    )
+
+
+def with_token_relevance(
+    scorer: Any, pruner: Any, encoded: Sequence[EncodedImage], queries: Sequence[str | None]
+) -> list[EncodedImage]:
+    """Every image with ``tiles.token_relevance`` (V, N): the scorer's ``score_tokens`` (one call for the whole
+    call, every view of every image; (V, gh, gw) raw cosines on the CLIP tower's patch grid) resampled to the
+    view's token grid (bilinear, antialiased; the identity where the grids agree: LLaVA-NeXT with its own CLIP-L/336).
+
+    Raises:
+        HeroError: for an image without a query (naming the preset and what to pass), or a scorer answer of the
+            wrong shape; NaN/inf are refused in the planner's one read.
+    """
+    check_token_scorer(pruner, scorer)
+    for i, text in enumerate(queries):
+        if text is None:
+            raise HeroError.field(
+                f"query for image {i}",
+                None,
+                f"the instruction: preset {_preset(pruner)!r} keeps the tokens relevant to it",
+                "Put text in the prompt around the image, or pass query=...; or choose divprune / dart (no text).",
+            )
+    scores = scorer.score_tokens([image.views for image in encoded], [str(text) for text in queries])
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(encoded):
+        raise HeroError.field(
+            f"text_scorer {_name(scorer)}.score_tokens output",
+            type(scores).__name__,
+            f"a list of {len(encoded)} tensors, one per image given",
+        )
+    out = []
+    for i, (image, score) in enumerate(zip(encoded, scores, strict=True)):
+        tiles = image.tiles
+        views = tiles.num_views
+        if (
+            not isinstance(score, Tensor)
+            or score.dim() != 3
+            or score.shape[0] != views
+            or not score.dtype.is_floating_point
+        ):
+            raise HeroError.field(
+                f"text_scorer {_name(scorer)}.score_tokens output for image {i}",
+                score,
+                f"a float tensor ({views}, gh, gw): one raw CLIP cosine per patch of the tower's grid, per view",
+            )
+        grid = score[:, None].to(tiles.device, torch.float32)  # (V, 1, gh, gw)
+        if tuple(grid.shape[-2:]) != tiles.grid:
+            grid = F.interpolate(grid, size=tiles.grid, mode="bilinear", align_corners=False, antialias=True)
+        relevance = grid.reshape(views, tiles.num_tokens)
+        out.append(dataclasses.replace(image, tiles=tiles.replace(token_relevance=relevance)))
+    return out
+
+
+def _preset(pruner: Any) -> str:
+    part = next(
+        (p for p in (getattr(pruner, "selector", None), pruner) if getattr(p, "needs_token_relevance", False)), pruner
+    )
+    return str(getattr(part, "preset", type(part).__name__))
 
 
 def _name(scorer: object) -> str:

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from hero_core import EncodedTiles, HeroError, ImageCounts, TextScorer
 
-from ._features import with_token_features
+from ._features import merge_planned, pruner_inputs
 from ._generation import check_not_empty, host_attention_mask, relative_lengths, unleft_rows, vocab_size
-from ._scoring import score_images
+from ._scoring import check_token_scorer, score_images
 from ._timing import StageTimer
 from .adapter import AssembledImage, EncodedImage, HostAdapter, PrunedPrompt, check_host_adapter, get_adapter
 from .attach import Attachment, Query, host_call, host_generate
@@ -121,6 +121,7 @@ class HeroVLM:
             raise HeroError.field("text_scorer", text_scorer, "None or a callable (views, text) -> (K,) cosines")
         if positions is not None and positions not in POSITIONS:
             raise HeroError.field("positions", positions, f"one of {POSITIONS}")
+        check_token_scorer(pruner, text_scorer)  # cdpruner: a scorer with score_tokens, refused before any call
         options = {"layout": layout, "processor": processor, "image_mean": image_mean, "image_std": image_std}
         given = {key: value for key, value in options.items() if value is not None}
         if adapter is None:
@@ -445,8 +446,6 @@ class HeroVLM:
         keeps_all = callable(getattr(self.pruner, "keeps_all", None)) and bool(self.pruner.keeps_all())
         with timer.stage("encode"):
             encoded = self.adapter.encode(image_inputs, () if keeps_all else self.pruner.layers, runs=runs)
-        if bool(getattr(self.pruner, "needs_features", False)) and not keeps_all:
-            encoded = [with_token_features(image) for image in encoded]  # DivPrune, DART: per-token features
         spans = None
         if ids is not None and mask is not None:
             spans = placeholder_spans(ids, mask, token, [image.tokens_in for image in encoded])
@@ -457,18 +456,22 @@ class HeroVLM:
             raise HeroError.field(
                 "query", query, "None or one str when input_ids is not given", "Pass input_ids to map queries."
             )
-
+        if not keeps_all:  # what the pruner reads beyond attention: token features, each token's relevance
+            encoded = pruner_inputs(self.pruner, self.text_scorer, encoded, queries, timer)
         relevance: list[Tensor | None] = [None] * len(encoded)
         if self.text_scorer is not None and bool(getattr(self.pruner, "uses_relevance", False)) and not keeps_all:
             with timer.stage("score"):
                 relevance = self._score(encoded, queries)
         with timer.stage("plan"):  # every image together: one host sync for the batch with the shipped parts
             plan_batch = getattr(self.pruner, "plan_batch", None)
-            if callable(plan_batch):
+            if callable(getattr(self.pruner, "plan_encoded", None)):  # TokenBudget: reads the adapter's layout too
+                plans = self.pruner.plan_encoded(self.adapter, encoded, relevance)
+            elif callable(plan_batch):
                 plans = plan_batch([image.tiles for image in encoded], relevance)
             else:
                 plans = [self.pruner.plan(image.tiles, rel) for image, rel in zip(encoded, relevance, strict=True)]
         with timer.stage("assemble"):  # one host read for every image when the adapter has assemble_batch
+            encoded = merge_planned(encoded, plans)  # VisionZip: merged tokens' rows join their targets' rows
             assemble_batch = getattr(self.adapter, "assemble_batch", None)
             if callable(assemble_batch):
                 assembled = assemble_batch(encoded, [plan.keep for plan in plans])

@@ -14,12 +14,14 @@ from .native import HeroNativePruner, NativePlan, RegionAllocator
 from .plan import Allocation, PrunePlan, Pruner
 from .protocols import BudgetAllocator, TextScorer, TileEncoderOutputs, TokenSelector
 from .selectors import (
+    CDPrunerSelector,
     ClsAttentionSelector,
     DartSelector,
     DivPruneSelector,
     FunctionAwareSelector,
     RandomSelector,
     StridedSelector,
+    VisionZipSelector,
 )
 from .tiles import EncodedTiles
 
@@ -30,6 +32,7 @@ __all__ = [
     "VICUNA_13B",
     "Allocation",
     "BudgetAllocator",
+    "CDPrunerSelector",
     "ClsAttentionSelector",
     "DartSelector",
     "DivPruneSelector",
@@ -51,6 +54,7 @@ __all__ = [
     "TileEncoderOutputs",
     "TokenSelector",
     "UniformAllocator",
+    "VisionZipSelector",
     "counts",
     "kv_cache_bytes",
     "prefill_flops",

@@ -28,6 +28,7 @@ def make_tiles(
     pad_amount: float = 0.25,
     separated: bool = False,
     token_features: bool = False,
+    token_relevance: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -45,6 +46,8 @@ def make_tiles(
         token_features: if True, also draw ``token_features`` (V, N, width) and make ``cls_tokens`` their mean
             over each view's tokens (the mean-token stand-in of hosts without a CLS token, ``query_source
             "mean-token"``); the other tensors are the same as without it.
+        token_relevance: if True, also draw ``token_relevance`` (V, N), uniform in [-0.3, 0.3] like CLIP cosines
+            (drawn after everything else, so the other tensors are the same as without it).
         seed: seeds a CPU generator; the same arguments give the same tensors.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -76,6 +79,9 @@ def make_tiles(
     if token_features:  # drawn last, so the other tensors do not depend on it
         features = torch.randn(num_views, tokens, width, generator=generator)
         cls_tokens = features.mean(dim=1)
+    relevance = None
+    if token_relevance:
+        relevance = (torch.rand(num_views, tokens, generator=generator) - 0.5) * 0.6
     return EncodedTiles(
         cls_tokens=cls_tokens.to(dtype=dtype, device=device),
         cls_attention=attention.to(dtype=dtype, device=device),
@@ -86,6 +92,7 @@ def make_tiles(
         tile_grid=tile_grid,
         query_source="mean-token" if token_features else "cls",
         token_features=None if features is None else features.to(dtype=dtype, device=device),
+        token_relevance=None if relevance is None else relevance.to(dtype=dtype, device=device),
     )
 
 

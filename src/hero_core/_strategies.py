@@ -23,6 +23,7 @@ def encoded_tiles(
     paddings: tuple[str, ...] = PADDINGS,
     separated: bool | None = None,
     token_features: bool | None = False,
+    token_relevance: bool | None = False,
 ) -> EncodedTiles:
     """Hypothesis strategy for valid ``EncodedTiles``: random V, grid, heads, thumbnail index and padding.
 
@@ -34,6 +35,8 @@ def encoded_tiles(
         separated: force (True) or forbid (False) dtype-robust attention values; None draws both.
         token_features: add (True) or leave out (False, the default) per-token embeddings (``make_tiles``);
             None draws both.
+        token_relevance: add (True) or leave out (False, the default) each token's CLIP-cosine-like relevance to
+            an instruction (``make_tiles``); None draws both.
     """
     num_views = draw(st.integers(1, max_views))
     grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
@@ -47,6 +50,7 @@ def encoded_tiles(
         pad_amount=draw(st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0])),
         separated=draw(st.booleans()) if separated is None else separated,
         token_features=draw(st.booleans()) if token_features is None else token_features,
+        token_relevance=draw(st.booleans()) if token_relevance is None else token_relevance,
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 

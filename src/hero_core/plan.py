@@ -14,6 +14,7 @@ from ._errors import RELEVANCE_FINITE, HeroError, check_keep_ratio, check_releva
 from .counts import ImageCounts, exact_total
 from .protocols import BudgetAllocator, TileEncoderOutputs, TokenSelector
 from .selectors._image import IMAGE, VIEW, missing_features
+from .selectors.cdpruner import missing_relevance
 from .tiles import EncodedTiles
 
 __all__ = ["Allocation", "PrunePlan", "Pruner", "Staged"]
@@ -59,6 +60,9 @@ class PrunePlan:
         saliency: (V,) float or None; the visual-saliency part of ``importance``.
         relevance: (V,) float or None; the task-relevance part of ``importance``.
         keep_ratio: the requested ratio R.
+        merge_into: (V, N) int64 or None. For selectors that merge (``plan_merge``: VisionZip), each token's own
+            flat index ``view * N + position`` where kept, the kept token it is merged into where merged, -1 where
+            dropped; the adapter adds the mean of the merged rows to their target's row. None: nothing merged.
     """
 
     keep: Tensor
@@ -67,6 +71,7 @@ class PrunePlan:
     saliency: Tensor | None = None
     relevance: Tensor | None = None
     keep_ratio: float = 1.0
+    merge_into: Tensor | None = None
 
     @property
     def num_kept(self) -> int:
@@ -116,6 +121,12 @@ class Pruner:
         """Whether planning reads ``tiles.token_features`` (adapters record them only then): the selector's or the
         allocator's optional ``needs_features`` attribute (DivPrune, DART)."""
         return any(bool(getattr(part, "needs_features", False)) for part in (self.selector, self.allocator))
+
+    @property
+    def needs_token_relevance(self) -> bool:
+        """Whether planning reads ``tiles.token_relevance`` (each token's CLIP cosine to the instruction; adapters
+        compute it only then): the selector's or allocator's optional ``needs_token_relevance`` (CDPruner)."""
+        return any(bool(getattr(part, "needs_token_relevance", False)) for part in (self.selector, self.allocator))
 
     @property
     def scope(self) -> str:
@@ -253,6 +264,11 @@ class Pruner:
                 if checked.token_features is None:
                     part = _feature_part(self)
                     raise missing_features(_name(part), str(getattr(part, "preset", _name(part))))
+        if self.needs_token_relevance and not self.keeps_all():
+            for checked in images:
+                if checked.token_relevance is None:
+                    part = _feature_part(self, "needs_token_relevance")
+                    raise missing_relevance(_name(part), str(getattr(part, "preset", _name(part))))
         staged: dict[int, Any] = {}
         stage = getattr(self.allocator, "_stage", None) if _one_sync(self.allocator) else None
         with torch.inference_mode():
@@ -264,6 +280,8 @@ class Pruner:
                     checked.check_later("relevance", score, *RELEVANCE_FINITE)
                 if self.needs_features and checked.token_features is not None:
                     checked.check_later("token_features", checked.token_features, *_FEATURES_FINITE)
+                if self.needs_token_relevance and checked.token_relevance is not None:
+                    checked.check_later("token_relevance", checked.token_relevance, *_RELEVANCE_FINITE)
                 if callable(stage):
                     staged[i] = stage(checked, score if self.uses_relevance else None)
             if staged:  # the batch's one host sync: every staged image's weights and host facts
@@ -290,6 +308,7 @@ class Pruner:
         budgets, counts = _checked_budgets(
             allocation.budgets, checked, self.allocator, trusted=_one_sync(self.allocator)
         )
+        into: Tensor | None = None
         if self.scope == IMAGE:
             total = sum(counts)
             with torch.inference_mode(False):
@@ -297,6 +316,9 @@ class Pruner:
             checked.remember_counts(given, (total,))  # the selector reads the total without a device read
             keep = _checked_keep(self.selector(checked, given), checked, self.selector, total=total)
             budgets = keep.sum(-1)  # (V,) the per-view counts the selector produced
+        elif callable(merge := getattr(self.selector, "plan_merge", None)):  # VisionZip: kept tokens absorb others
+            keep, into = merge(checked, budgets)
+            keep = _checked_keep(keep, checked, self.selector, budgets=budgets)
         else:
             keep = _checked_keep(self.selector(checked, budgets), checked, self.selector, budgets=budgets)
         return PrunePlan(
@@ -306,6 +328,7 @@ class Pruner:
             saliency=allocation.saliency,
             relevance=allocation.relevance,
             keep_ratio=self.keep_ratio,
+            merge_into=into,
         )
 
 
@@ -380,6 +403,7 @@ def _checked_keep(
 
 
 _FEATURES_FINITE = ("finite values (found NaN or inf)", "Check the pixels and the encoder's dtype.")
+_RELEVANCE_FINITE = ("finite values (found NaN or inf)", "Check the text scorer's score_tokens and its dtype.")
 
 
 def _scope(selector: object) -> str:
@@ -391,6 +415,7 @@ def _name(part: object) -> str:
     return type(part).__name__
 
 
-def _feature_part(pruner: Pruner) -> object:
-    """The part that reads the token features (it may name its preset in a ``preset`` class attribute)."""
-    return next(part for part in (pruner.selector, pruner.allocator) if getattr(part, "needs_features", False))
+def _feature_part(pruner: Pruner, need: str = "needs_features") -> object:
+    """The part that reads the token features (``need``: or the token relevance); it may name its preset in a
+    ``preset`` class attribute."""
+    return next(part for part in (pruner.selector, pruner.allocator) if getattr(part, need, False))

@@ -23,17 +23,20 @@ from .allocators import HeroAllocator, ThumbnailAttentionAllocator, UniformAlloc
 from .native import HeroNativePruner, RegionAllocator
 from .plan import Pruner
 from .selectors import (
+    CDPrunerSelector,
     ClsAttentionSelector,
     DartSelector,
     DivPruneSelector,
     FunctionAwareSelector,
     RandomSelector,
     StridedSelector,
+    VisionZipSelector,
 )
 
 __all__ = [
     "PAPER_DEPTH",
     "PRESETS",
+    "cdpruner",
     "cls_attention",
     "dart",
     "divprune",
@@ -46,6 +49,7 @@ __all__ = [
     "thumbnail_attention",
     "uniform_random",
     "uniform_strided",
+    "visionzip",
 ]
 
 
@@ -234,6 +238,31 @@ def dart(
     return _build(keep_ratio, UniformAllocator(), DartSelector(), overrides, _check_optional_depth(depth))
 
 
+def cdpruner(
+    keep_ratio: float, *, depth: int | None = None, full_attention: Sequence[int] | None = None, **overrides: Any
+) -> Pruner:
+    """CDPruner (Zhang et al., NeurIPS 2025, arXiv:2506.10967): greedy MAP of a DPP over the whole image whose
+    kernel is the cosine similarity of ``token_features`` weighted by each token's relevance to the instruction
+    (``CDPrunerSelector``). Total, ``token_features``, ``depth`` and ``full_attention`` as in ``divprune``; also
+    needs ``token_relevance`` (``Pruner.needs_token_relevance``: the CLIP cosine of every token to the instruction,
+    which ``HeroVLM`` gets from the text scorer's ``score_tokens``). Override ``theta``, ``negate``,
+    ``max_matrix_tokens``."""
+    _check_full_attention(full_attention, depth)
+    return _build(keep_ratio, UniformAllocator(), CDPrunerSelector(), overrides, _check_optional_depth(depth))
+
+
+def visionzip(
+    keep_ratio: float, *, depth: int | None = None, full_attention: Sequence[int] | None = None, **overrides: Any
+) -> Pruner:
+    """VisionZip (Yang et al., CVPR 2025, arXiv:2412.04467): in every view, dominant tokens by one layer's CLS
+    attention plus contextual tokens that absorb the rest by feature similarity (``VisionZipSelector``), with the
+    paper preset's per-view budgets (``UniformAllocator``: the same count as ``hero``; merged tokens count
+    against it). Needs ``token_features``. The default layer 22 is scaled to ``depth`` and snapped to
+    ``full_attention`` as in ``cls_attention``. Override ``layer``, ``contextual``, ``head_reduction``."""
+    selector = VisionZipSelector(layer=_default_layer(VisionZipSelector().layer, depth, full_attention))
+    return _build(keep_ratio, UniformAllocator(), selector, overrides, depth)
+
+
 PRESETS: dict[str, Callable[..., Pruner]] = {
     "hero": hero,
     "hero-reference": hero_reference,
@@ -244,6 +273,8 @@ PRESETS: dict[str, Callable[..., Pruner]] = {
     "thumbnail-attention": thumbnail_attention,
     "divprune": divprune,
     "dart": dart,
+    "cdpruner": cdpruner,
+    "visionzip": visionzip,
 }
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "make_tiles",
     "relevances",
     "with_token_features",
+    "with_token_relevance",
 ]
 
 _STRATEGIES = ("encoded_tiles", "keep_ratios", "relevances")
@@ -133,10 +134,12 @@ def check_selector(selector: TokenSelector, tiles: EncodedTiles, budgets: Tensor
     if dtypes:
         for dtype in (torch.bfloat16, torch.float16):
             features = None if tiles.token_features is None else tiles.token_features.to(dtype)
+            relevance = None if tiles.token_relevance is None else tiles.token_relevance.to(dtype)
             cast = tiles.replace(
                 cls_attention=tiles.cls_attention.to(dtype),
                 cls_tokens=tiles.cls_tokens.to(dtype),
                 token_features=features,
+                token_relevance=relevance,
             )
             _require(torch.equal(keep, selector(cast, budgets)), f"{context}: {dtype} inputs chose other tokens")
     return keep
@@ -149,6 +152,15 @@ def with_token_features(tiles: EncodedTiles, *, width: int = 8, seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(tiles.num_views, tiles.num_tokens, width, generator=generator)
     return tiles.replace(token_features=features.to(dtype=tiles.cls_tokens.dtype, device=tiles.device))
+
+
+def with_token_relevance(tiles: EncodedTiles, *, seed: int = 0) -> EncodedTiles:
+    """``tiles`` with ``token_relevance`` (V, N) drawn uniformly from [-0.3, 0.3] (the range of CLIP cosines) by a
+    seeded CPU generator, in the dtype of ``cls_tokens`` and on the tiles' device: the instruction-conditioning
+    of presets that read it (``Pruner.needs_token_relevance``: ``cdpruner``)."""
+    generator = torch.Generator().manual_seed(seed)
+    relevance = (torch.rand(tiles.num_views, tiles.num_tokens, generator=generator) - 0.5) * 0.6
+    return tiles.replace(token_relevance=relevance.to(dtype=tiles.cls_tokens.dtype, device=tiles.device))
 
 
 def _require(condition: bool, message: str) -> None:

@@ -53,6 +53,7 @@ class EncodedTiles:
     tile_grid: tuple[int, int] | None = None
     query_source: str = field(default="cls")
     token_features: Tensor | None = None
+    token_relevance: Tensor | None = None
 
     def __post_init__(self) -> None:
         cls_tokens, attn, valid = self.cls_tokens, self.cls_attention, self.valid_mask
@@ -87,9 +88,21 @@ class EncodedTiles:
                     "or None",
                     "One embedding per patch token of every view, in raster order.",
                 )
+        relevance = self.token_relevance
+        if relevance is not None:
+            _check_tensor("token_relevance", relevance, 2, "(V, N)")
+            if tuple(relevance.shape) != (num_views, num_tokens):
+                raise HeroError.field(
+                    "token_relevance",
+                    relevance,
+                    f"shape ({num_views}, {num_tokens}) to agree with valid_mask (V={num_views}, N={num_tokens}), "
+                    "or None",
+                    "One raw CLIP cosine to the instruction per patch token of every view, in raster order.",
+                )
         devices = {cls_tokens.device, attn.device, valid.device}
-        if features is not None:
-            devices.add(features.device)
+        for extra in (features, relevance):
+            if extra is not None:
+                devices.add(extra.device)
         if len(devices) != 1:
             raise HeroError.field(
                 "EncodedTiles devices", sorted(map(str, devices)), "one device", "Move all tensors with .to(device)."
@@ -135,6 +148,7 @@ class EncodedTiles:
                 tile_grid=getattr(outputs, "tile_grid", None),
                 query_source=getattr(outputs, "query_source", "cls"),
                 token_features=getattr(outputs, "token_features", None),
+                token_relevance=getattr(outputs, "token_relevance", None),
             )
         except (AttributeError, TypeError) as error:
             raise HeroError.field(

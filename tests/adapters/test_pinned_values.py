@@ -362,7 +362,8 @@ def test_evaluation_metrics_equal_the_hand_computed_values() -> None:
     table = evaluation.table().splitlines()
     assert table[2] == "| unpruned | - | - | - | 66.7% of 3 | - | 75.0 -> 75.0 | 300.0 | 1.00x | 100.0% | 100.0% |"
     assert (
-        table[3] == "| hero | 0.2 | 25.0% of 4 | 2 | 66.7% of 3 | 1 / 1 | 75.0 -> 25.0 | 75.0 | 4.00x | 25.0% | 100.0% |"
+        table[3]
+        == "| hero | 0.2 | 25.0% of 4 | 2 | 66.7% of 3 | 1 / 1 | 75.0 -> 25.0 | 75.0 | 4.00x | 25.0% | 100.0% |"
     )
     assert table[4] == "| hero | 0.5 | 100.0% of 4 | - | 66.7% of 3 | 0 / 0 | 75.0 -> 60.0 | - | - | 100.0% | 100.0% |"
     slow = Evaluation(**{**evaluation.__dict__, "loop_seconds": 2.0, "generate_seconds": 3.0})

@@ -14,7 +14,7 @@ from .hosts import HOSTS, assert_same, generate, host_row
 
 
 @pytest.mark.parametrize("name", sorted(HOSTS))
-@pytest.mark.parametrize("preset", ["divprune", "dart"])
+@pytest.mark.parametrize("preset", ["divprune", "dart", "visionzip"])
 def test_whole_image_presets_run_on_every_host(name: str, preset: str) -> None:
     row = host_row(name)
     inputs = row.batch()

@@ -19,7 +19,7 @@ from hero_core import (
     UniformAllocator,
     presets,
 )
-from hero_core.testing import with_token_features
+from hero_core.testing import with_token_features, with_token_relevance
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,19 @@ NATIVE_PRESETS = ("hero-native",)
 #: Presets and whether their totals are exact (the reference code drops floor remainders).
 PRESETS = {name: name != "hero-reference" for name in presets.PRESETS if name not in NATIVE_PRESETS}
 
-#: Presets whose selector compares tokens by their features and chooses across views (DivPrune, DART): the shared
+#: Presets whose selector compares tokens by their features (DivPrune, DART, CDPruner, VisionZip): the shared
 #: tests hand them tiles with token features (``tiles_for``); tests/core/test_whole_image.py tests them further.
 FEATURE_PRESETS = tuple(name for name in PRESETS if presets.get(name, 0.5).needs_features)
 
 
 def tiles_for(name: str, tiles: Any) -> Any:
-    """``tiles``, with token features added (seeded by the tiles' own values) when preset ``name`` needs them."""
-    if name not in FEATURE_PRESETS or tiles.token_features is not None:
+    """``tiles``, with token features (and, for ``cdpruner``, token relevance) added, seeded by the tiles' own
+    values, when preset ``name`` needs them."""
+    if name not in FEATURE_PRESETS:
         return tiles
     seed = int(tiles.cls_tokens.double().abs().sum() * 1e6) % 2**31
-    return with_token_features(tiles, width=6, seed=seed)
+    if tiles.token_features is None:
+        tiles = with_token_features(tiles, width=6, seed=seed)
+    if presets.get(name, 0.5).needs_token_relevance and tiles.token_relevance is None:
+        tiles = with_token_relevance(tiles, seed=seed)
+    return tiles

@@ -48,9 +48,13 @@ def test_every_preset_takes_a_depth_and_reads_only_layers_it_has(name):
         pruner = presets.get(name, 0.3, depth=depth)
         assert all(0 <= layer < depth for layer in pruner.layers)
         native = name == "hero-native"  # one view with token features (a host without tiles)
-        features = native or pruner.needs_features  # DivPrune and DART compare tokens by their features
+        features = native or pruner.needs_features  # DivPrune, DART, CDPruner compare tokens by their features
         tiles = make_tiles(
-            num_views=1 if native else 3, grid=(4, 4), layers=tuple(range(depth)), token_features=features
+            num_views=1 if native else 3,
+            grid=(4, 4),
+            layers=tuple(range(depth)),
+            token_features=features,
+            token_relevance=pruner.needs_token_relevance,  # CDPruner: each token's cosine to the instruction
         )
         plan = pruner.plan(tiles)
         assert torch.equal(plan.keep.sum(-1), plan.budgets)
@@ -120,6 +124,8 @@ def test_every_preset_snaps_its_default_layers_to_full_attention_layers() -> Non
         "uniform-strided": (),
         "divprune": (),
         "dart": (),
+        "cdpruner": (),
+        "visionzip": (31,),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, layers in expected.items():

@@ -1,4 +1,4 @@
-"""Selectors that choose across all views of an image (``scope = "image"``): DivPrune and DART (issue 20).
+"""Selectors that choose across all views of an image (``scope = "image"``): DivPrune, DART and CDPruner (issue 20).
 
 The planner gives such a selector the image's total (``exact_total``), so every preset keeps as many tokens as
 ``hero`` at the same ratio; the plan reports the per-view counts the selector produced. Each method is held to a
@@ -15,7 +15,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from hero_core import DartSelector, DivPruneSelector, HeroError, Pruner, UniformAllocator, presets
+from hero_core import CDPrunerSelector, DartSelector, DivPruneSelector, HeroError, Pruner, UniformAllocator, presets
 from hero_core.testing import (
     check_allocator,
     check_selector,
@@ -27,10 +27,10 @@ from hero_core.testing import (
     with_token_features,
 )
 
-NEW = ("divprune", "dart")
+NEW = ("divprune", "dart", "cdpruner")
 MARGIN = 1e-4  # float32 similarities are exact to ~1e-7: a gap this wide cannot be reordered by rounding
 
-multi_view = encoded_tiles(max_views=6, max_side=5, token_features=True)
+multi_view = encoded_tiles(max_views=6, max_side=5, token_features=True, token_relevance=True)
 
 
 # ------------------------------------------------------------------------------------------- slow oracles
@@ -128,7 +128,9 @@ def test_plans_are_deterministic_and_a_batch_plans_as_each_image(name: str, tile
 @pytest.mark.parametrize("name", NEW)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtype_and_device_are_kept_and_the_tiles_are_not_changed(name: str, dtype: torch.dtype) -> None:
-    tiles = make_tiles(num_views=5, grid=(6, 6), padding="rows", token_features=True, dtype=dtype, seed=4)
+    tiles = make_tiles(
+        num_views=5, grid=(6, 6), padding="rows", token_features=True, token_relevance=True, dtype=dtype, seed=4
+    )
     before = tiles.token_features.clone()
     plan = presets.get(name, 0.2).plan(tiles)
     assert plan.keep.dtype == torch.bool and plan.keep.device == tiles.device
@@ -139,7 +141,10 @@ def test_dtype_and_device_are_kept_and_the_tiles_are_not_changed(name: str, dtyp
 
 @pytest.mark.parametrize("name", NEW)
 def test_one_host_sync_per_batch(name: str) -> None:
-    images = [make_tiles(num_views=5, grid=(4, 6), padding="rows", token_features=True, seed=s) for s in range(3)]
+    images = [
+        make_tiles(num_views=5, grid=(4, 6), padding="rows", token_features=True, token_relevance=True, seed=s)
+        for s in range(3)
+    ]
     with count_host_syncs() as syncs:
         plans = presets.get(name, 0.3).plan_batch(images)
     assert syncs.count == 1, syncs.table()
@@ -149,7 +154,7 @@ def test_one_host_sync_per_batch(name: str) -> None:
 def test_the_views_share_the_total_as_the_method_chooses() -> None:
     """Where the uniform split gives every tile the same share, DivPrune keeps a view whose tokens are
     all one vector at most once (the rest are at distance 0 from it), and DART none of a view of copies of its pivot."""
-    tiles = make_tiles(num_views=5, grid=(6, 6), token_features=True, seed=2)
+    tiles = make_tiles(num_views=5, grid=(6, 6), token_features=True, token_relevance=True, seed=2)
     assert presets.uniform_strided(0.3).plan(tiles).budgets.tolist() == [10, 11, 11, 11, 11]
     features = tiles.token_features.clone()
     features[3] = features[3, 0]  # view 3: 36 copies of one token
@@ -164,7 +169,11 @@ def test_the_views_share_the_total_as_the_method_chooses() -> None:
 # ------------------------------------------------------------------------------------------- oracles
 
 
-@given(tiles=encoded_tiles(max_views=4, max_side=4, token_features=True), ratio=keep_ratios(), rows=st.booleans())
+@given(
+    tiles=encoded_tiles(max_views=4, max_side=4, token_features=True, token_relevance=True),
+    ratio=keep_ratios(),
+    rows=st.booleans(),
+)
 def test_divprune_matches_the_plain_greedy_loop(tiles: Any, ratio: float, rows: bool) -> None:
     positions, vectors = _valid_vectors(tiles)
     total = expected_total(tiles, ratio)
@@ -177,7 +186,7 @@ def test_divprune_matches_the_plain_greedy_loop(tiles: Any, ratio: float, rows: 
 
 
 @given(
-    tiles=encoded_tiles(max_views=4, max_side=4, token_features=True),
+    tiles=encoded_tiles(max_views=4, max_side=4, token_features=True, token_relevance=True),
     ratio=keep_ratios(),
     pivots=st.integers(1, 6),
     rule=st.sampled_from(["l1", "l2"]),
@@ -222,8 +231,17 @@ def test_dart_pinned_on_points_of_a_circle() -> None:
 # ------------------------------------------------------------------------------------------- the testing kit
 
 
-@pytest.mark.parametrize("make", [DivPruneSelector, DartSelector, lambda: DartSelector(pivots=1, pivot_rule="l2")])
-@given(tiles=encoded_tiles(token_features=True), ratio=keep_ratios())
+@pytest.mark.parametrize(
+    "make",
+    [
+        DivPruneSelector,
+        DartSelector,
+        lambda: DartSelector(pivots=1, pivot_rule="l2"),
+        CDPrunerSelector,
+        lambda: CDPrunerSelector(theta=0.5),
+    ],
+)
+@given(tiles=encoded_tiles(token_features=True, token_relevance=True), ratio=keep_ratios())
 def test_the_testing_kit_invariants_hold(make: Any, tiles: Any, ratio: float) -> None:
     budgets = check_allocator(UniformAllocator(), tiles, None, ratio, exact_total=True)
     keep = check_selector(make(), tiles, budgets)  # per-view budgets: the selector takes their total
@@ -231,7 +249,7 @@ def test_the_testing_kit_invariants_hold(make: Any, tiles: Any, ratio: float) ->
 
 
 def test_check_selector_holds_image_selectors_to_the_total() -> None:
-    tiles = make_tiles(num_views=3, grid=(2, 2), token_features=True)
+    tiles = make_tiles(num_views=3, grid=(2, 2), token_features=True, token_relevance=True)
 
     class OneShort:
         scope = "image"
@@ -261,7 +279,8 @@ def test_with_token_features_keeps_dtype_device_and_the_other_tensors() -> None:
 def test_only_the_new_presets_need_features_and_choose_across_views(name: str) -> None:
     pruner = presets.get(name, 0.2)
     new = name in NEW
-    assert pruner.needs_features is new and (pruner.scope == "image") is new
+    assert pruner.needs_features is (new or name == "visionzip")  # VisionZip merges by features, inside each view
+    assert (pruner.scope == "image") is new
     if new:
         assert pruner.layers == () and pruner.uses_relevance is False and pruner.count_known is True
 
@@ -281,7 +300,7 @@ def test_planning_without_features_is_refused_naming_the_preset(name: str) -> No
 
 @pytest.mark.parametrize("name", NEW)
 def test_non_finite_features_are_refused_inside_the_one_sync(name: str) -> None:
-    tiles = make_tiles(num_views=3, grid=(4, 4), token_features=True)
+    tiles = make_tiles(num_views=3, grid=(4, 4), token_features=True, token_relevance=True)
     features = tiles.token_features.clone()
     features[1, 2, 0] = float("nan")
     with pytest.raises(HeroError, match=r"^token_features=.*finite"):
@@ -306,7 +325,7 @@ def test_bad_fields_name_the_field(make: Any, field: str) -> None:
 
 
 def test_bad_budgets_and_a_bad_scope_are_refused() -> None:
-    tiles = make_tiles(num_views=3, grid=(2, 2), token_features=True)
+    tiles = make_tiles(num_views=3, grid=(2, 2), token_features=True, token_relevance=True)
     with pytest.raises(HeroError, match=r"^budgets=.*\(1,\)"):
         DivPruneSelector()(tiles, torch.tensor([1.0]))
     with pytest.raises(HeroError, match=r"total budget=13"):

@@ -6,10 +6,10 @@ For V in {3, 5, 13} views (N = 576, H = 16, 5 recorded layers) it times, in one 
     over the same V views, the encoder pass the plan rides on.
 and records the ratio plan / forward (target: under 1%). Then, at --preset-views V (default 5), the planning of EVERY
 preset in hero_core.presets.PRESETS against the same V-view forward: token features (D = 1024) for presets that
-need them (Pruner.needs_features), attention for the layers each reads, and for hero-native (one view only) one
-24 x 24-token view with features. Results: core.json + core.md (core-cuda.* on CUDA) in
-./hero-bench-results, or --out DIR; --write-results updates the checkout's tracked benchmarks/results and
-benchmarks/README.md instead.
+need them (Pruner.needs_features), each token's relevance for presets conditioned on it (cdpruner), attention for
+the layers each reads, and for hero-native (one view only) one 24 x 24-token view with features. Results: core.json
++ core.md (core-cuda.* on CUDA) in ./hero-bench-results, or --out DIR; --write-results updates the checkout's
+tracked benchmarks/results and benchmarks/README.md instead.
 
 Usage: hero bench core [--device auto|cpu|cuda] [--repeats 50] [--dtype float32|bfloat16] [--preset-views 5]
                        [--out DIR | --write-results]
@@ -27,7 +27,7 @@ import torch
 from hero_core import EncodedTiles, presets
 from hero_core.native import HeroNativePruner
 from hero_core.plan import Pruner
-from hero_core.testing import with_token_features
+from hero_core.testing import with_token_features, with_token_relevance
 
 from .._progress import progress
 from ._common import (
@@ -78,6 +78,8 @@ def preset_inputs(
     raw.update(cls_attention=attention.to(device, dtype), attention_layers=layers, tile_grid=tile_grid(views))
     if pruner.needs_features or one_view:
         raw["token_features"] = with_token_features(EncodedTiles(**raw), width=D, seed=views).token_features  # type: ignore[arg-type]
+    if pruner.needs_token_relevance:  # cdpruner: each token's CLIP cosine to the instruction
+        raw["token_relevance"] = with_token_relevance(EncodedTiles(**raw), seed=views).token_relevance  # type: ignore[arg-type]
     if isinstance(pruner, HeroNativePruner):
         count = len(pruner.regions(EncodedTiles(**raw)))  # type: ignore[arg-type]
         return raw, torch.linspace(0.1, 0.3, count, device=device)

@@ -105,7 +105,10 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
             "hero.preset",
             name,
             "a preset that reads no token features",
-            f"{name} chooses by the tokens' features, which the plugin does not record yet; use 'hero'.",
+            f"{name} chooses by the tokens' features"
+            + (" and their CLIP relevance to the prompt" if pruner.needs_token_relevance else "")
+            + ", which the plugin does not record yet (its kept count is known in advance, the features are not); "
+            "use 'hero'.",
         )
     if isinstance(pruner, HeroNativePruner):
         raise HeroError.field(

@@ -1,4 +1,5 @@
-"""What the selectors that choose across all views of an image share (``scope = "image"``: DivPrune, DART).
+"""What the selectors that choose across all views of an image share (``scope = "image"``: DivPrune, DART,
+CDPruner).
 
 Such a selector takes the image's total budget instead of one budget per view. ``Pruner.plan`` hands it the
 allocator's total as a (1,) int64 tensor whose host value the tiles remember (no device read); a direct call
@@ -107,10 +108,10 @@ def missing_features(name: str, preset: str) -> HeroError:
 
 
 class FeatureSelector:
-    """The steps the shipped whole-image selectors share (DivPrune, DART): the image's total, its valid tokens,
-    every one of them when the total reaches them, none at 0, else their features (float32) handed to the
-    method's ``_order``, whose picks are kept. A subclass sets ``preset`` and ``_order`` (and ``_one_sync`` itself:
-    ``Pruner`` trusts only a class that declares it)."""
+    """The steps the shipped whole-image selectors share (DivPrune, DART, CDPruner): the image's total, its valid
+    tokens, every one of them when the total reaches them, none at 0, else the method's ``_pick`` (by default its
+    ``_order`` of their features, float32), whose picks are kept. A subclass sets ``preset`` and ``_order`` or
+    ``_pick`` (and ``_one_sync`` itself: ``Pruner`` trusts only a class that declares it)."""
 
     scope: ClassVar[str] = IMAGE
     needs_features: ClassVar[bool] = True
@@ -128,8 +129,12 @@ class FeatureSelector:
             return checked.valid_mask.clone()  # every valid token (also when the image has none)
         if total == 0:
             return torch.zeros_like(checked.valid_mask)
-        features = features_of(checked, index, type(self).__name__, self.preset)  # (n, D)
-        return keep_from(checked, index.index_select(0, self._order(features, total)))
+        return keep_from(checked, index.index_select(0, self._pick(checked, index, total)))
+
+    def _pick(self, tiles: EncodedTiles, index: Tensor, total: int) -> Tensor:
+        """(total,) positions in ``index`` (the valid tokens' flat indices, (n,)), 0 < total < n, in the method's
+        pick order; by default ``_order`` of their features."""
+        return self._order(features_of(tiles, index, type(self).__name__, self.preset), total)
 
     def _order(self, features: Tensor, total: int) -> Tensor:
         """(total,) rows of ``features`` (n, D), 0 < total < n, in the method's pick order."""
