@@ -72,7 +72,7 @@ def test_summary_relative_columns_are_the_raw_ones_over_the_unpruned_row():
     assert [s.key for s in result.results] == ["hero@320t", "hero@160t"]
     table = result.table()
     lines = [line for line in table.splitlines() if line.startswith("|")]
-    assert "| tokens per image |" in lines[0] and lines[0].endswith(
+    assert "| tokens per image (newlines not counted) |" in lines[0] and lines[0].endswith(
         "| agreement % of unpruned | accuracy % of unpruned |"
     )
     assert lines[2].startswith("| unpruned |") and lines[2].endswith("| 100.0% | 100.0% |")
@@ -104,7 +104,7 @@ def test_cli_tokens_writes_the_budgets_and_the_relative_columns(files, loads, ca
     captured = capsys.readouterr()
     assert code == 0, captured.err
     table = [line for line in captured.out.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| preset | tokens per image |") and len(table) == 2 + 1 + 4
+    assert table[0].startswith("| preset | tokens per image (newlines not counted) |") and len(table) == 2 + 1 + 4
     assert re.search(r"^\| hero \| 8 \| ", captured.out, re.M)
     assert "newlines not counted" in captured.out
     payload = json.loads(out.read_text())

@@ -54,7 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="instead of --keep-ratios: patch tokens kept per image, e.g. 640 320 160 (matched-count "
         "evaluation; each image keeps min(T, its valid tokens), its keep ratio chosen from its own geometry; "
-        "newlines are not counted) (default: none)",
+        "newlines are not counted unless --count-newlines) (default: none)",
+    )
+    parser.add_argument(
+        "--count-newlines",
+        action="store_true",
+        help="with --tokens: T counts every image token sent to the LLM, the LLaVA-NeXT / OneVision row newlines "
+        "included, so each image keeps min(T - its newlines, its valid tokens) patch tokens (0 where its newlines "
+        "exceed T, said under the table); no effect on hosts without newlines",
     )
     methods = parser.add_mutually_exclusive_group()
     methods.add_argument(
@@ -104,6 +111,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ..rows import read_rows
 
     budgets = check_tokens(args.tokens, flags=True) if args.tokens is not None else ()
+    if args.count_newlines and not budgets:
+        raise HeroError(
+            "--count-newlines needs --tokens: it says whether a token budget T per image counts the newlines. Add "
+            "--tokens T..., e.g. --tokens 640 320 160, or drop --count-newlines (keep ratios never count newlines)."
+        )
     keep_ratios = args.keep_ratios if args.keep_ratios is not None else [1.0, 0.4, 0.2]
     names, ratios = check_options(
         args.presets or [args.preset or "hero"],
@@ -156,6 +168,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             presets=names,
             keep_ratios=None if budgets else ratios,
             tokens=budgets or None,
+            count_newlines=args.count_newlines,
             overrides={item.key: item.value for item in overrides},
             scorer=scorer,
             batch_size=args.batch_size,

@@ -31,11 +31,12 @@ from .loading import (
     weight_errors,
 )
 from .metrics import Answer, Evaluation, EvaluationError, SettingResult, normalize_answer, setting_key
-from .runner import TOKENS_NOTE, check_options, check_tokens, evaluate, route_overrides
+from .runner import TOKENS_NOTE, TOKENS_NOTE_COUNTED, check_options, check_tokens, evaluate, route_overrides
 
 __all__ = [
     "PICKLE_SUFFIXES",
     "TOKENS_NOTE",
+    "TOKENS_NOTE_COUNTED",
     "Answer",
     "Evaluation",
     "EvaluationError",

@@ -41,11 +41,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def setting_key(preset: str, keep_ratio: float | None, tokens: int | None = None) -> str:
-    """``"<preset>@<keep ratio>"``, e.g. ``"hero@0.2"``, or with a token budget per image ``"hero@320t"``: how
-    answers name a setting."""
+def setting_key(preset: str, keep_ratio: float | None, tokens: int | None = None, count_newlines: bool = False) -> str:
+    """``"<preset>@<keep ratio>"``, e.g. ``"hero@0.2"``, or with a token budget per image ``"hero@320t"`` (patch
+    tokens, newlines not counted) or ``"hero@320t+nl"`` (newlines counted in T): how answers name a setting."""
     if tokens is not None:
-        return f"{preset}@{tokens}t"
+        return f"{preset}@{tokens}t{'+nl' if count_newlines else ''}"
     return f"{preset}@{keep_ratio:g}"
 
 
@@ -72,6 +72,9 @@ class SettingResult:
         agreement_relative: ``agreement`` as a share of the unpruned model's (which agrees with itself: 1).
         accuracy_relative: ``accuracy`` divided by the unpruned model's accuracy (None where either is None or
             the unpruned accuracy is 0).
+        count_newlines: with ``tokens``, whether T counts the newline tokens too (``--count-newlines``).
+        images_over_budget: with newlines counted, the images whose newlines alone exceed T (they kept no patch
+            token and sent more than T); None otherwise.
     """
 
     preset: str
@@ -89,16 +92,20 @@ class SettingResult:
     tokens: int | None = None
     agreement_relative: float | None = None
     accuracy_relative: float | None = None
+    count_newlines: bool = False
+    images_over_budget: int | None = None
 
     @property
     def key(self) -> str:
-        return setting_key(self.preset, self.keep_ratio, self.tokens)
+        return setting_key(self.preset, self.keep_ratio, self.tokens, self.count_newlines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,
             "keep_ratio": self.keep_ratio,
             "tokens": self.tokens,
+            "count_newlines": self.count_newlines if self.tokens is not None else None,
+            "images_over_budget": self.images_over_budget,
             "overrides": dict(self.overrides),
             "agreement": self.agreement,
             "accuracy": self.accuracy,
@@ -195,8 +202,10 @@ class Evaluation:
         everything kept, agreement 100% by definition), the way papers place methods."""
         answered = sum(answer.reference is not None for answer in self.answers)
         budget = bool(self.settings.get("tokens"))
+        counted = bool(self.settings.get("count_newlines"))
+        column = f"tokens per image (newlines {'' if counted else 'not '}counted)" if budget else "keep ratio"
         lines = [
-            f"| preset | {'tokens per image' if budget else 'keep ratio'} | agreement | first divergence | accuracy "
+            f"| preset | {column} | agreement | first divergence | accuracy "
             "| right -> wrong / wrong -> right | image tokens in -> out | prefill ms | speed-up "
             "| agreement % of unpruned | accuracy % of unpruned |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -225,6 +234,15 @@ class Evaluation:
         if budget:
             lines.append("")
             lines.append(str(self.settings.get("tokens_note", "")))
+        if budget and counted:
+            over = [result for result in self.results if result.images_over_budget]
+            lines.extend(
+                f"{result.key}: {result.images_over_budget} image(s) have more newlines than {result.tokens}: they "
+                f"kept 0 patch tokens and sent their newlines, more than {result.tokens}"
+                for result in over
+            )
+            if not over:
+                lines.append("no image has more newlines than its budget T: every image sent at most T image tokens")
         return "\n".join(lines)
 
 
@@ -271,6 +289,7 @@ class Tally:
     tokens_out: list[int] = field(default_factory=list)
     prefill: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    over_budget: int = 0  # images whose newlines alone exceed the token budget T (newlines counted)
 
     def extend(self, other: Tally) -> None:
         self.texts += other.texts
@@ -279,6 +298,7 @@ class Tally:
         self.tokens_out += other.tokens_out
         self.prefill += other.prefill
         self.seconds += other.seconds
+        self.over_budget += other.over_budget
 
 
 def _first_divergence(a: Sequence[int], b: Sequence[int]) -> int:
@@ -332,9 +352,10 @@ def summarise(
     complete: bool,
     error: str | None,
     budgets: Sequence[int] = (),
+    count_newlines: bool = False,
 ) -> Evaluation:
     """The ``Evaluation`` of the rows done; with ``budgets`` (token budgets per image) the settings are preset x
-    budget and ``ratios`` is ignored."""
+    budget and ``ratios`` is ignored; ``count_newlines`` says whether the budgets count newlines."""
     base_prefill = _mean(unpruned.prefill)
     base_accuracy = _accuracy(unpruned.texts, done)
     tokens_in = _mean([float(x) for x in tallies[0].tokens_in]) if tallies else None
@@ -368,9 +389,11 @@ def summarise(
                 tokens=budget,
                 agreement_relative=_relative(agreement, 1.0),
                 accuracy_relative=_relative(accuracy, base_accuracy),
+                count_newlines=count_newlines and budget is not None,
+                images_over_budget=tally.over_budget if count_newlines and budget is not None else None,
             )
         )
-    keys = [setting_key(p, r, t) for p, r, t in grid]
+    keys = [setting_key(p, r, t, count_newlines) for p, r, t in grid]
     answers = tuple(
         Answer(
             id=row.id,

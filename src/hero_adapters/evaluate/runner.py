@@ -23,11 +23,17 @@ from .budget import TokenBudget
 from .loading import Host
 from .metrics import Evaluation, EvaluationError, Tally, setting_key, summarise
 
-__all__ = ["check_options", "check_tokens", "evaluate", "route_overrides"]
+__all__ = ["TOKENS_NOTE", "TOKENS_NOTE_COUNTED", "check_options", "check_tokens", "evaluate", "route_overrides"]
 
 TOKENS_NOTE = (
     "tokens per image: patch tokens kept, newlines not counted (LLaVA-NeXT / OneVision row newlines are sent on top "
     "and shown in 'image tokens in -> out'); an image with fewer valid tokens keeps them all"
+)
+TOKENS_NOTE_COUNTED = (
+    "tokens per image: every image token sent to the LLM, newlines counted in T (an image keeps min(T - its "
+    "newlines, its valid tokens) patch tokens; LLaVA-NeXT / OneVision row newlines are never pruned, so an image "
+    "with more newlines than T keeps 0 patch tokens and sends its newlines, more than T; hosts without newlines "
+    "keep min(T, valid) as when they are not counted)"
 )
 
 
@@ -147,6 +153,7 @@ def evaluate(
     progress: Any = None,
     on_failure: Callable[[Evaluation], None] | None = None,
     tokens: Sequence[int] | None = None,
+    count_newlines: bool = False,
 ) -> Evaluation:
     """Run every row unpruned and with every (preset, keep ratio); measure agreement, accuracy, tokens, prefill.
 
@@ -171,7 +178,10 @@ def evaluate(
             also on KeyboardInterrupt.
         tokens: instead of keep ratios, patch-token budgets per image (matched-count evaluation): each image
             keeps ``min(T, valid)`` patch tokens, its keep ratio chosen from its own geometry (``TokenBudget``);
-            newlines are not counted in T.
+            newlines are not counted in T unless ``count_newlines``.
+        count_newlines: with ``tokens``, T counts every image token sent to the LLM, newlines included: each
+            image keeps ``min(T - newlines, valid)`` patch tokens (0 where its newlines exceed T: it then sends
+            more than T, counted in ``images_over_budget`` and said under the table).
 
     Returns:
         The ``Evaluation``.
@@ -188,6 +198,13 @@ def evaluate(
     if tokens is not None and keep_ratios is not None:
         raise HeroError.field("tokens", list(tokens), "not given together with keep_ratios (one or the other)")
     budgets = check_tokens(tokens) if tokens is not None else ()
+    if not isinstance(count_newlines, bool):
+        raise HeroError.field("count_newlines", count_newlines, "True or False")
+    if count_newlines and not budgets:
+        raise HeroError(
+            "count_newlines=True needs tokens: it says whether a token budget T per image counts the newlines. Pass "
+            "tokens=(640, 320, 160) too, or drop count_newlines (keep ratios never count newlines)."
+        )
     names, ratios = check_options(
         presets, (1.0,) if budgets else (1.0, 0.4, 0.2) if keep_ratios is None else keep_ratios, batch_size,
         max_new_tokens,
@@ -205,7 +222,7 @@ def evaluate(
 
     def pruner(preset: str, ratio: float | None, budget: int | None) -> Any:
         if budget is not None:  # HeroVLM's pruner is one object per call; TokenBudget picks each image's preset
-            return TokenBudget(preset, budget, {**encoder, **routed[preset]})
+            return TokenBudget(preset, budget, {**encoder, **routed[preset]}, count_newlines=count_newlines)
         assert ratio is not None
         return _presets.get(preset, ratio, **encoder, **routed[preset])
 
@@ -251,11 +268,14 @@ def evaluate(
             unpruned,
             tallies,
             budgets=budgets,
+            count_newlines=count_newlines,
             settings={
                 "presets": list(names),
                 "keep_ratios": None if budgets else list(ratios),
                 "tokens": list(budgets) if budgets else None,
-                "tokens_note": TOKENS_NOTE if budgets else None,
+                "count_newlines": count_newlines if budgets else None,
+                "tokens_convention": (f"newlines {'' if count_newlines else 'not '}counted in T") if budgets else None,
+                "tokens_note": (TOKENS_NOTE_COUNTED if count_newlines else TOKENS_NOTE) if budgets else None,
                 "overrides": routed,
                 "batch_size": batch_size,
                 "max_new_tokens": max_new_tokens,
@@ -305,7 +325,7 @@ def evaluate(
             batch_steps: list[Tally] = []
             for (preset, ratio, budget), vlm in zip(settings, vlms, strict=True):
                 if progress is not None:
-                    progress.set_description(f"{span}: {setting_key(preset, ratio, budget)}")
+                    progress.set_description(f"{span}: {setting_key(preset, ratio, budget, count_newlines)}")
                 sequences, first, total = timed(vlm.generate, **inputs, **extra, query=prompts, **options)
                 generate_seconds += total
                 pruned = Tally()
@@ -315,6 +335,8 @@ def evaluate(
                     if image.prompt is not None:
                         per_row_in[image.prompt] += image.tokens_in
                         per_row_out[image.prompt] += image.tokens_out
+                    if count_newlines and budget is not None and image.newline_tokens > budget:
+                        pruned.over_budget += 1  # 0 patch tokens kept, its newlines sent: more than T
                 pruned.tokens_in, pruned.tokens_out = per_row_in, per_row_out
                 batch_steps.append(pruned)
                 if progress is not None:
