@@ -46,8 +46,12 @@ def _llava_hf_types(cls: Any) -> list[str]:
 
 
 def relevance_presets() -> list[str]:
-    """The presets whose allocator reads a text relevance (``Pruner.uses_relevance``)."""
-    return [name for name in sorted(presets.PRESETS) if presets.get(name, 1.0).uses_relevance]
+    """The presets that read a text relevance (``Pruner.uses_relevance``, or per token: ``needs_token_relevance``)."""
+    return [
+        name
+        for name in sorted(presets.PRESETS)
+        if presets.get(name, 1.0).uses_relevance or presets.get(name, 1.0).needs_token_relevance
+    ]
 
 
 def checked_pruner(

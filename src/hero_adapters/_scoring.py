@@ -126,8 +126,9 @@ def with_token_relevance(
     scorer: Any, pruner: Any, encoded: Sequence[EncodedImage], queries: Sequence[str | None]
 ) -> list[EncodedImage]:
     """Every image with ``tiles.token_relevance`` (V, N): the scorer's ``score_tokens`` (one call for the whole
-    call, every view of every image; (V, gh, gw) raw cosines on the CLIP tower's patch grid) resampled to the
-    view's token grid (bilinear, antialiased; the identity where the grids agree: LLaVA-NeXT with its own CLIP-L/336).
+    call, every view of every image, each view squashed whole onto the CLIP input; (V, gh, gw) raw cosines on the
+    CLIP tower's patch grid) resampled to the view's token grid (bilinear, antialiased; the identity where the
+    grids agree: LLaVA-NeXT with its own CLIP-L/336).
 
     Raises:
         HeroError: for an image without a query (naming the preset and what to pass), or a scorer answer of the
@@ -142,7 +143,11 @@ def with_token_relevance(
                 f"the instruction: preset {_preset(pruner)!r} keeps the tokens relevant to it",
                 "Put text in the prompt around the image, or pass query=...; or choose divprune / dart (no text).",
             )
-    scores = scorer.score_tokens([image.views for image in encoded], [str(text) for text in queries])
+    size = getattr(scorer, "image_size", None)  # the CLIP input: each whole view squashed onto it, so the token
+    views = [image.views for image in encoded]  # map covers the view (a centre crop would cut a non-square one)
+    if isinstance(size, tuple) and len(size) == 2:
+        views = [_squash(item, size) for item in views]
+    scores = scorer.score_tokens(views, [str(text) for text in queries])
     if not isinstance(scores, (list, tuple)) or len(scores) != len(encoded):
         raise HeroError.field(
             f"text_scorer {_name(scorer)}.score_tokens output",
@@ -152,24 +157,32 @@ def with_token_relevance(
     out = []
     for i, (image, score) in enumerate(zip(encoded, scores, strict=True)):
         tiles = image.tiles
-        views = tiles.num_views
+        count = tiles.num_views
         if (
             not isinstance(score, Tensor)
             or score.dim() != 3
-            or score.shape[0] != views
+            or score.shape[0] != count
             or not score.dtype.is_floating_point
         ):
             raise HeroError.field(
                 f"text_scorer {_name(scorer)}.score_tokens output for image {i}",
                 score,
-                f"a float tensor ({views}, gh, gw): one raw CLIP cosine per patch of the tower's grid, per view",
+                f"a float tensor ({count}, gh, gw): one raw CLIP cosine per patch of the tower's grid, per view",
             )
         grid = score[:, None].to(tiles.device, torch.float32)  # (V, 1, gh, gw)
         if tuple(grid.shape[-2:]) != tiles.grid:
             grid = F.interpolate(grid, size=tiles.grid, mode="bilinear", align_corners=False, antialias=True)
-        relevance = grid.reshape(views, tiles.num_tokens)
+        relevance = grid.reshape(count, tiles.num_tokens)
         out.append(dataclasses.replace(image, tiles=tiles.replace(token_relevance=relevance)))
     return out
+
+
+def _squash(views: Tensor, size: tuple[int, int]) -> Tensor:
+    """(V, 3, h, w) resized to ``size`` whole (bilinear, antialiased, clamped to [0, 1]); as is when it has it."""
+    if tuple(views.shape[-2:]) == tuple(size):
+        return views
+    out = F.interpolate(views.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp_(0.0, 1.0)
 
 
 def _preset(pruner: Any) -> str:

@@ -182,7 +182,9 @@ class Attachment:
         return output
 
     def _needs_text(self) -> bool:
-        relevance = self.vlm.text_scorer is not None and bool(getattr(self.vlm.pruner, "uses_relevance", False))
+        pruner = self.vlm.pruner  # the tile relevance (hero) or each token's (cdpruner) reads the prompt's text
+        reads = bool(getattr(pruner, "uses_relevance", False) or getattr(pruner, "needs_token_relevance", False))
+        relevance = self.vlm.text_scorer is not None and reads
         return relevance and not isinstance(self.query, str)
 
     def _queries(self, ids: Any, mask: Any) -> str | list[str | None] | None:

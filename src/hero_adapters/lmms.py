@@ -185,7 +185,8 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         scorer = None
         if clip is not None:
             check_source("clip", clip)
-            if checked.uses_relevance:  # loaded now (CPU), so a bad CLIP checkpoint fails before LLaVA's weights
+            if checked.uses_relevance or checked.needs_token_relevance:  # loaded now (CPU): a bad CLIP checkpoint
+                # fails before LLaVA's weights; cdpruner reads each token's CLIP relevance
                 scorer = clip_scorer(clip)
             else:
                 clip_config(clip)
@@ -195,6 +196,14 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
                     f"{', alpha=1' if getattr(checked.allocator, 'alpha', None) == 1 else ''}); drop clip= or use a "
                     f"preset that reads it ({', '.join(relevance_presets())})"
                 )
+        elif checked.needs_token_relevance:  # refused before LLaVA's weights load
+            raise HeroError.field(
+                "clip",
+                None,
+                f"a CLIP checkpoint: preset {preset} weighs each token by its CLIP cosine to the instruction",
+                "Pass clip=openai/clip-vit-large-patch14-336 (or its directory), or a preset that needs no text "
+                "(divprune, dart).",
+            )
         elif checked.uses_relevance:
             _console().warning(
                 f"hero: no clip= checkpoint given, so {preset} allocates by visual saliency alone (the paper also "

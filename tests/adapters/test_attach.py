@@ -154,6 +154,27 @@ def test_the_query_is_the_users_text_without_the_templates_words() -> None:
     assert prompt_text(processor.tokenizer, ids, host.model.config.image_token_id) == "USER: describe ASSISTANT:"
 
 
+def test_cdpruner_inside_attach_reads_each_rows_prompt_text() -> None:
+    """cdpruner reads no tile relevance but each token's: attached, it still gets the row's own text as its query
+    (without it every call would be refused for a missing query) and plans what an explicit query plans."""
+    from hero_adapters.adapter import preset_options
+    from hero_adapters.testing import build_tiny_clip
+
+    host = host_row("llava_next")
+    inputs = host.inputs(
+        ["USER: <image> what is in this picture ASSISTANT:", "USER: <image> describe the image ASSISTANT:"],
+        [host.image(40, 100), host.image(60, 30)],
+    )
+    options = preset_options(HeroVLM(host.model, host.pruner(0.5), processor=host.processor).adapter)
+    vlm = HeroVLM(host.model, presets.cdpruner(0.3, **options), build_tiny_clip(), processor=host.processor)
+    with vlm.attach():
+        _generate(host.model, inputs)
+    texts = ["USER: what is in this picture ASSISTANT:", "USER: describe the image ASSISTANT:"]
+    assert [image.query for image in vlm.last_report.images] == texts
+    explicit = vlm.plan(**inputs, query=texts)
+    assert [i.plan.keep.tolist() for i in explicit.images] == [i.plan.keep.tolist() for i in vlm.last_report.images]
+
+
 def test_a_given_query_or_query_function_is_used() -> None:
     host = host_row("llava_next")
     inputs = host.inputs(["USER: <image> describe the image ASSISTANT:"], [host.image(40, 100)])

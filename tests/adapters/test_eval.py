@@ -343,6 +343,7 @@ def test_cli_in_process_loads_the_model_once(files, loads, capsys, tmp_path):
         (["--data", "DATA", "--data", "BAD"], "argument --data: given twice"),
         (["--data", "NOTIMAGE"], "line 2: image="),  # not an image: refused before the model loads
         (["--model", "UNSUPPORTED"], "clip_vision_model"),
+        (["--presets", "hero", "cdpruner"], "--clip=None is invalid: expected a CLIP checkpoint: preset 'cdpruner'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_loaded_or_written(files, loads, capsys, tmp_path, args, needle):

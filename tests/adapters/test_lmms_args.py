@@ -213,6 +213,28 @@ def test_clip_loads_before_llava_hf_and_the_console_says_hero_is_active(
     ]
 
 
+def test_cdpruner_gets_the_clip_scorer_its_per_token_relevance_needs(
+    folders: dict[str, Path], tiny: Any, clip_loads: list[int]
+) -> None:
+    FakeLlavaHf.host = tiny
+    model = _hero(
+        pretrained=str(folders["llava_next"]),
+        clip=str(folders["clip"]),
+        keep_ratio=0.5,
+        preset="cdpruner",
+        device="cpu",
+    )
+    assert clip_loads == [0] and model.vlm.text_scorer is not None
+    assert callable(model.vlm.text_scorer.score_tokens)
+
+
+def test_cdpruner_without_clip_is_refused_before_any_weights_load(folders: dict[str, Path]) -> None:
+    FakeLlavaHf.built.clear()
+    message = _refusal(folders, preset="cdpruner", keep_ratio=0.4)
+    assert message.startswith("clip=None is invalid: expected a CLIP checkpoint: preset cdpruner weighs each token")
+    assert "clip=openai/clip-vit-large-patch14-336" in message and FakeLlavaHf.built == []
+
+
 @pytest.mark.parametrize(
     ("model_args", "why"),
     [
@@ -232,7 +254,7 @@ def test_a_clip_no_preset_reads_is_checked_not_loaded_and_a_warning_says_so(
     assert console.lines[0] == (
         "WARNING",
         f"hero: clip={clip} is ignored: preset {preset} reads no relevance ({why}); drop clip= or use a preset "
-        "that reads it (hero, hero-native, hero-reference)",
+        "that reads it (cdpruner, hero, hero-native, hero-reference)",
     )
     assert [level for level, _ in console.lines] == ["WARNING", "INFO"]
     assert console.lines[1][1].startswith(f"hero: HERO active: preset {preset}, keep ratio 0.5")

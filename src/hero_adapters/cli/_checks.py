@@ -296,4 +296,14 @@ def _precheck(
     _check_overrides(names, ratios, overrides, depth, "vision_config.num_hidden_layers in its config.json")
     if args.clip is not None:
         _check_clip(args.clip)
+    else:
+        needing = [name for name in names if presets.get(name, 1.0).needs_token_relevance]
+        if needing:  # refused before any weights load (HeroVLM would refuse it after)
+            raise HeroError.field(
+                "--clip",
+                None,
+                f"a CLIP checkpoint: preset {needing[0]!r} weighs each token by its CLIP cosine to the instruction",
+                "Pass --clip DIR (a CLIP checkpoint directory, e.g. openai/clip-vit-large-patch14-336 saved locally), "
+                "or choose a preset that needs no text (divprune, dart).",
+            )
     return _Checked(device, dtype, depth, config)

@@ -201,7 +201,7 @@ def _start(
     pruner = presets.get(args.preset, args.keep_ratio, **encoder, **{o.key: o.value for o in overrides})
     if pruner.uses_relevance and scorer is None:
         _LOG.info("no --clip given: tile budgets come from visual saliency alone")
-    elif scorer is not None and not pruner.uses_relevance:
+    elif scorer is not None and not (pruner.uses_relevance or pruner.needs_token_relevance):  # cdpruner reads it
         _LOG.info("--clip loaded and checked, but preset %r reads no relevance: it is not used", args.preset)
         scorer = None
     vlm = HeroVLM(host.model, pruner, scorer, layout=args.layout, processor=host.processor)

@@ -4,7 +4,8 @@ A backend subclasses :class:`ClipScorer` as a frozen dataclass with the fields `
 ``mean``, ``std``, ``resize_mode`` and ``graphs``, checks its host in ``__post_init__`` (with
 :func:`check_tokenizer`, :func:`check_graphs` and :meth:`ClipScorer._set_preprocessing`), and implements
 :attr:`ClipScorer.image_size`, ``_tokens``, ``_embed_image`` (through :meth:`ClipScorer._run_image_tower`, which
-replays captured CUDA graphs: ``_graphs``) and ``_embed_text``. Nothing here imports transformers or open_clip.
+replays captured CUDA graphs: ``_graphs``), ``_embed_patches`` (eager, for :meth:`ClipScorer.score_tokens`) and
+``_embed_text``. Nothing here imports transformers or open_clip.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "check_graphs",
     "check_tokenizer",
     "implausible_vocab_size",
+    "no_patch_grid",
     "param_dtype_device",
     "to_hw",
     "vocab_size",
@@ -77,6 +79,12 @@ class ClipScorer(ABC, Generic[TokensT]):
     @abstractmethod
     def _embed_image(self, pixels: Tensor) -> Tensor:
         """(V, 3, S_h, S_w) pixels -> (V, E) image embeddings, not normalised."""
+
+    @abstractmethod
+    def _embed_patches(self, pixels: Tensor) -> Tensor:
+        """(V, 3, S_h, S_w) pixels -> (V, gh, gw, E): the last layer's patch tokens (class token dropped) through the
+        tower's final layer norm and visual projection, in raster order, not normalised; eager. HeroError
+        (:func:`no_patch_grid`) for a tower without a patch grid."""
 
     @abstractmethod
     def _embed_text(self, tokens: TokensT) -> Tensor:
@@ -143,12 +151,7 @@ class ClipScorer(ABC, Generic[TokensT]):
         Raises:
             HeroError: on views or texts as ``__call__`` refuses them, or lists of different lengths.
         """
-        if len(views) != len(texts):
-            raise HeroError.field("texts", len(texts), f"one text per image ({len(views)} images of views)")
-        for item in views:
-            _check_views(item)
-        for text in texts:
-            _check_text(text)
+        _check_batch(views, texts)
         if not views:
             return []
         with torch.inference_mode():
@@ -161,6 +164,47 @@ class ClipScorer(ABC, Generic[TokensT]):
                 out.append(scores.to(item.device).clone())
                 start += count
         return out
+
+    def score_tokens(self, views: Sequence[Tensor], texts: Sequence[str], /) -> list[Tensor]:
+        """Per patch token, the cosine between its CLIP joint-space embedding and the image's text (CDPruner's
+        relevance: Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token
+        Pruning in MLLMs", arXiv 2506.10967).
+
+        As CDPruner's LLaVA code: the vision tower's LAST layer output, class token dropped, through the tower's
+        final layer norm (transformers' ``post_layernorm``, open_clip's ``ln_post``) and the visual projection
+        (``visual_projection``, ``visual.proj``) gives each patch token's embedding in the joint image-text space;
+        it and the text embedding of ``texts[i]`` (the one :meth:`__call__` uses) are L2-normalised in float32
+        (float64 for a float64 model) and their dot product is returned, NOT multiplied by CLIP's logit scale.
+        ONE image-tower call runs over every image's views (resized as :meth:`score_batch` does, concatenated);
+        each distinct text is embedded once (cached: ``_text_embedding``). The tower runs eagerly (no captured
+        CUDA graphs: the graph table, keyed by input shape, holds the pooled tower), in the model's dtype, on its
+        device, under inference mode.
+
+        Args:
+            views: per image, (V_i, 3, h_i, w_i) float RGB in [0, 1] (sizes may differ between images).
+            texts: per image, its query (non-empty strings; repeated queries are embedded once).
+
+        Returns:
+            Per image, (V_i, gh, gw) float32 cosines on that image's views' device, each in [-1, 1]: the tower's
+            patch grid ``(gh, gw) = image_size // patch size``, tokens in raster order (row by row).
+
+        Raises:
+            HeroError: on views or texts as :meth:`score_batch` refuses them, or a model whose image tower has no
+                patch grid (per-token scores need a ViT CLIP tower).
+        """
+        _check_batch(views, texts)
+        if not views:
+            return []
+        with torch.inference_mode():
+            patches = self._embed_patches(torch.cat([self._pixels(item) for item in views]))  # (sum V_i, gh, gw, E)
+            queries = {text: self._text_embedding(text) for text in dict.fromkeys(texts)}
+            scores, start = [], 0
+            for item, text in zip(views, texts, strict=True):
+                count = int(item.shape[0])
+                scores.append(_cosine(patches[start : start + count], queries[text]))  # (V_i, gh, gw)
+                start += count
+        # Outside inference mode: normal tensors, usable anywhere (as __call__'s).
+        return [score.to(item.device).clone() for score, item in zip(scores, views, strict=True)]
 
     def _text_embedding(self, text: str) -> Tensor:
         """(1, E) embedding of ``text`` (checked), tokenised and embedded once per text while the model keeps its
@@ -298,6 +342,19 @@ def check_graphs(graphs: Any) -> None:
         )
 
 
+def no_patch_grid(scorer: object, name: str, value: Any, reason: str) -> HeroError:
+    """The HeroError of ``score_tokens`` on a tower without a patch grid: ``name=value`` (the tower part that is
+    missing or unfit), ``reason`` saying why, and the scorer's class named."""
+    return HeroError.field(
+        name,
+        value,
+        "a ViT CLIP image tower: per-token scores need a ViT CLIP tower (a patch grid with a class token, a final "
+        "layer norm and a visual projection applied per token)",
+        f"{type(scorer).__name__}.score_tokens cannot score patch tokens: {reason}. Use a ViT CLIP model, or the "
+        "per-view scores (__call__, score_batch).",
+    )
+
+
 def vocab_size(tokenizer: Any) -> int | None:
     """``len(tokenizer)`` or its ``vocab_size`` (or those of its ``.tokenizer``); None if it has neither."""
     for candidate in (tokenizer, getattr(tokenizer, "tokenizer", None)):
@@ -370,6 +427,16 @@ def _check_views(views: Any) -> None:
         )
 
 
+def _check_batch(views: Sequence[Tensor], texts: Sequence[str]) -> None:
+    """The checks of ``score_batch`` and ``score_tokens``: one text per image, each image's views and text valid."""
+    if len(views) != len(texts):
+        raise HeroError.field("texts", len(texts), f"one text per image ({len(views)} images of views)")
+    for item in views:
+        _check_views(item)
+    for text in texts:
+        _check_text(text)
+
+
 def _check_text(text: Any) -> None:
     if not isinstance(text, str):
         raise HeroError.field("text", text, "a str (the query)", "Score one query at a time.")
@@ -423,8 +490,9 @@ def _bicubic(x: Tensor, height: int, width: int) -> Tensor:
 
 
 def _cosine(image: Tensor, query: Tensor) -> Tensor:
-    """(V, E) and (1, E) -> (V,) cosine, computed in float32 (float64 stays float64 until the end)."""
+    """(..., E) and (1, E) -> (...) cosine, e.g. (V, E) -> (V,) or (V, gh, gw, E) -> (V, gh, gw); computed in
+    float32 (float64 stays float64 until the end)."""
     work = torch.float64 if image.dtype == torch.float64 else torch.float32
     image = F.normalize(image.to(work), dim=-1)
     query = F.normalize(query.to(work), dim=-1)
-    return (image @ query.reshape(-1, 1)).reshape(-1).to(torch.float32)
+    return (image @ query.reshape(-1, 1)).squeeze(-1).to(torch.float32)

@@ -20,7 +20,7 @@ from hero_core import HeroError
 
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ._core import ClipScorer, check_graphs, check_tokenizer, param_dtype_device, to_hw
+from ._core import ClipScorer, check_graphs, check_tokenizer, no_patch_grid, param_dtype_device, to_hw
 
 __all__ = ["OpenClipTextScorer"]
 
@@ -189,5 +189,48 @@ class OpenClipTextScorer(ClipScorer[Tensor]):
         """The eager image tower: (V, 3, S_h, S_w) -> (V, E)."""
         return cast(Tensor, self._host.encode_image(pixels))
 
+    def _embed_patches(self, pixels: Tensor) -> Tensor:
+        """The eager tower's patch tokens in the joint space: (V, 3, S_h, S_w) -> (V, gh, gw, E).
+
+        ``visual.forward_intermediates(indices=1, intermediates_only=True, output_fmt="NLC")`` gives the last
+        block's output with the class token split off and NO ``ln_post`` (``normalize_intermediates`` is off);
+        ``ln_post`` and ``@ proj`` are applied here. Not ``output_tokens``: what it returns depends on the
+        version and the pooling (ln_post'ed tokens in open_clip 3.x's default path, raw ones with
+        ``final_ln_after_pool`` and in early 2.x), and it is never projected.
+        """
+        visual = self._host.visual
+        gap = _patch_grid_gap(visual)
+        if gap is not None:
+            raise no_patch_grid(self, "model.visual", type(visual).__name__, gap)
+        patch_h, patch_w = to_hw("model.visual.patch_size", visual.patch_size)
+        grid_h, grid_w = pixels.shape[-2] // patch_h, pixels.shape[-1] // patch_w
+        out = visual.forward_intermediates(pixels, indices=1, intermediates_only=True, output_fmt="NLC")
+        hidden = out["image_intermediates"][-1]  # (V, N, D): the last block, class token dropped
+        if hidden.dim() != 3 or hidden.shape[1] != grid_h * grid_w:
+            raise no_patch_grid(
+                self,
+                "model.visual output",
+                hidden,
+                f"expected {grid_h} x {grid_w} patch tokens (patch dropout is active in training mode: use eval())",
+            )
+        tokens = visual.ln_post(hidden) @ visual.proj  # (V, N, E), N in raster order
+        return cast(Tensor, tokens).reshape(tokens.shape[0], grid_h, grid_w, -1)
+
     def _embed_text(self, tokens: Tensor) -> Tensor:
         return cast(Tensor, self._host.encode_text(tokens))  # (1, E)
+
+
+def _patch_grid_gap(visual: nn.Module) -> str | None:
+    """Why ``visual`` cannot give per-token joint-space embeddings (None if it can): it must be open_clip's ViT
+    (``VisionTransformer``: ``forward_intermediates``, ``patch_size``, a class token), with ``ln_post`` and a ``proj``
+    matrix over the token width, and no attentional pooler (there ``ln_post`` and ``proj`` act on pooled queries)."""
+    if getattr(visual, "attn_pool", None) is not None:
+        return "its tower pools with attention (ln_post and proj act on the pooled queries, not on patch tokens)"
+    if not callable(getattr(visual, "forward_intermediates", None)) or getattr(visual, "patch_size", None) is None:
+        return f"{type(visual).__name__} is not a ViT tower with a patch grid"
+    if getattr(visual, "class_embedding", None) is None:
+        return "its tower has no class token"
+    norm, proj = getattr(visual, "ln_post", None), getattr(visual, "proj", None)
+    if not isinstance(norm, nn.Module) or not isinstance(proj, Tensor) or proj.dim() != 2:
+        return "its tower has no ln_post and proj matrix (pruned, or a timm trunk)"
+    return None

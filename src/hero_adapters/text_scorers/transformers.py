@@ -19,7 +19,15 @@ from hero_core import HeroError
 from ..extras import require
 from ..pixels import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_channels
 from ._clip_bpe import clip_vocab_and_merges
-from ._core import ClipScorer, check_graphs, check_tokenizer, implausible_vocab_size, param_dtype_device, to_hw
+from ._core import (
+    ClipScorer,
+    check_graphs,
+    check_tokenizer,
+    implausible_vocab_size,
+    no_patch_grid,
+    param_dtype_device,
+    to_hw,
+)
 
 __all__ = ["HFClipTextScorer", "clip_tokenizer_from_open_clip"]
 
@@ -289,6 +297,40 @@ class HFClipTextScorer(ClipScorer[dict[str, Tensor]]):
     def _image_features(self, pixels: Tensor) -> Tensor:
         """The eager image tower: (V, 3, S_h, S_w) -> (V, E)."""
         return _embedding(self._host.get_image_features(pixel_values=pixels))
+
+    def _embed_patches(self, pixels: Tensor) -> Tensor:
+        """The eager tower's patch tokens in the joint space: (V, 3, S_h, S_w) -> (V, gh, gw, E).
+
+        ``vision_model(...).last_hidden_state`` is the last encoder layer's output BEFORE ``post_layernorm`` (that
+        norm is applied to the pooled class token only, in transformers 4.x's ``CLIPVisionTransformer`` and 5.x's
+        ``CLIPVisionModel`` alike); each patch token then goes through ``post_layernorm`` and
+        ``visual_projection`` as CDPruner does.
+        """
+        host = self._host
+        vision = getattr(host, "vision_model", None)
+        parts: dict[str, Any] = {
+            "model.vision_model": vision,
+            "model.vision_model.post_layernorm": getattr(vision, "post_layernorm", None),
+            "model.visual_projection": getattr(host, "visual_projection", None),
+        }
+        for name, part in parts.items():
+            if not isinstance(part, nn.Module):
+                raise no_patch_grid(self, name, None if part is None else type(part).__name__, "the model lacks it")
+        patch = getattr(getattr(getattr(host, "config", None), "vision_config", None), "patch_size", None)
+        if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+            raise no_patch_grid(self, "model.config.vision_config.patch_size", patch, "it is not a positive int")
+        vision, norm, projection = parts.values()
+        grid_h, grid_w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+        hidden = vision(pixel_values=pixels, return_dict=True).last_hidden_state  # (V, 1 + N, D)
+        if not isinstance(hidden, Tensor) or hidden.dim() != 3 or hidden.shape[1] != 1 + grid_h * grid_w:
+            raise no_patch_grid(
+                self,
+                "model.vision_model output",
+                hidden,
+                f"expected the class token and {grid_h} x {grid_w} patch tokens",
+            )
+        tokens: Tensor = projection(norm(hidden[:, 1:]))  # (V, N, E), N in raster order
+        return tokens.reshape(tokens.shape[0], grid_h, grid_w, -1)
 
     def _embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
         return _embedding(self._host.get_text_features(**tokens))  # (1, E)
