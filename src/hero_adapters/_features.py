@@ -21,7 +21,7 @@ from torch import Tensor
 from ._scoring import with_token_relevance
 from .adapter import EncodedImage
 
-__all__ = ["merge_planned", "merged_rows", "pruner_inputs", "with_token_features"]
+__all__ = ["add_merged", "merge_planned", "merged_rows", "pruner_inputs", "token_table", "with_token_features"]
 
 
 def pruner_inputs(
@@ -45,29 +45,36 @@ def merge_planned(encoded: Sequence[EncodedImage], plans: Sequence[Any]) -> list
 
 
 def merged_rows(image: EncodedImage, merge_into: Tensor | None) -> EncodedImage:
-    """``image`` with the rows of merged tokens added into their targets' (VisionZip): each kept token's row
-    ``f_t`` becomes ``f_t + mean(f_a)`` over the tokens ``a`` whose ``merge_into`` is ``t`` (unchanged when
-    none is), every column of ``features`` alike (Qwen3-VL's DeepStack levels too). No host read.
-
-    Rows map to (view, token) slots by ``image.source``; newline rows (-1) stay as they are.
-    """
+    """``image`` with its rows merged by ``add_merged`` (unchanged without ``merge_into``). No host read."""
     if merge_into is None:
         return image
-    features, source = image.features, image.source.to(image.features.device)
+    return dataclasses.replace(image, features=add_merged(image.features, image.source, merge_into))
+
+
+def add_merged(rows: Tensor, source: Tensor, merge_into: Tensor) -> Tensor:
+    """The rows of merged tokens added into their targets' (VisionZip): each kept token's row ``f_t`` becomes
+    ``f_t + mean(f_a)`` over the tokens ``a`` whose ``merge_into`` is ``t`` (unchanged when none is), every
+    column alike (Qwen3-VL's DeepStack levels too).
+
+    Args:
+        rows: (T, D) the image's rows in the host's order.
+        source: (T,) each row's flat slot ``view * N + position``; -1 (a newline) stays as it is.
+        merge_into: (V, N) int64, ``PrunePlan.merge_into``.
+    """
+    source = source.to(rows.device)
     slots = merge_into.numel()
-    into = merge_into.reshape(-1).to(features.device)  # (V N,)
+    into = merge_into.reshape(-1).to(rows.device)  # (V N,)
     target = torch.where(source >= 0, into.index_select(0, source.clamp(min=0)), torch.full_like(source, -1))
     merged = (target >= 0) & (target != source)  # (T,) rows merged into another token
     spare = torch.full_like(target, slots)  # rows that merge nowhere go to a spare slot
     bucket = torch.where(merged, target, spare)
-    sums = features.new_zeros((slots + 1, features.shape[-1]), dtype=torch.float32)
-    sums.index_add_(0, bucket, features.float())
-    counts = features.new_zeros(slots + 1, dtype=torch.float32).index_add_(0, bucket, merged.float())
+    sums = rows.new_zeros((slots + 1, rows.shape[-1]), dtype=torch.float32)
+    sums.index_add_(0, bucket, rows.float())
+    counts = rows.new_zeros(slots + 1, dtype=torch.float32).index_add_(0, bucket, merged.float())
     mean = sums[:slots] / counts[:slots].clamp(min=1.0)[:, None]  # (V N, D) per target slot
     own = torch.where(source >= 0, source, torch.full_like(source, slots))  # each row's own slot
     gain = torch.cat([mean, mean.new_zeros(1, mean.shape[-1])]).index_select(0, own)  # (T, D)
-    out = (features.float() + gain).to(features.dtype)
-    return dataclasses.replace(image, features=out)
+    return (rows.float() + gain).to(rows.dtype)
 
 
 def with_token_features(image: EncodedImage) -> EncodedImage:
@@ -76,12 +83,15 @@ def with_token_features(image: EncodedImage) -> EncodedImage:
     tiles = image.tiles
     if getattr(tiles, "token_features", None) is not None:
         return image
-    views, tokens = tiles.num_views, tiles.num_tokens
-    features = image.features
-    width = int(features.shape[-1])
+    table = token_table(image.features, image.source, tiles.num_views, tiles.num_tokens).to(tiles.device)
+    return dataclasses.replace(image, tiles=tiles.replace(token_features=table))
+
+
+def token_table(rows: Tensor, source: Tensor, views: int, tokens: int) -> Tensor:
+    """(V, N, D): each row (T, D) at its slot ``source`` (T,) names; slots no row comes from stay zero, newline
+    rows (-1) are dropped."""
     slots = views * tokens
-    source = image.source.to(features.device)
+    source = source.to(rows.device)
     index = torch.where(source >= 0, source, torch.full_like(source, slots))  # newlines -> the spare row
-    table = features.new_zeros((slots + 1, width)).index_copy_(0, index, features)
-    token_features = table[:slots].reshape(views, tokens, width).to(tiles.device)
-    return dataclasses.replace(image, tiles=tiles.replace(token_features=token_features))
+    table = rows.new_zeros((slots + 1, int(rows.shape[-1]))).index_copy_(0, index, rows)
+    return table[:slots].reshape(views, tokens, -1)

@@ -17,7 +17,7 @@ from hero_core.allocators import tile_views
 
 from .adapter import EncodedImage
 
-__all__ = ["check_token_scorer", "region_crops", "score_images", "with_token_relevance"]
+__all__ = ["check_token_scorer", "region_crops", "score_images", "token_relevance", "with_token_relevance"]
 
 
 def score_images(
@@ -125,10 +125,27 @@ def check_token_scorer(pruner: Any, scorer: Any) -> None:
 def with_token_relevance(
     scorer: Any, pruner: Any, encoded: Sequence[EncodedImage], queries: Sequence[str | None]
 ) -> list[EncodedImage]:
-    """Every image with ``tiles.token_relevance`` (V, N): the scorer's ``score_tokens`` (one call for the whole
-    call, every view of every image, each view squashed whole onto the CLIP input; (V, gh, gw) raw cosines on the
-    CLIP tower's patch grid) resampled to the view's token grid (bilinear, antialiased; the identity where the
-    grids agree: LLaVA-NeXT with its own CLIP-L/336).
+    """Every image with ``tiles.token_relevance`` (V, N) from ``token_relevance`` over its views.
+
+    Raises:
+        HeroError: for an image without a query (naming the preset and what to pass), or a scorer answer of the
+            wrong shape; NaN/inf are refused in the planner's one read.
+    """
+    tiles = [image.tiles for image in encoded]
+    relevance = token_relevance(scorer, pruner, [image.views for image in encoded], queries, tiles)
+    return [
+        dataclasses.replace(image, tiles=image.tiles.replace(token_relevance=scores))
+        for image, scores in zip(encoded, relevance, strict=True)
+    ]
+
+
+def token_relevance(
+    scorer: Any, pruner: Any, views: Sequence[Tensor], queries: Sequence[str | None], tiles: Sequence[Any]
+) -> list[Tensor]:
+    """(V, N) float32 per image: the scorer's ``score_tokens`` (one call for every view of every image, each view
+    squashed whole onto the CLIP input; (V, gh, gw) raw cosines on the CLIP tower's patch grid) resampled to the
+    view's token grid ``tiles[i].grid`` (bilinear, antialiased; the identity where the grids agree: LLaVA-NeXT
+    with its own CLIP-L/336). ``views[i]``: (V, 3, h, w) RGB in [0, 1], in the tiles' view order.
 
     Raises:
         HeroError: for an image without a query (naming the preset and what to pass), or a scorer answer of the
@@ -144,20 +161,19 @@ def with_token_relevance(
                 "Put text in the prompt around the image, or pass query=...; or choose divprune / dart (no text).",
             )
     size = getattr(scorer, "image_size", None)  # the CLIP input: each whole view squashed onto it, so the token
-    views = [image.views for image in encoded]  # map covers the view (a centre crop would cut a non-square one)
+    given = list(views)  # map covers the view (a centre crop would cut a non-square one)
     if isinstance(size, tuple) and len(size) == 2:
-        views = [_squash(item, size) for item in views]
-    scores = scorer.score_tokens(views, [str(text) for text in queries])
-    if not isinstance(scores, (list, tuple)) or len(scores) != len(encoded):
+        given = [_squash(item, size) for item in given]
+    scores = scorer.score_tokens(given, [str(text) for text in queries])
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(tiles):
         raise HeroError.field(
             f"text_scorer {_name(scorer)}.score_tokens output",
-            type(scores).__name__,
-            f"a list of {len(encoded)} tensors, one per image given",
+            scores,
+            f"a list of {len(tiles)} tensors, one per image",
         )
     out = []
-    for i, (image, score) in enumerate(zip(encoded, scores, strict=True)):
-        tiles = image.tiles
-        count = tiles.num_views
+    for i, (item, score) in enumerate(zip(tiles, scores, strict=True)):
+        count = item.num_views
         if (
             not isinstance(score, Tensor)
             or score.dim() != 3
@@ -169,11 +185,10 @@ def with_token_relevance(
                 score,
                 f"a float tensor ({count}, gh, gw): one raw CLIP cosine per patch of the tower's grid, per view",
             )
-        grid = score[:, None].to(tiles.device, torch.float32)  # (V, 1, gh, gw)
-        if tuple(grid.shape[-2:]) != tiles.grid:
-            grid = F.interpolate(grid, size=tiles.grid, mode="bilinear", align_corners=False, antialias=True)
-        relevance = grid.reshape(count, tiles.num_tokens)
-        out.append(dataclasses.replace(image, tiles=tiles.replace(token_relevance=relevance)))
+        grid = score[:, None].to(item.device, torch.float32)  # (V, 1, gh, gw)
+        if tuple(grid.shape[-2:]) != tuple(item.grid):
+            grid = F.interpolate(grid, size=item.grid, mode="bilinear", align_corners=False, antialias=True)
+        out.append(grid.reshape(count, item.num_tokens))
     return out
 
 

@@ -57,9 +57,7 @@ def test_options_defaults_and_pruner(clip_dir: str) -> None:
         ({"alpha": 1.0}, r"^hero\.keep_ratio=None is invalid"),
         ({"keep_ratio": 0.2, "preset": "hero-reference"}, r"^hero\.preset='hero-reference' is invalid.*count"),
         ({"keep_ratio": 0.2, "preset": "hero-native", "alpha": 1.0}, r"^hero\.preset='hero-native' is invalid.*tiles"),
-        ({"keep_ratio": 0.2, "preset": "divprune"}, r"^hero\.preset='divprune' is invalid.*features, which"),
-        ({"keep_ratio": 0.2, "preset": "dart"}, r"^hero\.preset='dart' is invalid.*features, which"),
-        ({"keep_ratio": 0.2, "preset": "cdpruner"}, r"^hero\.preset='cdpruner' is invalid.*CLIP relevance to the"),
+        ({"keep_ratio": 0.2, "preset": "cdpruner"}, r"^hero\.clip=None is invalid: .* 'cdpruner' weighs each token"),
         ({"keep_ratio": 0.2, "preset": "nope"}, r"^hero\.preset='nope' is invalid: expected one of"),
         ({"keep_ratio": 0.2}, r"^hero\.clip=None is invalid: expected a local CLIP checkpoint directory"),
         ({"keep_ratio": 0.2, "clip": "/no/such/dir"}, r"^hero\.clip='/no/such/dir' is invalid: expected a directory"),
@@ -71,6 +69,15 @@ def test_options_defaults_and_pruner(clip_dir: str) -> None:
 def test_bad_engine_options_name_the_key_and_value(raw: Any, message: str) -> None:
     with pytest.raises(HeroError, match=message):
         parse_options(raw, depth=24)
+
+
+@pytest.mark.parametrize("preset", ["divprune", "dart", "visionzip", "cdpruner"])
+def test_the_whole_image_presets_are_served(preset: str, clip_dir: str) -> None:
+    """Their kept count is hero's, known from the image size before the encoder runs: the plugin serves them
+    (cdpruner with the CLIP checkpoint it reads each token's relevance with; the others need none)."""
+    raw = {"keep_ratio": 0.2, "preset": preset, **({"clip": clip_dir} if preset == "cdpruner" else {})}
+    options = parse_options(raw, depth=24)
+    assert (options.preset, options.pruner().count_known, options.pruner().needs_features) == (preset, True, True)
 
 
 def test_a_non_clip_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -177,6 +184,45 @@ def hf_scorer_tiny() -> Any:
     return HFClipTextScorer(transformers.CLIPModel(config).eval(), clip_tokenizer_from_open_clip())
 
 
+def _plugin_side(row: Any, inputs: dict[str, Any], queries: list[str | None], ratio: float, layers: Any) -> Any:
+    """What vLLM's layer loop gives the plugin for ``inputs``, from the host tower's own outputs: the images,
+    CLS states and rows, local tiles, all views (RGB in [0, 1]) and projected features per image."""
+    model, processor = row.model, row.processor
+    config = model.config
+    vision = config.vision_config
+    sizes = [tuple(int(x) for x in s) for s in inputs["image_sizes"].tolist()]
+    tower = model.model.vision_tower
+    mean_std = (processor.image_processor.image_mean, processor.image_processor.image_std)
+    images, cls_tokens, rows, tiles, views, features = [], [], [], [], [], []
+    with torch.no_grad():
+        for i, (h, w) in enumerate(sizes):
+            counts = anyres_counts((h, w), config.image_grid_pinpoints, vision.image_size, vision.patch_size)
+            pixels = inputs["pixel_values"][i][: counts.views]
+            old = tower.config._attn_implementation
+            tower.config._attn_implementation = "eager"
+            try:
+                out = tower(pixels, output_attentions=True, output_hidden_states=True)
+            finally:
+                tower.config._attn_implementation = old
+            images.append(
+                AnyresImage(
+                    counts=counts,
+                    layout=anyres_layout((h, w), config.image_grid_pinpoints, vision.image_size, vision.patch_size),
+                    tile_grid=anyres_grid((h, w), config.image_grid_pinpoints, vision.image_size),
+                    keep_ratio=ratio,
+                    query=queries[i],
+                )
+            )
+            cls_tokens.append(out.last_hidden_state[:, 0])
+            first = out.attentions[0][None, :, :, 0, :]  # the plugin's rows are (0, V, H, T) without layers
+            rows.append(torch.stack([out.attentions[layer][:, :, 0, :] for layer in layers]) if layers else first[:0])
+            tiles.append(unnormalise(pixels[1:], mean_std))
+            views.append(unnormalise(pixels, mean_std))
+            hidden = out.hidden_states[config.vision_feature_layer]
+            features.append(model.model.multi_modal_projector(hidden[:, 1:]))  # (V, N, D)
+    return images, cls_tokens, rows, tiles, views, features
+
+
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 1.0])
 def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny: Any) -> None:
     """Two images of different shapes, one with a question and one without: the plugin's planning (fed with the
@@ -190,55 +236,109 @@ def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny:
     queries = ["a red sign", None]
     vlm = HeroVLM(model, pruner, text_scorer=hf_scorer_tiny, processor=processor)
     report = vlm.plan(**inputs, query=queries)
-
-    config = model.config
-    vision = config.vision_config
-    sizes = [tuple(int(x) for x in s) for s in inputs["image_sizes"].tolist()]
     layers = pruner.layers
-    tower = model.model.vision_tower
-    mean_std = (processor.image_processor.image_mean, processor.image_processor.image_std)
-    plugin_images, cls_tokens, rows, views, features = [], [], [], [], []
+    plugin_images, cls_tokens, rows, tiles, _, features = _plugin_side(row, inputs, queries, ratio, layers)
     with torch.no_grad():
-        for i, (h, w) in enumerate(sizes):
-            counts = anyres_counts((h, w), config.image_grid_pinpoints, vision.image_size, vision.patch_size)
-            pixels = inputs["pixel_values"][i][: counts.views]
-            old = tower.config._attn_implementation
-            tower.config._attn_implementation = "eager"
-            try:
-                out = tower(pixels, output_attentions=True, output_hidden_states=True)
-            finally:
-                tower.config._attn_implementation = old
-            plugin_images.append(
-                AnyresImage(
-                    counts=counts,
-                    layout=anyres_layout((h, w), config.image_grid_pinpoints, vision.image_size, vision.patch_size),
-                    tile_grid=anyres_grid((h, w), config.image_grid_pinpoints, vision.image_size),
-                    keep_ratio=ratio,
-                    query=queries[i],
-                )
-            )
-            cls_tokens.append(out.last_hidden_state[:, 0])
-            rows.append(
-                torch.stack([out.attentions[layer][:, :, 0, :] for layer in layers]) if layers else torch.zeros(0)
-            )
-            views.append(unnormalise(pixels[1:], mean_std))
-            hidden = out.hidden_states[config.vision_feature_layer]
-            features.append(model.model.multi_modal_projector(hidden[:, 1:]).flatten(0, 1))
-        keeps = plan_images(
-            plugin_images,
-            cls_tokens,
-            rows,
-            layers,
-            lambda r: row.pruner(r, alpha=0.5),
-            hf_scorer_tiny,
-            views.__getitem__,
-        )
+        plans = plan_images(
+            plugin_images, cls_tokens, rows, layers, lambda r: row.pruner(r, alpha=0.5), hf_scorer_tiny,
+            tiles.__getitem__,
+        )  # fmt: skip
         encoded = vlm.adapter.encode(inputs, layers)
         for i, image in enumerate(report.images):
-            assert torch.equal(keeps[i], image.plan.keep), f"image {i}"
-            sent = assemble_vanilla(plugin_images[i], keeps[i], features[i], model.model.image_newline, pruner)
+            keep = plans[i].keep
+            assert torch.equal(keep, image.plan.keep), f"image {i}"
+            flat = features[i].flatten(0, 1)
+            sent = assemble_vanilla(plugin_images[i], keep, flat, model.model.image_newline, pruner)
             assert sent.shape[0] == plugin_images[i].counts.tokens_out(pruner.kept_count(plugin_images[i].counts))
-            torch.testing.assert_close(sent, vlm.adapter.assemble(encoded[i], keeps[i]).features, atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(sent, vlm.adapter.assemble(encoded[i], keep).features, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["divprune", "dart", "visionzip", "cdpruner"])
+@pytest.mark.parametrize("ratio", [0.3, 1.0])
+def test_the_encoder_step_runs_the_whole_image_presets_as_herovlm(
+    preset: str, ratio: float, hf_scorer_tiny: Any
+) -> None:
+    """The presets that read token features (and cdpruner each token's CLIP relevance, visionzip its merges): fed
+    the projected features the plugin holds, its planning keeps HeroVLM.plan's tokens and its assembly sends the
+    rows HeroVLM sends (VisionZip's merged rows included), in the count fixed in advance."""
+    from hero_adapters._features import merged_rows
+    from hero_adapters.adapter import preset_options
+    from hero_core import presets
+
+    row = host_row("llava_next")
+    model, processor = row.model, row.processor
+    inputs = row.inputs(
+        [row.text("look {}"), row.text("and {}")], [row.image(60, 170, seed=4), row.image(150, 50, seed=5)]
+    )
+    queries: list[str | None] = ["a red sign", "the sky"]
+    options = preset_options(HeroVLM(model, row.pruner(0.5), processor=processor).adapter)
+    pruner_for = lambda r: presets.get(preset, r, **options)  # noqa: E731
+    pruner = pruner_for(ratio)
+    scorer = hf_scorer_tiny if pruner.needs_token_relevance else None
+    vlm = HeroVLM(model, pruner, scorer, processor=processor)
+    report = vlm.plan(**inputs, query=queries)
+    layers = pruner.layers
+    plugin_images, cls_tokens, rows, tiles, views, features = _plugin_side(row, inputs, queries, ratio, layers)
+    with torch.no_grad():
+        plans = plan_images(
+            plugin_images, cls_tokens, rows, layers, pruner_for, scorer, tiles.__getitem__,
+            features=features, all_views=views.__getitem__,
+        )  # fmt: skip
+        encoded = vlm.adapter.encode(inputs, layers)
+        merging = False
+        for i, image in enumerate(report.images):
+            plan = plans[i]
+            assert torch.equal(plan.keep, image.plan.keep), f"image {i}"
+            into = plan.merge_into
+            assert (into is None) == (image.plan.merge_into is None)
+            if into is not None:
+                assert torch.equal(into, image.plan.merge_into)
+                merging |= bool(((into >= 0) & (into != torch.arange(into.numel()).view_as(into))).any())
+            flat = features[i].flatten(0, 1)
+            sent = assemble_vanilla(plugin_images[i], plan.keep, flat, model.model.image_newline, pruner, into)
+            assert sent.shape[0] == plugin_images[i].counts.tokens_out(pruner.kept_count(plugin_images[i].counts))
+            expected = vlm.adapter.assemble(merged_rows(encoded[i], into), plan.keep).features
+            torch.testing.assert_close(sent, expected, atol=1e-3, rtol=1e-4)
+        assert merging == (preset == "visionzip" and ratio < 1)  # the merge path was exercised, not skipped
+
+
+def test_cdpruner_without_a_query_plans_with_uniform_relevance_and_says_so(hf_scorer_tiny: Any) -> None:
+    """vLLM's profiling run and requests without ``hero_query`` carry no instruction: the plugin plans them with
+    every token equally relevant (diversity alone), ``unconditioned`` flags exactly them, and the question-less
+    plan equals the core's plan at any constant relevance."""
+    from hero_adapters.adapter import preset_options
+    from hero_adapters.vllm_plugin.pipeline import unconditioned
+    from hero_core import presets
+
+    row = host_row("llava_next")
+    inputs = row.inputs(
+        [row.text("look {}"), row.text("and {}")], [row.image(60, 170, seed=4), row.image(150, 50, seed=5)]
+    )
+    options = preset_options(HeroVLM(row.model, row.pruner(0.5), processor=row.processor).adapter)
+    pruner_for = lambda r: presets.cdpruner(r, **options)  # noqa: E731
+    queries: list[str | None] = ["a red sign", None]
+    images, cls_tokens, rows, tiles, views, features = _plugin_side(row, inputs, queries, 0.3, pruner_for(0.3).layers)
+    plans = plan_images(
+        images, cls_tokens, rows, pruner_for(0.3).layers, pruner_for, hf_scorer_tiny, tiles.__getitem__,
+        features=features, all_views=views.__getitem__,
+    )  # fmt: skip
+    assert unconditioned(images, pruner_for) == [False, True]
+    encoded = HeroVLM(row.model, pruner_for(0.3), hf_scorer_tiny, processor=row.processor).adapter.encode(inputs, ())
+    tiles_1 = encoded[1].tiles
+    valid = tiles_1.valid_mask
+    table = torch.where(valid[..., None], features[1], 0)
+    constant = tiles_1.replace(token_features=table, token_relevance=torch.full(valid.shape, 0.37))
+    assert torch.equal(plans[1].keep, pruner_for(0.3).plan(constant).keep)
+    with pytest.raises(HeroError, match=r"all_views=None is invalid"):
+        plan_images(
+            images, cls_tokens, rows, pruner_for(0.3).layers, pruner_for, hf_scorer_tiny, tiles.__getitem__,
+            features=features,
+        )  # fmt: skip
+    with pytest.raises(HeroError, match=r"needs token features|token_features"):
+        plan_images(
+            images, cls_tokens, rows, pruner_for(0.3).layers, pruner_for, hf_scorer_tiny, tiles.__getitem__,
+            all_views=views.__getitem__,
+        )  # fmt: skip
 
 
 def test_assembly_refuses_a_keep_mask_off_the_count() -> None:

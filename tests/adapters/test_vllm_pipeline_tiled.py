@@ -123,19 +123,30 @@ def _tile_grid(image_processor: Any, height: int, width: int, views: int) -> tup
     return (rows, cols) if views > 1 and rows * cols == views - 1 else None
 
 
+@pytest.mark.parametrize("preset", ["hero", "divprune", "dart", "visionzip", "cdpruner"])
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 1.0])
-def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny: Any) -> None:
-    """Three images (tiled wide, tiled tall, a single view), with and without a question: the plugin's planning,
-    fed as vLLM's layer loop feeds it (CLS rows from the normed q / k, summed per 2 x 2 merge group, thumbnail
-    last), keeps exactly HeroVLM.plan's tokens, and its assembly equals the adapter's rows, in the count fixed in
-    advance."""
+def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, preset: str, hf_scorer_tiny: Any) -> None:
+    """Three images (tiled wide, tiled tall, a single view), with and without a question (cdpruner: each with
+    one): the plugin's planning, fed as vLLM's layer loop feeds it (CLS rows from the normed q / k, summed per
+    2 x 2 merge group, thumbnail last; the projected features for presets that read them), keeps exactly
+    HeroVLM.plan's tokens, and its assembly equals the adapter's rows (VisionZip's merged rows included), in the
+    count fixed in advance."""
+    from hero_adapters._features import merged_rows
+    from hero_adapters.adapter import preset_options
+    from hero_core import presets
+
     row = host_row("internvl")
     model, processor = row.model, row.processor
     sizes = [(60, 230), (250, 70), (50, 50)]  # (height, width)
     images = [row.image(h, w, seed=4 + i) for i, (h, w) in enumerate(sizes)]
     inputs = row.inputs([row.text("describe {} the image"), row.text("what is {}"), row.text("{} a b c")], images)
-    pruner = row.pruner(ratio, alpha=0.5)
-    queries = ["a red sign", None, "the image"]
+    options = preset_options(HeroVLM(model, row.pruner(0.5), processor=processor).adapter)
+    if preset == "hero":
+        pruner_for = lambda r: row.pruner(r, alpha=0.5)  # noqa: E731
+    else:
+        pruner_for = lambda r: presets.get(preset, r, **options)  # noqa: E731
+    pruner = pruner_for(ratio)
+    queries = ["a red sign", "the sky" if preset == "cdpruner" else None, "the image"]
     vlm = HeroVLM(model, pruner, text_scorer=hf_scorer_tiny, processor=processor)
     report = vlm.plan(**inputs, query=queries)
 
@@ -165,22 +176,31 @@ def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny:
         features = model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
         rows = torch.stack([found[layer] for layer in layers]) if layers else torch.zeros(0, pixels.shape[0], 4, 65)
         merged = merge_rows(rows, groups)
-        keeps = plan_tiled(
+        plans = plan_tiled(
             tiled,
             list(last[:, 0].split(views_per_image)),
             list(merged.split(views_per_image, dim=1)),
             layers,
-            lambda r: row.pruner(r, alpha=0.5),
+            pruner_for,
             hf_scorer_tiny,
             lambda i: unnormalise(pixels.split(views_per_image)[i], mean_std),
+            features=list(features.split(views_per_image)),
         )
         encoded = vlm.adapter.encode(inputs, layers)
+    merging = False
     for i, (image, feats) in enumerate(zip(report.images, features.split(views_per_image), strict=True)):
-        assert torch.equal(keeps[i], image.plan.keep), f"image {i}"
+        keep, into = plans[i].keep, plans[i].merge_into
+        assert torch.equal(keep, image.plan.keep), f"image {i}"
+        assert (into is None) == (image.plan.merge_into is None)
+        if into is not None:
+            assert torch.equal(into, image.plan.merge_into)
+            merging |= bool(((into >= 0) & (into != torch.arange(into.numel()).view_as(into))).any())
         assert encoded[i].tiles.thumbnail_index == tiled[i].thumbnail_index
-        sent = assemble_tiled(tiled[i], keeps[i], feats.flatten(0, 1), pruner)
+        sent = assemble_tiled(tiled[i], keep, feats.flatten(0, 1), pruner, into)
         assert sent.shape[0] == pruner.kept_count(tiled[i].counts)
-        torch.testing.assert_close(sent, vlm.adapter.assemble(encoded[i], keeps[i]).features, atol=1e-5, rtol=1e-5)
+        expected = vlm.adapter.assemble(merged_rows(encoded[i], into), keep).features
+        torch.testing.assert_close(sent, expected, atol=1e-5, rtol=1e-5)
+    assert merging == (preset == "visionzip" and ratio < 1)  # the merge path was exercised
 
 
 def test_assembly_refuses_a_keep_mask_off_the_count() -> None:

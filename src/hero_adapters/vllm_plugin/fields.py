@@ -10,6 +10,7 @@ bits of its float64, the question as its UTF-8 bytes after a presence flag.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -20,9 +21,12 @@ from torch import Tensor
 
 from hero_core import HeroError
 
+_LOG = logging.getLogger("hero_adapters.vllm_plugin")
+
 __all__ = [
     "EMBEDS_REFUSED",
     "RECORD_ENV",
+    "UNCONDITIONED",
     "Relevance",
     "decode_query",
     "decode_ratio",
@@ -79,40 +83,77 @@ def per_image(value: object, count: int) -> list[Tensor] | None:
     return items
 
 
-def record(entries: Sequence[Mapping[str, Any]], keeps: Sequence[Tensor]) -> None:
-    """Append one JSON line per image (``entries`` plus its kept indices per view) to ``$HERO_VLLM_RECORD``."""
+UNCONDITIONED = "uniform: no hero_query, so the DPP weighs diversity alone"
+_warned: list[bool] = []  # one warning per process for an unconditioned cdpruner request
+
+
+def record(
+    entries: Sequence[Mapping[str, Any]],
+    keeps: Sequence[Tensor],
+    unconditioned: Sequence[bool] | None = None,
+    profiling: bool = False,
+) -> None:
+    """Append one JSON line per image (``entries`` plus its kept indices per view) to ``$HERO_VLLM_RECORD``.
+
+    An image a preset conditioned on the instruction (cdpruner) planned without one (``unconditioned``) says so in
+    its line (``"token_relevance"``), and the first such request outside vLLM's profiling run (``profiling``:
+    dummy images, which never carry a question) logs one warning per process: never a silent change of method.
+    """
+    flags = list(unconditioned) if unconditioned is not None else [False] * len(entries)
+    if any(flags) and not profiling and not _warned:
+        _warned.append(True)
+        _LOG.warning(
+            "hero: a request without hero_query under a preset conditioned on the instruction: its token relevance "
+            "is %s (pass mm_processor_kwargs={'hero_query': ...}); $%s records it per image",
+            UNCONDITIONED,
+            RECORD_ENV,
+        )
     path = os.environ.get(RECORD_ENV)
     if not path:
         return
     lines = [
-        json.dumps({**entry, "kept": [row.nonzero().flatten().tolist() for row in keep.cpu()]})
-        for entry, keep in zip(entries, keeps, strict=True)
+        json.dumps(
+            {
+                **entry,
+                **({"token_relevance": UNCONDITIONED} if flag else {}),
+                "kept": [row.nonzero().flatten().tolist() for row in keep.cpu()],
+            }
+        )
+        for entry, keep, flag in zip(entries, keeps, flags, strict=True)
     ]
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in lines))
 
 
-def same_on_every_rank(keeps: list[Tensor]) -> list[Tensor]:
-    """Under tensor parallelism every rank plans (its own CLIP scorer and planner); rank 0's keep masks are sent to
-    the others, so no float difference between ranks near a tie can make them keep different tokens (the counts
-    would agree and nothing would fail: the rows would silently differ). One broadcast per image; none on one rank."""
+def same_on_every_rank(plans: Sequence[Any]) -> list[tuple[Tensor, Tensor | None]]:
+    """(keep, merge_into) per plan, the same on every rank. Under tensor parallelism every rank plans (its own CLIP
+    scorer and planner); rank 0's keep masks (and VisionZip's merges) are sent to the others, so no float
+    difference between ranks near a tie can make them keep different tokens (the counts would agree and nothing
+    would fail: the rows would silently differ). One broadcast per tensor; none on one rank."""
     from vllm.distributed import get_tensor_model_parallel_world_size, get_tp_group
 
+    pairs = [(plan.keep, getattr(plan, "merge_into", None)) for plan in plans]
     if get_tensor_model_parallel_world_size() <= 1:
-        return keeps
+        return pairs
     group = get_tp_group()
-    return [group.broadcast(keep.to(torch.uint8).contiguous(), src=0).bool() for keep in keeps]
+    out = []
+    for keep, into in pairs:
+        keep = group.broadcast(keep.to(torch.uint8).contiguous(), src=0).bool()
+        out.append((keep, None if into is None else group.broadcast(into.contiguous(), src=0)))
+    return out
 
 
-def warm_scorer(scorer: Any, views: Sequence[Tensor]) -> None:
-    """One scorer call on ``views`` with a stand-in question, its answer discarded. Run in the engine's first
-    encoder call, which is vLLM's memory-profiling run on dummy images without a question: the scorer's weights
-    and activations are then part of the memory vLLM measures before it sizes the KV cache, instead of arriving
-    with the first real question."""
+def warm_scorer(scorer: Any, views: Sequence[Tensor], *, tokens: bool = False) -> None:
+    """One scorer call on ``views`` with a stand-in question, its answer discarded (``score_tokens`` with
+    ``tokens``: cdpruner's per-token relevance over every view). Run in the engine's first encoder call, which is
+    vLLM's memory-profiling run on dummy images without a question: the scorer's weights and activations are then
+    part of the memory vLLM measures before it sizes the KV cache, instead of arriving with the first real
+    question."""
     chosen = [item for item in views if item.shape[0] > 0]
     if chosen:
         with torch.inference_mode():
-            scorer.score_batch(chosen, ["a photo"] * len(chosen))
+            call = scorer.score_tokens if tokens else scorer.score_batch
+            call(chosen, ["a photo"] * len(chosen))
 
 
 class Relevance:
@@ -128,9 +169,11 @@ class Relevance:
     _hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
 
     def _scorer(self) -> Any:
-        """The relevance scorer (None without ``clip``, or for a preset that reads no relevance)."""
+        """The relevance scorer (None without ``clip``, or for a preset that reads no relevance, of tiles or of
+        tokens)."""
         options = self.hero_options
-        if options.clip is None or not options.pruner().uses_relevance:
+        pruner = options.pruner()
+        if options.clip is None or not (pruner.uses_relevance or pruner.needs_token_relevance):
             return None
         if self._hero_scorer is None:
             from ..text_scorers import HFClipTextScorer

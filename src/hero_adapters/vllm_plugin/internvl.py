@@ -54,7 +54,7 @@ from .fields import (
     warm_scorer,
 )
 from .options import HeroOptions, parse_options, request_options
-from .pipeline import cls_rows_from_qk
+from .pipeline import cls_rows_from_qk, unconditioned
 from .pipeline_tiled import TiledImage, assemble_tiled, merge_groups, merge_rows, plan_tiled
 
 __all__ = [
@@ -343,10 +343,11 @@ class HeroInternVLForConditionalGeneration(Relevance, InternS1ForConditionalGene
             assert mean_std is not None
             return unnormalise(split_views[i], mean_std)
 
-        if scorer is not None and not self._hero_warmed:
-            self._hero_warmed = True
-            warm_scorer(scorer, [views_of(i) for i in range(len(images))])
-        keeps = plan_tiled(
+        first, self._hero_warmed = not self._hero_warmed, True  # the first: vLLM's profiling run (no question)
+        if scorer is not None and first:
+            tokens = self.hero_options.pruner().needs_token_relevance
+            warm_scorer(scorer, [views_of(i) for i in range(len(images))], tokens=tokens)
+        plans = plan_tiled(
             images,
             list(torch.split(last[:, 0], views)),
             list(torch.split(merged, views, dim=1)),
@@ -354,12 +355,18 @@ class HeroInternVLForConditionalGeneration(Relevance, InternS1ForConditionalGene
             pruners.__getitem__,
             None if everything else scorer,
             views_of,
+            features=list(torch.split(features, views)),
         )
-        keeps = same_on_every_rank(keeps)
-        record([_entry(image) for image in images], keeps)
+        pairs = same_on_every_rank(plans)
+        record(
+            [_entry(image) for image in images],
+            [keep for keep, _ in pairs],
+            unconditioned(images, pruners.__getitem__),
+            first,
+        )
         return [
-            assemble_tiled(image, keep, feats.flatten(0, 1), pruners[image.keep_ratio])
-            for image, keep, feats in zip(images, keeps, torch.split(features, views), strict=True)
+            assemble_tiled(image, keep, feats.flatten(0, 1), pruners[image.keep_ratio], into)
+            for image, (keep, into), feats in zip(images, pairs, torch.split(features, views), strict=True)
         ]
 
     def _hero_tower(self, pixel_values: Tensor, layers: tuple[int, ...]) -> tuple[Tensor, Tensor]:

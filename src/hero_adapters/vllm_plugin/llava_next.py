@@ -10,8 +10,10 @@ and dummy inputs (imported by vLLM from the registry's lazy string, never at plu
 - Encoder step: the CLIP tower rebuilt at full depth (HERO's saliency reads the last layer's CLS) and run with
   vLLM's own modules layer by layer; the CLS rows come from each needed layer's fused ``qkv_proj`` output
   (any attention backend), gathered across tensor-parallel ranks so every rank plans the same; relevance from
-  the library's CLIP scorer (one batched call, loaded once per worker); then ``pipeline.plan_images`` and
-  ``pipeline.assemble_vanilla``, which checks the rows against the count fixed in advance.
+  the library's CLIP scorer (one batched call, loaded once per worker); the projected patch features are computed
+  before planning, so presets that compare token features (divprune, dart, visionzip, cdpruner) read them; then
+  ``pipeline.plan_images`` and ``pipeline.assemble_vanilla`` (VisionZip's merges applied), which checks the rows
+  against the count fixed in advance.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from .fields import (
     warm_scorer,
 )
 from .options import HeroOptions, parse_options, request_options
-from .pipeline import AnyresImage, assemble_vanilla, cls_rows_from_qkv, plan_images
+from .pipeline import AnyresImage, assemble_vanilla, cls_rows_from_qkv, plan_images, unconditioned
 
 __all__ = [
     "HeroLlavaNextForConditionalGeneration",
@@ -221,17 +223,31 @@ class HeroLlavaNextForConditionalGeneration(Relevance, LlavaNextForConditionalGe
             assert mean_std is not None
             return unnormalise(views[i][1:], mean_std)
 
-        if scorer is not None and not self._hero_warmed:
-            self._hero_warmed = True
-            warm_scorer(scorer, [tiles_of(i) for i, image in enumerate(images) if image.counts.views > 1])
+        def views_of(i: int) -> Tensor:
+            assert mean_std is not None
+            return unnormalise(views[i], mean_std)
+
+        first, self._hero_warmed = not self._hero_warmed, True  # the first: vLLM's profiling run (no question)
+        if scorer is not None and first:
+            tokens = self.hero_options.pruner().needs_token_relevance
+            warm = [(views_of if tokens else tiles_of)(i) for i, image in enumerate(images) if image.counts.views > 1]
+            warm_scorer(scorer, warm, tokens=tokens)
         active = None if everything else scorer
-        keeps = plan_images(images, list(split_last), list(split_rows), layers, pruners.__getitem__, active, tiles_of)
-        keeps = same_on_every_rank(keeps)
-        record([_entry(image) for image in images], keeps)
+        plans = plan_images(
+            images, list(split_last), list(split_rows), layers, pruners.__getitem__, active, tiles_of,
+            features=list(patches.split(counts)), all_views=views_of,
+        )  # fmt: skip
+        pairs = same_on_every_rank(plans)
+        record(
+            [_entry(image) for image in images],
+            [keep for keep, _ in pairs],
+            unconditioned(images, pruners.__getitem__),
+            first,
+        )
         out = []
-        for image, keep, feats in zip(images, keeps, patches.split(counts), strict=True):
+        for image, (keep, into), feats in zip(images, pairs, patches.split(counts), strict=True):
             out.append(
-                assemble_vanilla(image, keep, feats.flatten(0, 1), self.image_newline, pruners[image.keep_ratio])
+                assemble_vanilla(image, keep, feats.flatten(0, 1), self.image_newline, pruners[image.keep_ratio], into)
             )
         return out
 

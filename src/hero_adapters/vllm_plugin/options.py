@@ -64,8 +64,8 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
 
     Raises:
         HeroError: on a missing entry, an unknown preset or key, a keep ratio outside (0, 1], a preset whose
-            count depends on content (``hero-reference``), a preset that reads relevance without ``clip``, or a
-            ``clip`` path that is not a local CLIP checkpoint.
+            count depends on content (``hero-reference``), a preset that reads relevance (of tiles or of tokens)
+            without ``clip``, or a ``clip`` path that is not a local CLIP checkpoint.
     """
     if not isinstance(raw, Mapping):
         raise HeroError.field(
@@ -100,16 +100,6 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
         pruner = presets.get(name, ratio, depth=depth, **options)
     except HeroError as error:  # an unknown key: name it as the engine option it was given as
         raise HeroError(f"hero.{error}") from None
-    if pruner.needs_features:
-        raise HeroError.field(
-            "hero.preset",
-            name,
-            "a preset that reads no token features",
-            f"{name} chooses by the tokens' features"
-            + (" and their CLIP relevance to the prompt" if pruner.needs_token_relevance else "")
-            + ", which the plugin does not record yet (its kept count is known in advance, the features are not); "
-            "use 'hero'.",
-        )
     if isinstance(pruner, HeroNativePruner):
         raise HeroError.field(
             "hero.preset",
@@ -127,6 +117,13 @@ def parse_options(raw: Any, *, depth: int) -> HeroOptions:
         )
     if clip is not None:
         clip = _clip_path(clip)
+    elif pruner.needs_token_relevance:
+        raise HeroError.field(
+            "hero.clip",
+            None,
+            f"a local CLIP checkpoint directory: preset {name!r} weighs each token by its CLIP cosine to the question",
+            "Pass 'clip': '/path/to/clip-vit-large-patch14-336', or a preset that needs no text (divprune, dart).",
+        )
     elif pruner.uses_relevance:
         raise HeroError.field(
             "hero.clip",

@@ -15,8 +15,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from hero_core import EncodedTiles, HeroError, ImageCounts, Pruner, TextScorer, to_device
+from hero_core import EncodedTiles, HeroError, ImageCounts, PrunePlan, Pruner, TextScorer, to_device
 from hero_core.allocators import tile_views
+
+from .._features import add_merged
+from .._scoring import token_relevance
 
 __all__ = [
     "AnyresImage",
@@ -27,6 +30,7 @@ __all__ = [
     "combine_head_parts",
     "plan_encoded",
     "plan_images",
+    "unconditioned",
 ]
 
 
@@ -94,9 +98,12 @@ def plan_images(
     pruner_for: Callable[[float], Pruner],
     scorer: TextScorer | None,
     views: Callable[[int], Tensor],
-) -> list[Tensor]:
-    """The keep mask (V, N) of every image: tiles from the tower's outputs, relevance from one scorer call for
-    the batch, then one ``plan_batch`` per keep ratio in the batch.
+    *,
+    features: Sequence[Tensor] | None = None,
+    all_views: Callable[[int], Tensor] | None = None,
+) -> list[PrunePlan]:
+    """The plan of every image: tiles from the tower's outputs, relevance from one scorer call for the batch,
+    then one ``plan_batch`` per keep ratio in the batch.
 
     Args:
         images: the batch's images.
@@ -106,6 +113,9 @@ def plan_images(
         pruner_for: the pruner at a keep ratio.
         scorer: the relevance scorer (None: no relevance).
         views: image index -> its local tiles (K, 3, h, w), RGB in [0, 1], for the scorer.
+        features: per image (V, N, D) projected patch features, view-major (for presets that read token
+            features; the slots the host unpads away are zeroed, as the transformers path leaves them).
+        all_views: image index -> all its views (V, 3, h, w), RGB in [0, 1] (for ``cdpruner``'s token relevance).
     """
     tiles: list[EncodedTiles] = []
     for image, cls, attention in zip(images, cls_tokens, rows, strict=True):
@@ -123,7 +133,10 @@ def plan_images(
                 tile_grid=image.tile_grid,
             )
         )
-    return plan_encoded(images, tiles, pruner_for, scorer, views)
+    table = None
+    if features is not None:  # zero where the host sends no row (its unpadding), as HeroVLM's token table has it
+        table = [torch.where(t.valid_mask[..., None], f.to(t.device), 0) for t, f in zip(tiles, features, strict=True)]
+    return plan_encoded(images, tiles, pruner_for, scorer, views, token_features=table, all_views=all_views)
 
 
 class Planned(Protocol):
@@ -143,9 +156,18 @@ def plan_encoded(
     pruner_for: Callable[[float], Pruner],
     scorer: TextScorer | None,
     local_views: Callable[[int], Tensor],
-) -> list[Tensor]:
-    """The keep mask (V, N) of every image from its encoder outputs: relevance from one scorer call for the batch
-    (as ``HeroVLM._score`` computes it), then one ``plan_batch`` per keep ratio in the batch.
+    *,
+    token_features: Sequence[Tensor] | None = None,
+    all_views: Callable[[int], Tensor] | None = None,
+) -> list[PrunePlan]:
+    """The plan of every image from its encoder outputs: relevance from one scorer call for the batch (as
+    ``HeroVLM._score`` computes it), then one ``plan_batch`` per keep ratio in the batch.
+
+    Presets that read more than attention get it here, as ``HeroVLM`` gives it: ``token_features`` (V, N, D) per
+    image for ``needs_features`` (divprune, dart, cdpruner, visionzip); for ``needs_token_relevance`` (cdpruner)
+    each token's CLIP cosine to the query from the scorer's ``score_tokens`` over ``all_views`` (one call for the
+    batch). An image without a query has no instruction to condition on: its token relevance is uniform (the
+    DPP then weighs diversity alone), which ``unconditioned`` reports and the plugin records.
 
     Args:
         images: the batch's images.
@@ -153,15 +175,55 @@ def plan_encoded(
         pruner_for: the pruner at a keep ratio.
         scorer: the relevance scorer (None: no relevance).
         local_views: image index -> its local tiles (K, 3, h, w) in ``tile_views`` order, RGB in [0, 1].
+        token_features: per image (V, N, D), the features the LLM-side rows are made of.
+        all_views: image index -> all its views (V, 3, h, w) in the tiles' view order, RGB in [0, 1].
+
+    Raises:
+        HeroError: a preset that needs features without ``token_features`` (from ``plan_batch``), or token
+            relevance without a scorer that has ``score_tokens`` or without ``all_views``.
     """
+    tiles = list(tiles)
+    needs = [pruner_for(image.keep_ratio) for image in images]
+    for i, pruner in enumerate(needs):
+        if pruner.needs_features and token_features is not None:  # without them plan_batch names the preset
+            tiles[i] = tiles[i].replace(token_features=token_features[i].to(tiles[i].device))
+    asked = [
+        i
+        for i, pruner in enumerate(needs)
+        if pruner.needs_token_relevance and not pruner.keeps_all() and images[i].query is not None
+    ]
+    if asked:
+        if all_views is None:
+            raise HeroError.field("all_views", None, "every view of each image, for the token relevance")
+        scored = token_relevance(
+            scorer, needs[asked[0]], [all_views(i) for i in asked], [images[i].query for i in asked],
+            [tiles[i] for i in asked],
+        )  # fmt: skip
+        for i, scores in zip(asked, scored, strict=True):
+            tiles[i] = tiles[i].replace(token_relevance=scores)
+    for i, pruner in enumerate(needs):
+        if pruner.needs_token_relevance and tiles[i].token_relevance is None:  # no query: nothing to condition on
+            uniform = torch.zeros(tiles[i].valid_mask.shape, dtype=torch.float32, device=tiles[i].device)
+            tiles[i] = tiles[i].replace(token_relevance=uniform)
     relevance = _relevance(images, tiles, pruner_for, scorer, local_views)
-    keeps: list[Tensor | None] = [None] * len(images)
+    plans: list[PrunePlan | None] = [None] * len(images)
     for ratio in sorted({image.keep_ratio for image in images}):
         chosen = [i for i, image in enumerate(images) if image.keep_ratio == ratio]
-        plans = pruner_for(ratio).plan_batch([tiles[i] for i in chosen], [relevance[i] for i in chosen])
-        for i, plan in zip(chosen, plans, strict=True):
-            keeps[i] = plan.keep
-    return [keep for keep in keeps if keep is not None]
+        got = pruner_for(ratio).plan_batch([tiles[i] for i in chosen], [relevance[i] for i in chosen])
+        for i, plan in zip(chosen, got, strict=True):
+            plans[i] = plan
+    return [plan for plan in plans if plan is not None]
+
+
+def unconditioned(images: Sequence[Planned], pruner_for: Callable[[float], Pruner]) -> list[bool]:
+    """Per image: planned by a preset conditioned on the instruction (cdpruner) without one (no query), so
+    with uniform token relevance, i.e. diversity alone."""
+    return [
+        image.query is None
+        and pruner_for(image.keep_ratio).needs_token_relevance
+        and not pruner_for(image.keep_ratio).keeps_all()
+        for image in images
+    ]
 
 
 def _relevance(
@@ -201,7 +263,14 @@ def _relevance(
     return out
 
 
-def assemble_vanilla(image: AnyresImage, keep: Tensor, features: Tensor, newline: Tensor, pruner: Pruner) -> Tensor:
+def assemble_vanilla(
+    image: AnyresImage,
+    keep: Tensor,
+    features: Tensor,
+    newline: Tensor,
+    pruner: Pruner,
+    merge_into: Tensor | None = None,
+) -> Tensor:
     """The rows the LLM receives for one image: the kept patch features and every newline, in the host's order.
 
     Args:
@@ -210,6 +279,7 @@ def assemble_vanilla(image: AnyresImage, keep: Tensor, features: Tensor, newline
         features: (V * N, D) projected patch features, view-major.
         newline: (D,) the model's ``image_newline``.
         pruner: the pruner its count was fixed with (the count contract is checked here).
+        merge_into: (V, N) the plan's merges (VisionZip), applied to the host's rows as ``HeroVLM`` applies them.
 
     Raises:
         HeroError: when the rows differ from the count fixed in advance (never padded or cut).
@@ -223,4 +293,7 @@ def assemble_vanilla(image: AnyresImage, keep: Tensor, features: Tensor, newline
     if int(chosen.shape[0]) != expected:
         raise HeroError.field("rows for the image's placeholders", int(chosen.shape[0]), f"{expected} rows")
     table = torch.cat([features, newline.to(features.dtype)[None]], dim=0)  # row V * N is the newline
-    return table.index_select(0, torch.where(chosen < 0, features.shape[0], chosen))
+    if merge_into is None:
+        return table.index_select(0, torch.where(chosen < 0, features.shape[0], chosen))
+    rows = table.index_select(0, torch.where(ids < 0, features.shape[0], ids))  # the host's unpruned rows
+    return add_merged(rows, ids, merge_into)[sent]

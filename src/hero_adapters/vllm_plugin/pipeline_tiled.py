@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hero_core import EncodedTiles, HeroError, ImageCounts, Pruner, TextScorer, to_device
+from hero_core import EncodedTiles, HeroError, ImageCounts, PrunePlan, Pruner, TextScorer, to_device
 from hero_core.allocators import tile_views
 
+from .._features import add_merged
 from .pipeline import plan_encoded
 
 __all__ = [
@@ -90,9 +91,11 @@ def plan_tiled(
     pruner_for: Callable[[float], Pruner],
     scorer: TextScorer | None,
     views: Callable[[int], Tensor],
-) -> list[Tensor]:
-    """The keep mask (V, N) of every image: tiles from the tower's outputs, relevance from one scorer call for
-    the batch, then one ``plan_batch`` per keep ratio in the batch.
+    *,
+    features: Sequence[Tensor] | None = None,
+) -> list[PrunePlan]:
+    """The plan of every image: tiles from the tower's outputs, relevance from one scorer call for the batch,
+    then one ``plan_batch`` per keep ratio in the batch.
 
     Args:
         images: the batch's images.
@@ -101,7 +104,9 @@ def plan_tiled(
         layers: the 0-based encoder layers of ``rows``.
         pruner_for: the pruner at a keep ratio.
         scorer: the relevance scorer (None: no relevance).
-        views: image index -> its views (V, 3, h, w), RGB in [0, 1] (the local tiles are scored).
+        views: image index -> its views (V, 3, h, w), RGB in [0, 1] (the local tiles are scored; every view for
+            ``cdpruner``'s token relevance).
+        features: per image (V, N, D) projected token features (for presets that read token features).
     """
     tiles: list[EncodedTiles] = []
     for image, cls, attention in zip(images, cls_tokens, rows, strict=True):
@@ -122,10 +127,12 @@ def plan_tiled(
         all_views = views(i)
         return all_views.index_select(0, to_device(tile_views(tiles[i]), all_views.device, torch.long))
 
-    return plan_encoded(images, tiles, pruner_for, scorer, local_views)
+    return plan_encoded(images, tiles, pruner_for, scorer, local_views, token_features=features, all_views=views)
 
 
-def assemble_tiled(image: TiledImage, keep: Tensor, features: Tensor, pruner: Pruner) -> Tensor:
+def assemble_tiled(
+    image: TiledImage, keep: Tensor, features: Tensor, pruner: Pruner, merge_into: Tensor | None = None
+) -> Tensor:
     """The rows the LLM receives for one image: the kept tokens' features in view order (tiles, then the
     thumbnail), what the transformers InternVL adapter's ``assemble`` sends.
 
@@ -134,6 +141,7 @@ def assemble_tiled(image: TiledImage, keep: Tensor, features: Tensor, pruner: Pr
         keep: (V, N) bool keep mask.
         features: (V * N, D) projected token features, view-major.
         pruner: the pruner its count was fixed with (the count contract is checked here).
+        merge_into: (V, N) the plan's merges (VisionZip), applied as ``HeroVLM`` applies them.
 
     Raises:
         HeroError: when the rows differ from the count fixed in advance (never padded or cut).
@@ -147,4 +155,6 @@ def assemble_tiled(image: TiledImage, keep: Tensor, features: Tensor, pruner: Pr
         )
     chosen = keep.flatten().to(features.device).nonzero().squeeze(1)
     pruner.check_kept(counts, int(chosen.shape[0]), where="the vLLM plugin's encoder step")
+    if merge_into is not None:
+        features = add_merged(features, torch.arange(counts.tokens_in, device=features.device), merge_into)
     return features.index_select(0, chosen)
