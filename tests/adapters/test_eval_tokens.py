@@ -37,14 +37,20 @@ def test_budget_ratio_keeps_exactly_the_budget(views, per_view):
             assert exact_total(ratio, counts) == min(tokens, valid), (tokens, counts, ratio)
 
 
-@pytest.mark.parametrize("preset", ["hero", "uniform-random"])
+FIELDS = {"hero": LAYERS, "visionzip": {"layer": 4, "contextual": 0.3}}  # layers the 6-layer tower has
+
+
+@pytest.mark.parametrize("preset", ["hero", "uniform-random", "divprune", "dart", "visionzip", "cdpruner"])
 def test_every_image_keeps_exactly_its_budget(tiny, batch, preset):
+    """Every preset, the whole-image ones too (one budget across views; visionzip's merged tokens counted in it;
+    cdpruner with the CLIP scorer's per-token relevance)."""
+    from hero_adapters.testing import build_tiny_clip
+
+    scorer = build_tiny_clip() if preset == "cdpruner" else None
     for tokens in (1, 5, 13, 10**6):
-        vlm = HeroVLM(
-            tiny.model, TokenBudget(preset, tokens, LAYERS if preset == "hero" else {}), processor=tiny.processor
-        )
+        vlm = HeroVLM(tiny.model, TokenBudget(preset, tokens, FIELDS.get(preset, {})), scorer, processor=tiny.processor)
         with torch.no_grad():
-            vlm.generate(**batch["inputs"], max_new_tokens=1)
+            vlm.generate(**batch["inputs"], max_new_tokens=1, query="what is in this picture")
         report = vlm.last_report
         assert report is not None and len(report.images) == 4
         for image in report.images:
@@ -95,6 +101,24 @@ def test_evaluate_with_tokens_keeps_the_budget_per_row(tiny, files):  # noqa: F8
     assert set(result.answers[0].pruned) == {"hero@6t", "hero@1000000t", "uniform-random@6t", "uniform-random@1000000t"}
     assert result.settings["tokens"] == [6, 10**6] and result.settings["keep_ratios"] is None
     assert "newlines not counted" in result.table()
+
+
+def test_evaluate_runs_the_whole_image_presets_at_a_token_budget(tiny, files):  # noqa: F811
+    """cdpruner reads each row's prompt as its instruction (through the scorer), visionzip its own layer: both keep
+    the budget per image, and an unreachable budget gives the unpruned answers."""
+    from hero_adapters.testing import build_tiny_clip
+
+    rows = read_rows(files["data"])
+    result = evaluate(host_of(tiny), rows, presets=("cdpruner", "visionzip"), tokens=(6, 10**6), max_new_tokens=2,
+                      overrides={"layer": 4}, scorer=build_tiny_clip())  # fmt: skip
+    assert [(r.preset, r.tokens) for r in result.results] == [
+        ("cdpruner", 6), ("cdpruner", 10**6), ("visionzip", 6), ("visionzip", 10**6)
+    ]  # fmt: skip
+    for r in result.results:
+        if r.tokens == 10**6:
+            assert r.agreement == 1.0 and r.tokens_out == r.tokens_in
+        else:
+            assert r.tokens_out < r.tokens_in
 
 
 def test_cli_tokens_writes_the_budgets_and_the_relative_columns(files, loads, capsys, tmp_path):  # noqa: F811
