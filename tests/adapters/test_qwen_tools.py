@@ -89,6 +89,8 @@ def test_run_answers_with_the_exact_counts_and_draws_the_picture(qwen, preset, c
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"answer ({preset}, keep ratio 0.5):" in captured.out
+    unit = "region" if preset == "hero-native" else "tile"  # hero-native ranks regions of the one view
+    assert f"hero: note: no --clip given: {unit} budgets come from visual saliency alone" in captured.err
     tokens_in = _tokens_in(row, qwen["image"])
     kept = _kept(row, preset, RATIO, tokens_in)
     assert 0 < kept < tokens_in

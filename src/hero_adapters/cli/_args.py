@@ -163,7 +163,8 @@ def _pruning_arguments(parser: argparse.ArgumentParser) -> None:
         action=_Once,
         default=None,
         help="CLIP checkpoint directory or cached hub id, for task relevance; always loaded and checked when "
-        "given (default: none: tile budgets come from visual saliency alone)",
+        "given (default: none: tile budgets, hero-native's region budgets, come from visual saliency alone; "
+        "cdpruner needs it)",
     )
     parser.add_argument(
         "--set",

@@ -200,7 +200,7 @@ def _start(
     _check_overrides([args.preset], [args.keep_ratio], overrides, encoder["depth"], "counted in the loaded model")
     pruner = presets.get(args.preset, args.keep_ratio, **encoder, **{o.key: o.value for o in overrides})
     if pruner.uses_relevance and scorer is None:
-        _LOG.info("no --clip given: tile budgets come from visual saliency alone")
+        _LOG.info("no --clip given: %s budgets come from visual saliency alone", _budget_unit(pruner))
     elif scorer is not None and not (pruner.uses_relevance or pruner.needs_token_relevance):  # cdpruner reads it
         _LOG.info("--clip loaded and checked, but preset %r reads no relevance: it is not used", args.preset)
         scorer = None
@@ -297,3 +297,8 @@ def _timed(session: _Session, call: Callable[[], torch.Tensor]) -> tuple[torch.T
 
 def _decode(session: _Session, sequences: torch.Tensor, length: int, row: int = 0) -> str:
     return str(session.processor.decode(sequences[row, length:], skip_special_tokens=True)).strip()
+
+
+def _budget_unit(pruner: Any) -> str:
+    """What a pruner's relevance ranks: regions of one view (hero-native, hosts without tiles) or tiles."""
+    return "region" if callable(getattr(pruner, "regions", None)) else "tile"

@@ -15,7 +15,7 @@ from hero_core import HeroError, presets
 from ._args import _budget, _device_arguments, _model_flag, _Once, _one_line, _pruning_arguments, _ratio, _verbosity
 from ._checks import _check_outputs, _check_overrides, _precheck
 from ._console import _steps
-from ._load import _load_clip, _load_host
+from ._load import _budget_unit, _load_clip, _load_host
 from ._output import _write_text
 
 _LOG = logging.getLogger("hero_adapters.cli")
@@ -144,8 +144,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     steps.close()
     depth = int(get_adapter(host.model, processor=host.processor).num_layers)
     _check_overrides(names, ratios, overrides, depth, "counted in the loaded model")
-    if scorer is None and any(presets.get(name, 1.0).uses_relevance for name in names):
-        _LOG.info("no --clip given: tile budgets come from visual saliency alone")
+    reading = [presets.get(name, 1.0) for name in names if presets.get(name, 1.0).uses_relevance]
+    if scorer is None and reading:
+        units = " and ".join(sorted({_budget_unit(pruner) for pruner in reading}, reverse=True))
+        _LOG.info("no --clip given: %s budgets come from visual saliency alone", units)
 
     def write(result: Evaluation) -> None:
         if args.json is not None:
