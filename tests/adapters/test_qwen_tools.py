@@ -103,6 +103,9 @@ def test_run_answers_with_the_exact_counts_and_draws_the_picture(qwen, preset, c
     assert image["budgets"] == [kept] and image["kept_patch_tokens"] == kept and image["newline_tokens"] == 0
     assert image["valid_tokens"] == [tokens_in] and image["view_boxes"] == [[0.0, 0.0, 1.0, 1.0]]
     assert f"image tokens: {tokens_in} -> {kept} ({kept} patch + 0 newline)" in captured.out
+    rows = [line.split() for line in captured.out.splitlines()]
+    views = [row[0] for row in rows if len(row) > 1 and row[0] in ("image", "thumbnail") and row[1].isdigit()]
+    assert views == ["image"]  # the table's one row names the one view, not a thumbnail beside no tiles
     _one_view_picture(out_png)
 
 

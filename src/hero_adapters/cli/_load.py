@@ -232,9 +232,12 @@ def _strip_path(out: Path) -> Path:
 def _view_names(encoded: Any) -> list[str]:
     """Each view's name as the picture labels it (``render_plan``): ``thumbnail``, and ``tile 1`` .. ``tile K`` in
     view order over the other views, wherever the host puts its thumbnail (first for LLaVA-NeXT, last for
-    InternVL); ``hero show --layers K`` takes the same numbers."""
+    InternVL); ``hero show --layers K`` takes the same numbers. A one-view image (Qwen-VL, a small InternVL image)
+    has no thumbnail beside tiles: its one view is ``image``."""
     from hero_core.allocators import tile_views
 
+    if int(encoded.num_views) == 1:
+        return ["image"]
     names = ["thumbnail"] * int(encoded.num_views)
     for number, view in enumerate(tile_views(encoded), 1):
         names[view] = f"tile {number}"
