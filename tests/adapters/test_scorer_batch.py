@@ -34,7 +34,12 @@ def test_batched_scores_equal_single_calls_for_mixed_sizes_and_queries(clip: Any
     texts = ["a red sign", "what is written", "a red sign", "what is written"]
     worst = check_scorer(clip, views, texts)
     assert worst <= 1e-5
-    assert [tuple(s.shape) for s in clip.score_batch(views, texts)] == [(2,), (3,), (1,), (4,)]
+    batched = clip.score_batch(views, texts)
+    assert [tuple(s.shape) for s in batched] == [(2,), (3,), (1,), (4,)]
+    # Normal tensors, as a single call's: usable outside inference mode (an in-place edit of an inference
+    # tensor there raises).
+    assert not any(s.is_inference() for s in batched) and not clip(views[0], texts[0]).is_inference()
+    batched[0].add_(1.0)
     assert clip.score_batch([], []) == []
     with pytest.raises(AdapterCheckError, match="no score_batch"):
         check_scorer(lambda views, text: clip(views, text), views, texts)

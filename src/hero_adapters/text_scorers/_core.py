@@ -160,10 +160,10 @@ class ClipScorer(ABC, Generic[TokensT]):
             out, start = [], 0
             for item, text in zip(views, texts, strict=True):
                 count = int(item.shape[0])
-                scores = _cosine(image[start : start + count], queries[text])
-                out.append(scores.to(item.device).clone())
+                out.append(_cosine(image[start : start + count], queries[text]))
                 start += count
-        return out
+        # Outside inference mode: normal tensors, usable anywhere (as __call__'s).
+        return [score.to(item.device).clone() for score, item in zip(out, views, strict=True)]
 
     def score_tokens(self, views: Sequence[Tensor], texts: Sequence[str], /) -> list[Tensor]:
         """Per patch token, the cosine between its CLIP joint-space embedding and the image's text (CDPruner's
