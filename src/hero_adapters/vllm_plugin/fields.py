@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "per_image",
     "record",
     "same_on_every_rank",
+    "settled",
     "warm_scorer",
 ]
 
@@ -143,6 +144,19 @@ def same_on_every_rank(plans: Sequence[Any]) -> list[tuple[Tensor, Tensor | None
     return out
 
 
+def settled(
+    plans: Sequence[Any],
+    entries: Sequence[Mapping[str, Any]],
+    unconditioned: Sequence[bool],
+    profiling: bool,
+) -> list[tuple[Tensor, Tensor | None]]:
+    """The batch's plans as (keep, merge_into) the same on every rank (``same_on_every_rank``), recorded
+    (``record``)."""
+    pairs = same_on_every_rank(plans)
+    record(entries, [keep for keep, _ in pairs], unconditioned, profiling)
+    return pairs
+
+
 def warm_scorer(scorer: Any, views: Sequence[Tensor], *, tokens: bool = False) -> None:
     """One scorer call on ``views`` with a stand-in question, its answer discarded (``score_tokens`` with
     ``tokens``: cdpruner's per-token relevance over every view). Run in the engine's first encoder call, which is
@@ -166,6 +180,7 @@ class Relevance:
     vision_tower: Any
     _hero_model_config: Any
     _hero_scorer: Any = None
+    _hero_warmed: bool = False
     _hero_mean_std: tuple[Sequence[float], Sequence[float]] | None = None
 
     def _scorer(self) -> Any:
@@ -183,6 +198,16 @@ class Relevance:
                 options.clip, device=device, dtype=getattr(torch, options.clip_dtype)
             )
         return self._hero_scorer
+
+    def _hero_first(self, scorer: Any, local: Callable[[], list[Tensor]], every: Callable[[], list[Tensor]]) -> bool:
+        """True in the engine's first encoder call (vLLM's profiling run: dummy images, no question), where the
+        scorer is run once (``warm_scorer``) on the local tiles, or on every view (``every``) for a preset that
+        reads each token's relevance (cdpruner)."""
+        first, self._hero_warmed = not self._hero_warmed, True
+        if scorer is not None and first:
+            tokens = bool(self.hero_options.pruner().needs_token_relevance)
+            warm_scorer(scorer, every() if tokens else local(), tokens=tokens)
+        return first
 
     def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
         if self._hero_mean_std is None:

@@ -49,9 +49,7 @@ from .fields import (
     encode_query,
     encode_ratio,
     per_image,
-    record,
-    same_on_every_rank,
-    warm_scorer,
+    settled,
 )
 from .options import HeroOptions, parse_options, request_options
 from .pipeline import cls_rows_from_qk, unconditioned
@@ -343,10 +341,8 @@ class HeroInternVLForConditionalGeneration(Relevance, InternS1ForConditionalGene
             assert mean_std is not None
             return unnormalise(split_views[i], mean_std)
 
-        first, self._hero_warmed = not self._hero_warmed, True  # the first: vLLM's profiling run (no question)
-        if scorer is not None and first:
-            tokens = self.hero_options.pruner().needs_token_relevance
-            warm_scorer(scorer, [views_of(i) for i in range(len(images))], tokens=tokens)
+        every = lambda: [views_of(i) for i in range(len(images))]  # noqa: E731  (the tiles ride with the thumbnail)
+        first = self._hero_first(scorer, every, every)
         plans = plan_tiled(
             images,
             list(torch.split(last[:, 0], views)),
@@ -357,13 +353,7 @@ class HeroInternVLForConditionalGeneration(Relevance, InternS1ForConditionalGene
             views_of,
             features=list(torch.split(features, views)),
         )
-        pairs = same_on_every_rank(plans)
-        record(
-            [_entry(image) for image in images],
-            [keep for keep, _ in pairs],
-            unconditioned(images, pruners.__getitem__),
-            first,
-        )
+        pairs = settled(plans, [_entry(image) for image in images], unconditioned(images, pruners.__getitem__), first)
         return [
             assemble_tiled(image, keep, feats.flatten(0, 1), pruners[image.keep_ratio], into)
             for image, (keep, into), feats in zip(images, pairs, torch.split(features, views), strict=True)

@@ -50,9 +50,7 @@ from .fields import (
     encode_query,
     encode_ratio,
     per_image,
-    record,
-    same_on_every_rank,
-    warm_scorer,
+    settled,
 )
 from .options import HeroOptions, parse_options, request_options
 from .pipeline import AnyresImage, assemble_vanilla, cls_rows_from_qkv, plan_images, unconditioned
@@ -227,23 +225,14 @@ class HeroLlavaNextForConditionalGeneration(Relevance, LlavaNextForConditionalGe
             assert mean_std is not None
             return unnormalise(views[i], mean_std)
 
-        first, self._hero_warmed = not self._hero_warmed, True  # the first: vLLM's profiling run (no question)
-        if scorer is not None and first:
-            tokens = self.hero_options.pruner().needs_token_relevance
-            warm = [(views_of if tokens else tiles_of)(i) for i, image in enumerate(images) if image.counts.views > 1]
-            warm_scorer(scorer, warm, tokens=tokens)
+        tiled = [i for i, image in enumerate(images) if image.counts.views > 1]
+        first = self._hero_first(scorer, lambda: [tiles_of(i) for i in tiled], lambda: [views_of(i) for i in tiled])
         active = None if everything else scorer
         plans = plan_images(
             images, list(split_last), list(split_rows), layers, pruners.__getitem__, active, tiles_of,
             features=list(patches.split(counts)), all_views=views_of,
         )  # fmt: skip
-        pairs = same_on_every_rank(plans)
-        record(
-            [_entry(image) for image in images],
-            [keep for keep, _ in pairs],
-            unconditioned(images, pruners.__getitem__),
-            first,
-        )
+        pairs = settled(plans, [_entry(image) for image in images], unconditioned(images, pruners.__getitem__), first)
         out = []
         for image, (keep, into), feats in zip(images, pairs, patches.split(counts), strict=True):
             out.append(
