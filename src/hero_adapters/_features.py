@@ -68,13 +68,15 @@ def add_merged(rows: Tensor, source: Tensor, merge_into: Tensor) -> Tensor:
     merged = (target >= 0) & (target != source)  # (T,) rows merged into another token
     spare = torch.full_like(target, slots)  # rows that merge nowhere go to a spare slot
     bucket = torch.where(merged, target, spare)
-    sums = rows.new_zeros((slots + 1, rows.shape[-1]), dtype=torch.float32)
-    sums.index_add_(0, bucket, rows.float())
-    counts = rows.new_zeros(slots + 1, dtype=torch.float32).index_add_(0, bucket, merged.float())
+    acc = torch.promote_types(rows.dtype, torch.float32)  # float32 sums for half types; float64 stays float64
+    wide = rows.to(acc)
+    sums = rows.new_zeros((slots + 1, rows.shape[-1]), dtype=acc)
+    sums.index_add_(0, bucket, wide)
+    counts = rows.new_zeros(slots + 1, dtype=acc).index_add_(0, bucket, merged.to(acc))
     mean = sums[:slots] / counts[:slots].clamp(min=1.0)[:, None]  # (V N, D) per target slot
     own = torch.where(source >= 0, source, torch.full_like(source, slots))  # each row's own slot
     gain = torch.cat([mean, mean.new_zeros(1, mean.shape[-1])]).index_select(0, own)  # (T, D)
-    return (rows.float() + gain).to(rows.dtype)
+    return (wide + gain).to(rows.dtype)  # a row nothing merges into gains 0: unchanged in any dtype
 
 
 def with_token_features(image: EncodedImage) -> EncodedImage:

@@ -15,6 +15,7 @@ from hero_adapters.evaluate import TokenBudget, budget_ratio, evaluate
 from hero_adapters.evaluate.metrics import Tally, summarise
 from hero_adapters.rows import Row, read_rows
 from hero_adapters.vlm import HeroVLM
+from hero_core import HeroError
 from hero_core.counts import ImageCounts, exact_total
 
 from .conftest import HIGH, LOW
@@ -57,6 +58,13 @@ def test_every_image_keeps_exactly_its_budget(tiny, batch, preset):
             valid = int(image.encoded.valid_mask.sum())
             assert image.kept_patch_tokens == min(tokens, valid), (preset, tokens, image.index)
             assert image.tokens_out == image.kept_patch_tokens + image.newline_tokens
+
+
+def test_a_preset_whose_count_is_not_exact_is_refused_for_a_token_budget(tiny, files):  # noqa: F811
+    with pytest.raises(HeroError, match=r"^preset='hero-reference' is invalid: expected a preset that keeps exactly"):
+        TokenBudget("hero-reference", 13, LAYERS)
+    with pytest.raises(HeroError, match=r"^presets='hero-reference' is invalid"):
+        evaluate(host_of(tiny), read_rows(files["data"]), presets=("hero", "hero-reference"), tokens=(6,))
 
 
 def test_summary_relative_columns_are_the_raw_ones_over_the_unpruned_row():
@@ -148,6 +156,8 @@ def test_cli_tokens_writes_the_budgets_and_the_relative_columns(files, loads, ca
         (["--tokens", "320", "320"], "--tokens"),
         (["--tokens", "320", "--keep-ratios", "0.5"], "not allowed with"),
         (["--tokens", "320", "--tokens", "160"], "argument --tokens: given twice"),
+        # hero-reference's floors keep a content-dependent count: refused before the model loads, not midway
+        (["--tokens", "8", "--presets", "hero", "hero-reference"], "--presets='hero-reference' is invalid"),
     ],
 )
 def test_bad_tokens_are_one_line_exit_2_and_nothing_loaded(files, loads, capsys, args, needle):  # noqa: F811

@@ -74,3 +74,8 @@ def test_merged_rows_leaves_newlines_and_unmerged_rows_alone() -> None:
     assert out[4].tolist() == (features[4] + features[3]).tolist()  # target 3 (row 4) + slot 2 (row 3)
     assert torch.equal(out[[1, 2, 3, 5]], features[[1, 2, 3, 5]])
     assert merged_rows(image, None) is image
+    # float64 (a float64 host): sums in float64, and rows nothing merges into stay bit-exact (no float32 trip)
+    wide = (torch.arange(12, dtype=torch.float64).reshape(6, 2) + 1) / 3
+    out = merged_rows(EncodedImage(tiles=None, features=wide, source=source, views=image.views), into).features  # type: ignore[arg-type]
+    assert out.dtype == torch.float64 and torch.equal(out[[1, 2, 3, 5]], wide[[1, 2, 3, 5]])
+    assert torch.equal(out[0], wide[0] + wide[1]) and torch.equal(out[4], wide[4] + wide[3])

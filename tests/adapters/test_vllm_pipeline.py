@@ -94,8 +94,11 @@ def test_request_options() -> None:
     assert request_options({"hero_query": "a sign", "hero_keep_ratio": 0.5}, options) == ("a sign", 0.5)
     with pytest.raises(HeroError, match=r"^hero_keep_ratio=2 is invalid"):
         request_options({"hero_keep_ratio": 2}, options)
-    with pytest.raises(HeroError, match=r"^hero_query=3 is invalid: expected a string"):
+    with pytest.raises(HeroError, match=r"^hero_query=3 is invalid: expected a non-blank string"):
         request_options({"hero_query": 3}, options)
+    for blank in ("", "  \n"):  # the scorer would refuse it in the engine's step, not in this request
+        with pytest.raises(HeroError, match=r"^hero_query='.*' is invalid: expected a non-blank string"):
+            request_options({"hero_query": blank}, options)
     # a misspelt option would otherwise be ignored (the request served at the engine's ratio without a word)
     with pytest.raises(
         HeroError, match=r"^hero_keepratio=0\.5 is invalid: expected one of \['hero_query', 'hero_keep_ratio'\]"

@@ -187,7 +187,7 @@ def test_a_bad_request_fails_alone(hero: tuple[Any, Path]) -> None:
     llm, _ = hero
     with pytest.raises(ValueError, match=r"hero_keep_ratio=2\.0 is invalid: expected a float in \(0, 1\]"):
         _generate(llm, _image(60, 100), hero_keep_ratio=2.0)
-    with pytest.raises(ValueError, match=r"hero_query=5 is invalid: expected a string"):
+    with pytest.raises(ValueError, match=r"hero_query=5 is invalid: expected a non-blank string"):
         _generate(llm, _image(60, 100), hero_query=5)
     video = {"prompt": "user: <video>\ndescribe assistant:", "multi_modal_data": {"video": np.zeros((2, 56, 56, 3))}}
     with pytest.raises(ValueError, match=r"^video='1 video\(s\)' is invalid: expected images only"):

@@ -153,8 +153,10 @@ def test_a_bad_request_fails_alone(hero: tuple[Any, Path]) -> None:
     llm, _ = hero
     with pytest.raises(ValueError, match=r"hero_keep_ratio=2\.0 is invalid: expected a float in \(0, 1\]"):
         _generate(llm, _image(60, 100), hero_keep_ratio=2.0)
-    with pytest.raises(ValueError, match=r"hero_query=5 is invalid: expected a string"):
+    with pytest.raises(ValueError, match=r"hero_query=5 is invalid: expected a non-blank string"):
         _generate(llm, _image(60, 100), hero_query=5)
+    with pytest.raises(ValueError, match=r"hero_query=' ' is invalid: expected a non-blank string"):
+        _generate(llm, _image(60, 100), hero_query=" ")  # refused here, not by the scorer inside the engine step
     output = _generate(llm, _image(60, 100), hero_keep_ratio=0.5)  # the engine keeps serving
     assert output.prompt_token_ids.count(_image_id(llm)) == _expected(60, 100, 0.5)
 

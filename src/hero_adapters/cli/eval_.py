@@ -110,7 +110,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ..evaluate import Evaluation, EvaluationError, check_options, check_tokens, evaluate
     from ..rows import read_rows
 
-    budgets = check_tokens(args.tokens, flags=True) if args.tokens is not None else ()
+    named = args.presets or [args.preset or "hero"]
+    budgets = check_tokens(args.tokens, flags=True, presets=named) if args.tokens is not None else ()
     if args.count_newlines and not budgets:
         raise HeroError(
             "--count-newlines needs --tokens: it says whether a token budget T per image counts the newlines. Add "
@@ -118,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
     keep_ratios = args.keep_ratios if args.keep_ratios is not None else [1.0, 0.4, 0.2]
     names, ratios = check_options(
-        args.presets or [args.preset or "hero"],
+        named,
         [1.0] if budgets else keep_ratios,  # with --tokens: the --set fields are checked at ratio 1
         args.batch_size,
         args.max_new_tokens,

@@ -109,6 +109,13 @@ class TokenBudget:
         self.count_newlines = count_newlines
         self.options = dict(options or {})
         self.base = _presets.get(preset, 1.0, **self.options)
+        if not self.base.count_known:  # hero-reference: its floors keep a content-dependent count, never exactly T
+            raise HeroError.field(
+                "preset",
+                preset,
+                "a preset that keeps exactly T tokens per image (Pruner.count_known)",
+                "Compare it at keep ratios instead, or use hero (the paper's exact budgets).",
+            )
         self._built: dict[float, Any] = {}
         self._planned = threading.local()  # .expected: deque of (counts, newlines) of the last plan_encoded call
 

@@ -37,9 +37,19 @@ TOKENS_NOTE_COUNTED = (
 )
 
 
-def check_tokens(tokens: Sequence[int], *, flags: bool = False) -> tuple[int, ...]:
-    """Token budgets per image, checked: ints >= 1, at least one, each once. ``flags`` names ``--tokens``."""
+def check_tokens(tokens: Sequence[int], *, flags: bool = False, presets: Sequence[str] = ()) -> tuple[int, ...]:
+    """Token budgets per image, checked: ints >= 1, at least one, each once; and ``presets`` (known names) each
+    able to keep exactly T (``Pruner.count_known``: not ``hero-reference``). ``flags`` names ``--tokens``."""
     name = "--tokens" if flags else "tokens"
+    for preset in presets:
+        if preset in _presets.PRESETS and not _presets.get(preset, 1.0).count_known:
+            raise HeroError.field(
+                "--presets" if flags else "presets",
+                preset,
+                f"presets that keep exactly T tokens per image with {name} (Pruner.count_known)",
+                f"{preset}'s floors keep a content-dependent number of tokens; compare it at keep ratios instead, "
+                "or use hero (the paper's exact budgets).",
+            )
     budgets = tuple(tokens)
     if not budgets:
         raise HeroError.field(name, [], "at least one token budget per image, e.g. 640 320 160")
@@ -197,7 +207,7 @@ def evaluate(
     start = time.perf_counter()
     if tokens is not None and keep_ratios is not None:
         raise HeroError.field("tokens", list(tokens), "not given together with keep_ratios (one or the other)")
-    budgets = check_tokens(tokens) if tokens is not None else ()
+    budgets = check_tokens(tokens, presets=presets) if tokens is not None else ()
     if not isinstance(count_newlines, bool):
         raise HeroError.field("count_newlines", count_newlines, "True or False")
     if count_newlines and not budgets:

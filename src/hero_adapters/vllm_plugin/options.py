@@ -138,7 +138,7 @@ def request_options(kwargs: Mapping[str, Any], options: HeroOptions) -> tuple[st
     """The (query, keep ratio) of one request's ``mm_processor_kwargs`` (defaults: no query, the engine's ratio).
 
     Raises:
-        HeroError: on a query that is not a string, a keep ratio outside (0, 1], or another ``hero_*`` key (a
+        HeroError: on a query that is not a non-blank string, a keep ratio outside (0, 1], or another ``hero_*`` key (a
             misspelt option would otherwise be ignored); the request fails alone.
     """
     unknown = sorted(
@@ -149,8 +149,11 @@ def request_options(kwargs: Mapping[str, Any], options: HeroOptions) -> tuple[st
             unknown[0], kwargs[unknown[0]], f"one of {list(REQUEST_KEYS)}", "Check the spelling of the request option."
         )
     query = kwargs.get("hero_query")
-    if query is not None and not isinstance(query, str):
-        raise HeroError.field("hero_query", query, "a string (the question the relevance is scored against) or null")
+    if query is not None and (not isinstance(query, str) or not query.strip()):  # a blank one would reach the
+        # scorer, which refuses it inside the engine's step instead of failing this request alone
+        raise HeroError.field(
+            "hero_query", query, "a non-blank string (the question the relevance is scored against) or null"
+        )
     ratio = kwargs.get("hero_keep_ratio")
     return query, options.keep_ratio if ratio is None else _ratio("hero_keep_ratio", ratio)
 
