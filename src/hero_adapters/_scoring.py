@@ -153,10 +153,10 @@ def token_relevance(
     """
     check_token_scorer(pruner, scorer)
     for i, text in enumerate(queries):
-        if text is None:
+        if text is None or not str(text).strip():  # blank: no instruction either (not the scorer's hint to pass None)
             raise HeroError.field(
                 f"query for image {i}",
-                None,
+                text,
                 f"the instruction: preset {_preset(pruner)!r} keeps the tokens relevant to it",
                 "Put text in the prompt around the image, or pass query=...; or choose divprune / dart (no text).",
             )

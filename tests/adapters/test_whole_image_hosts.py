@@ -59,6 +59,8 @@ def test_cdpruner_runs_on_every_host_with_the_scorers_token_relevance(name: str,
     assert [i.tokens_out for i in report.images] == [i.tokens_out for i in expected.images]
     with pytest.raises(HeroError, match=r"^query for image 0=None.*preset 'cdpruner'"):
         ours.plan(**inputs)  # no query: refused, naming the preset and what to pass
+    with pytest.raises(HeroError, match=r"^query for image 0='  ' is invalid: expected the instruction.*'cdpruner'"):
+        ours.plan(**inputs, query="  ")  # blank: no instruction either
     for image in report.images:
         relevance = image.encoded.token_relevance
         assert relevance is not None and relevance.shape == image.encoded.valid_mask.shape
