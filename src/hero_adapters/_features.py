@@ -68,7 +68,10 @@ def add_merged(rows: Tensor, source: Tensor, merge_into: Tensor) -> Tensor:
     merged = (target >= 0) & (target != source)  # (T,) rows merged into another token
     spare = torch.full_like(target, slots)  # rows that merge nowhere go to a spare slot
     bucket = torch.where(merged, target, spare)
-    acc = torch.promote_types(rows.dtype, torch.float32)  # float32 sums for half types; float64 stays float64
+    # float32 sums for half types, float64 kept; on CUDA float64 always: its index_add_ adds in no fixed order,
+    # and float64 sums round to the same row in the rows' dtype whatever the order (run to run, and rank to rank
+    # under tensor parallelism, where each rank merges for itself).
+    acc = torch.float64 if rows.is_cuda else torch.promote_types(rows.dtype, torch.float32)
     wide = rows.to(acc)
     sums = rows.new_zeros((slots + 1, rows.shape[-1]), dtype=acc)
     sums.index_add_(0, bucket, wide)

@@ -202,3 +202,24 @@ def test_two_wrappers_in_two_threads_on_cuda_each_get_their_single_thread_plans(
         assert got[i] is not None
         for plans in got[i]:
             assert all(torch.equal(a, b) for a, b in zip(plans, alone[i], strict=True))
+
+
+def test_visionzip_merges_are_the_same_run_to_run_on_cuda() -> None:
+    """add_merged on CUDA sums in float64 (index_add_ there adds in no fixed order): many rows merged into few
+    targets give bit-identical rows on every run, equal to the CPU's float64 merge rounded to the rows' dtype."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from hero_adapters._features import add_merged
+
+    generator = torch.Generator().manual_seed(0)
+    views, tokens, width = 5, 576, 4096
+    rows = torch.randn(views * tokens, width, generator=generator)
+    into = torch.randint(0, 16, (views, tokens), generator=generator)  # 2880 tokens merged into 16 targets
+    into[0, :16] = torch.arange(16)  # the targets are kept (their own index)
+    source = torch.arange(views * tokens)
+    for dtype in (torch.bfloat16, torch.float32):
+        cuda = rows.to("cuda", dtype)
+        runs = [add_merged(cuda, source.cuda(), into.cuda()) for _ in range(3)]
+        assert all(torch.equal(runs[0], run) for run in runs[1:]), dtype
+        expected = add_merged(rows.to(dtype).double(), source, into).to(dtype)
+        assert torch.equal(runs[0].cpu(), expected), dtype
