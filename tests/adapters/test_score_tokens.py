@@ -274,3 +274,27 @@ def test_a_transformers_model_without_a_visual_projection_is_refused() -> None:
     model.visual_projection = None
     with pytest.raises(HeroError, match=r"^model\.visual_projection=None .*HFClipTextScorer\.score_tokens"):
         HFClipTextScorer(model, base.tokenizer).score_tokens(VIEWS, TEXTS)
+
+
+def test_token_relevance_resamples_onto_a_non_square_token_grid() -> None:
+    """HeroVLM's resampling of the scorer's (gh, gw) map onto a view's (rows, cols) token grid: bilinear with
+    antialiasing onto exactly (rows, cols), not (cols, rows), on a 2 x 8 grid from a 4 x 4 map whose value is its
+    row index (so rows differ and columns agree)."""
+    from hero_adapters._scoring import token_relevance
+    from hero_core import presets
+    from hero_core.testing import make_tiles
+
+    class RowMap:
+        image_size = (8, 8)
+
+        def score_tokens(self, views: Any, texts: Any) -> list[torch.Tensor]:
+            row = torch.arange(4, dtype=torch.float32)[:, None].expand(4, 4)
+            return [row[None].expand(int(v.shape[0]), 4, 4).clone() for v in views]
+
+    tiles = make_tiles(num_views=1, grid=(2, 8))
+    (scores,) = token_relevance(RowMap(), presets.cdpruner(0.5), [torch.rand(1, 3, 8, 8)], ["a sign"], [tiles])
+    grid = scores.view(2, 8)
+    row = torch.arange(4, dtype=torch.float32)[:, None].expand(4, 4)[None, None]
+    expected = F.interpolate(row, size=(2, 8), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    torch.testing.assert_close(grid, expected)
+    assert torch.equal(grid, grid[:, :1].expand(2, 8)) and float(grid[1, 0]) > float(grid[0, 0])

@@ -5,6 +5,7 @@ assembly against ``HeroVLM`` on the same tiny LLaVA-NeXT (the in-environment hal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -226,14 +227,20 @@ def _plugin_side(row: Any, inputs: dict[str, Any], queries: list[str | None], ra
     return images, cls_tokens, rows, tiles, views, features
 
 
+#: Image sizes (height, width): two whose tiles are all valid, two that the host unpads (40 and 32 of 64 valid).
+SIZES = {"full": [(60, 170), (150, 50)], "unpadded": [(20, 170), (100, 20)]}
+
+
+@pytest.mark.parametrize("sizes", sorted(SIZES))
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 1.0])
-def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny: Any) -> None:
+def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, sizes: str, hf_scorer_tiny: Any) -> None:
     """Two images of different shapes, one with a question and one without: the plugin's planning (fed with the
     host tower's own outputs, as vLLM's layer loop produces them) keeps exactly HeroVLM.plan's tokens, and its
     assembly equals the adapter's rows, in the count fixed in advance."""
     row = host_row("llava_next")
     model, processor = row.model, row.processor
-    images = [row.image(60, 170, seed=4), row.image(150, 50, seed=5)]
+    (h0, w0), (h1, w1) = SIZES[sizes]
+    images = [row.image(h0, w0, seed=4), row.image(h1, w1, seed=5)]
     inputs = row.inputs([row.text("look {}"), row.text("and {}")], images)
     pruner = row.pruner(ratio, alpha=0.5)
     queries = ["a red sign", None]
@@ -256,10 +263,11 @@ def test_the_encoder_step_keeps_what_herovlm_keeps(ratio: float, hf_scorer_tiny:
             torch.testing.assert_close(sent, vlm.adapter.assemble(encoded[i], keep).features, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("sizes", sorted(SIZES))
 @pytest.mark.parametrize("preset", ["divprune", "dart", "visionzip", "cdpruner"])
 @pytest.mark.parametrize("ratio", [0.3, 1.0])
 def test_the_encoder_step_runs_the_whole_image_presets_as_herovlm(
-    preset: str, ratio: float, hf_scorer_tiny: Any
+    preset: str, ratio: float, sizes: str, hf_scorer_tiny: Any
 ) -> None:
     """The presets that read token features (and cdpruner each token's CLIP relevance, visionzip its merges): fed
     the projected features the plugin holds, its planning keeps HeroVLM.plan's tokens and its assembly sends the
@@ -270,8 +278,9 @@ def test_the_encoder_step_runs_the_whole_image_presets_as_herovlm(
 
     row = host_row("llava_next")
     model, processor = row.model, row.processor
+    (h0, w0), (h1, w1) = SIZES[sizes]
     inputs = row.inputs(
-        [row.text("look {}"), row.text("and {}")], [row.image(60, 170, seed=4), row.image(150, 50, seed=5)]
+        [row.text("look {}"), row.text("and {}")], [row.image(h0, w0, seed=4), row.image(h1, w1, seed=5)]
     )
     queries: list[str | None] = ["a red sign", "the sky"]
     options = preset_options(HeroVLM(model, row.pruner(0.5), processor=processor).adapter)
@@ -326,6 +335,8 @@ def test_cdpruner_without_a_query_plans_with_uniform_relevance_and_says_so(hf_sc
         features=features, all_views=views.__getitem__,
     )  # fmt: skip
     assert unconditioned(images, pruner_for) == [False, True]
+    at_one = [dataclasses.replace(image, keep_ratio=1.0) for image in images]  # everything kept: nothing planned
+    assert unconditioned(at_one, pruner_for) == [False, False]
     encoded = HeroVLM(row.model, pruner_for(0.3), hf_scorer_tiny, processor=row.processor).adapter.encode(inputs, ())
     tiles_1 = encoded[1].tiles
     valid = tiles_1.valid_mask

@@ -209,6 +209,27 @@ def _circle(degrees: list[float], radii: list[float] | None = None) -> Any:
     return tiles.replace(token_features=torch.tensor([points], dtype=torch.float32))
 
 
+def test_the_row_and_matrix_paths_agree_past_one_strip() -> None:
+    """1728 tokens: the similarity matrix and DivPrune's rows per step are computed in strips of 768 rows, so the
+    second and third strips (their diagonal offsets) are exercised; both paths pick the same tokens, and the
+    matrix equals x x^T."""
+    from hero_core.selectors.divprune import _similarity
+
+    tiles = make_tiles(num_views=3, grid=(24, 24), token_features=True, width=32, seed=3)
+    x = torch.nn.functional.normalize(tiles.token_features.reshape(-1, 32), dim=-1)
+    torch.testing.assert_close(_similarity(x), x @ x.T, atol=1e-6, rtol=0)
+    for total in (7, 40):
+        budget = torch.tensor([total])
+        assert torch.equal(DivPruneSelector()(tiles, budget), DivPruneSelector(max_matrix_tokens=0)(tiles, budget))
+    # a token far from all others, in the last strip, is DivPrune's first pick on both paths
+    features = tiles.token_features.clone()
+    features[..., -1] = 0.0  # every token in the first 31 dimensions, but one along the 32nd: cosine 0 to all
+    features[2, 500] = torch.nn.functional.one_hot(torch.tensor(31), 32).float()
+    odd = tiles.replace(token_features=features)
+    for selector in (DivPruneSelector(), DivPruneSelector(max_matrix_tokens=0)):
+        assert bool(selector(odd, torch.tensor([1]))[2, 500])
+
+
 def test_divprune_pinned_on_points_of_a_circle() -> None:
     # 90 deg is farthest from its nearest neighbour (80 deg to 10); then 185 (95 deg away); then 0 (90 from 90)
     tiles = _circle([0, 10, 90, 180, 185])
