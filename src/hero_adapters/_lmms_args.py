@@ -15,6 +15,7 @@ from typing import Any
 from hero_core import HeroError, presets
 
 from ._paths import check_folder, check_path, exists
+from ._scoring import reads_query
 from .evaluate import hub_offline
 
 __all__ = [
@@ -47,11 +48,7 @@ def _llava_hf_types(cls: Any) -> list[str]:
 
 def relevance_presets() -> list[str]:
     """The presets that read a text relevance (``Pruner.uses_relevance``, or per token: ``needs_token_relevance``)."""
-    return [
-        name
-        for name in sorted(presets.PRESETS)
-        if presets.get(name, 1.0).uses_relevance or presets.get(name, 1.0).needs_token_relevance
-    ]
+    return [name for name in sorted(presets.PRESETS) if reads_query(presets.get(name, 1.0))]
 
 
 def checked_pruner(

@@ -17,7 +17,14 @@ from hero_core.allocators import tile_views
 
 from .adapter import EncodedImage
 
-__all__ = ["check_token_scorer", "region_crops", "score_images", "token_relevance", "with_token_relevance"]
+__all__ = [
+    "check_token_scorer",
+    "reads_query",
+    "region_crops",
+    "score_images",
+    "token_relevance",
+    "with_token_relevance",
+]
 
 
 def score_images(
@@ -102,6 +109,12 @@ def region_crops(image: EncodedImage, boxes: Sequence[tuple[int, int, int, int]]
         for y0, x0, y1, x1 in pixel_boxes
     ]
     return torch.cat(crops, dim=0).clamp_(0.0, 1.0)
+
+
+def reads_query(pruner: Any) -> bool:
+    """Whether ``pruner`` reads the question through a text scorer: the tiles' relevance (``uses_relevance``:
+    hero) or each token's (``needs_token_relevance``: cdpruner)."""
+    return bool(getattr(pruner, "uses_relevance", False) or getattr(pruner, "needs_token_relevance", False))
 
 
 def check_token_scorer(pruner: Any, scorer: Any) -> None:

@@ -39,6 +39,8 @@ from torch import Tensor, nn
 
 from hero_core import HeroError
 
+from ._scoring import reads_query
+
 if TYPE_CHECKING:
     from .report import PruneReport
 
@@ -182,9 +184,7 @@ class Attachment:
         return output
 
     def _needs_text(self) -> bool:
-        pruner = self.vlm.pruner  # the tile relevance (hero) or each token's (cdpruner) reads the prompt's text
-        reads = bool(getattr(pruner, "uses_relevance", False) or getattr(pruner, "needs_token_relevance", False))
-        relevance = self.vlm.text_scorer is not None and reads
+        relevance = self.vlm.text_scorer is not None and reads_query(self.vlm.pruner)  # tiles' or tokens' relevance
         return relevance and not isinstance(self.query, str)
 
     def _queries(self, ids: Any, mask: Any) -> str | list[str | None] | None:

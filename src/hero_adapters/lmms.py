@@ -69,6 +69,7 @@ from ._lmms_args import (
     pretrained_config,
     relevance_presets,
 )
+from ._scoring import reads_query
 from .evaluate import config_depth
 
 try:  # the base class must exist when the class is defined: lmms-eval checks issubclass(HeroLmms, lmms)
@@ -185,8 +186,7 @@ class HeroLmms(_LmmsModel):  # type: ignore[misc,unused-ignore]
         scorer = None
         if clip is not None:
             check_source("clip", clip)
-            if checked.uses_relevance or checked.needs_token_relevance:  # loaded now (CPU): a bad CLIP checkpoint
-                # fails before LLaVA's weights; cdpruner reads each token's CLIP relevance
+            if reads_query(checked):  # loaded now (CPU), so a bad CLIP checkpoint fails before LLaVA's weights
                 scorer = clip_scorer(clip)
             else:
                 clip_config(clip)

@@ -16,6 +16,7 @@ import torch
 
 from hero_core import HeroError, ModelShape, presets
 
+from .._scoring import reads_query
 from ..rows import PLACEHOLDER, check_placeholders, open_image
 from ._args import _one_line, _Override
 from ._checks import _check_outputs, _check_overrides, _check_prompt, _Checked, _checkpoint_folder, _precheck
@@ -201,7 +202,7 @@ def _start(
     pruner = presets.get(args.preset, args.keep_ratio, **encoder, **{o.key: o.value for o in overrides})
     if pruner.uses_relevance and scorer is None:
         _LOG.info("no --clip given: %s budgets come from visual saliency alone", _budget_unit(pruner))
-    elif scorer is not None and not (pruner.uses_relevance or pruner.needs_token_relevance):  # cdpruner reads it
+    elif scorer is not None and not reads_query(pruner):
         _LOG.info("--clip loaded and checked, but preset %r reads no relevance: it is not used", args.preset)
         scorer = None
     vlm = HeroVLM(host.model, pruner, scorer, layout=args.layout, processor=host.processor)

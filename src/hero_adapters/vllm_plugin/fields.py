@@ -21,6 +21,8 @@ from torch import Tensor
 
 from hero_core import HeroError
 
+from .._scoring import reads_query
+
 _LOG = logging.getLogger("hero_adapters.vllm_plugin")
 
 __all__ = [
@@ -187,8 +189,7 @@ class Relevance:
         """The relevance scorer (None without ``clip``, or for a preset that reads no relevance, of tiles or of
         tokens)."""
         options = self.hero_options
-        pruner = options.pruner()
-        if options.clip is None or not (pruner.uses_relevance or pruner.needs_token_relevance):
+        if options.clip is None or not reads_query(options.pruner()):
             return None
         if self._hero_scorer is None:
             from ..text_scorers import HFClipTextScorer
