@@ -31,7 +31,20 @@ from hero_core import HeroError, PrunePlan
 from hero_core import presets as _presets
 from hero_core.counts import ImageCounts, exact_total
 
-__all__ = ["TokenBudget", "budget_ratio", "newline_counts"]
+__all__ = ["TokenBudget", "budget_ratio", "check_exact", "newline_counts"]
+
+
+def check_exact(preset: str, field: str, pruner: Any = None) -> None:
+    """Refuse a preset that cannot keep exactly T tokens per image (``Pruner.count_known`` False: hero-reference,
+    whose floors keep a content-dependent count), naming it as ``field``; ``pruner`` is the preset built, if it is."""
+    if not (pruner if pruner is not None else _presets.get(preset, 1.0)).count_known:
+        raise HeroError.field(
+            field,
+            preset,
+            "a preset that keeps exactly T tokens per image (Pruner.count_known)",
+            f"{preset}'s floors keep a content-dependent number of tokens; compare it at keep ratios instead, or "
+            "use hero (the paper's exact budgets).",
+        )
 
 
 def budget_ratio(tokens: int, counts: ImageCounts) -> float:
@@ -109,13 +122,7 @@ class TokenBudget:
         self.count_newlines = count_newlines
         self.options = dict(options or {})
         self.base = _presets.get(preset, 1.0, **self.options)
-        if not self.base.count_known:  # hero-reference: its floors keep a content-dependent count, never exactly T
-            raise HeroError.field(
-                "preset",
-                preset,
-                "a preset that keeps exactly T tokens per image (Pruner.count_known)",
-                "Compare it at keep ratios instead, or use hero (the paper's exact budgets).",
-            )
+        check_exact(preset, "preset", self.base)
         self._built: dict[float, Any] = {}
         self._planned = threading.local()  # .expected: deque of (counts, newlines) of the last plan_encoded call
 

@@ -19,7 +19,7 @@ from hero_core import presets as _presets
 
 from ..attach import host_generate
 from ..rows import Row, open_image
-from .budget import TokenBudget
+from .budget import TokenBudget, check_exact
 from .loading import Host
 from .metrics import Evaluation, EvaluationError, Tally, setting_key, summarise
 
@@ -42,14 +42,8 @@ def check_tokens(tokens: Sequence[int], *, flags: bool = False, presets: Sequenc
     able to keep exactly T (``Pruner.count_known``: not ``hero-reference``). ``flags`` names ``--tokens``."""
     name = "--tokens" if flags else "tokens"
     for preset in presets:
-        if preset in _presets.PRESETS and not _presets.get(preset, 1.0).count_known:
-            raise HeroError.field(
-                "--presets" if flags else "presets",
-                preset,
-                f"presets that keep exactly T tokens per image with {name} (Pruner.count_known)",
-                f"{preset}'s floors keep a content-dependent number of tokens; compare it at keep ratios instead, "
-                "or use hero (the paper's exact budgets).",
-            )
+        if preset in _presets.PRESETS:  # unknown names: check_options refuses them
+            check_exact(preset, "--presets" if flags else "presets")
     budgets = tuple(tokens)
     if not budgets:
         raise HeroError.field(name, [], "at least one token budget per image, e.g. 640 320 160")
