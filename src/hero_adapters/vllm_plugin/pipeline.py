@@ -187,11 +187,8 @@ def plan_encoded(
     for i, pruner in enumerate(needs):
         if pruner.needs_features and token_features is not None:  # without them plan_batch names the preset
             tiles[i] = tiles[i].replace(token_features=token_features[i].to(tiles[i].device))
-    asked = [
-        i
-        for i, pruner in enumerate(needs)
-        if pruner.needs_token_relevance and not pruner.keeps_all() and images[i].query is not None
-    ]
+    missing = unconditioned(images, pruner_for)  # planned without a question: uniform relevance below
+    asked = [i for i, p in enumerate(needs) if p.needs_token_relevance and not p.keeps_all() and not missing[i]]
     if asked:
         if all_views is None:
             raise HeroError.field("all_views", None, "every view of each image, for the token relevance")
@@ -201,10 +198,9 @@ def plan_encoded(
         )  # fmt: skip
         for i, scores in zip(asked, scored, strict=True):
             tiles[i] = tiles[i].replace(token_relevance=scores)
-    for i, pruner in enumerate(needs):
-        if pruner.needs_token_relevance and tiles[i].token_relevance is None:  # no query: nothing to condition on
-            uniform = torch.zeros(tiles[i].valid_mask.shape, dtype=torch.float32, device=tiles[i].device)
-            tiles[i] = tiles[i].replace(token_relevance=uniform)
+    for i in (i for i, flag in enumerate(missing) if flag):  # no query: nothing to condition on
+        uniform = torch.zeros(tiles[i].valid_mask.shape, dtype=torch.float32, device=tiles[i].device)
+        tiles[i] = tiles[i].replace(token_relevance=uniform)
     relevance = _relevance(images, tiles, pruner_for, scorer, local_views)
     plans: list[PrunePlan | None] = [None] * len(images)
     for ratio in sorted({image.keep_ratio for image in images}):
