@@ -38,22 +38,39 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _engine(
+    tmp_path_factory: pytest.TempPathFactory, preset: str, architecture: str, model: Path, clip: Path, **fields: Any
+) -> Iterator[tuple[str, Any, Path]]:
+    """An engine serving ``preset`` at keep ratio 0.4 (cdpruner with ``clip``), recording what it keeps."""
+    record = tmp_path_factory.mktemp(f"record-{architecture}-{preset}") / "kept.jsonl"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HERO_VLLM_RECORD", str(record))  # inherited by the engine's process
+    options: dict[str, Any] = {"preset": preset, "keep_ratio": 0.4, **fields}
+    if preset == "cdpruner":
+        options["clip"] = str(clip)
+    llm = _llm(model, hf_overrides={"architectures": [architecture], "hero": options})
+    try:
+        yield preset, llm, record
+    finally:
+        _close(llm)
+        mp.undo()
+
+
+def _same_next_token(output: Any, logits: torch.Tensor, preset: str) -> None:
+    """vLLM's first-token log-probabilities equal HeroVLM.forward's last logits' (2e-3), greedy token included."""
+    expected = torch.log_softmax(logits.float(), dim=-1)
+    (first,) = output.outputs[0].logprobs
+    for token, logprob in first.items():
+        assert math.isclose(logprob.logprob, float(expected[token]), abs_tol=2e-3), (preset, token)
+    assert int(output.outputs[0].token_ids[0]) == int(expected.argmax())
+
+
 @pytest.fixture(scope="module", params=PRESETS)
 def served(
     request: pytest.FixtureRequest, checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Any, Path]]:
-    preset = str(request.param)
-    record = tmp_path_factory.mktemp(f"record-{preset}") / "kept.jsonl"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HERO_VLLM_RECORD", str(record))  # inherited by the engine's process
-    options: dict[str, Any] = {"preset": preset, "keep_ratio": 0.4}
-    if preset == "cdpruner":
-        options["clip"] = str(checkpoints["clip"])
-    overrides = {"architectures": ["HeroLlavaNextForConditionalGeneration"], "hero": options}
-    llm = _llm(checkpoints["llava"], hf_overrides=overrides)
-    yield preset, llm, record
-    _close(llm)
-    mp.undo()
+    architecture = "HeroLlavaNextForConditionalGeneration"
+    yield from _engine(tmp_path_factory, str(request.param), architecture, checkpoints["llava"], checkpoints["clip"])
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +105,7 @@ def test_the_plugin_serves_them_with_herovlms_tokens_and_log_probabilities(
         plan = vlm.plan(**inputs, query=query).images[0].plan
         assert got["kept"] == [row.nonzero().flatten().tolist() for row in plan.keep], (preset, width, height)
         with torch.no_grad():
-            logits = vlm.forward(**inputs, query=query).logits[0, -1].float()
-        expected = torch.log_softmax(logits, dim=-1)
-        (first,) = output.outputs[0].logprobs
-        for token, logprob in first.items():
-            assert math.isclose(logprob.logprob, float(expected[token]), abs_tol=2e-3), (preset, token)
-        assert int(output.outputs[0].token_ids[0]) == int(expected.argmax())
+            _same_next_token(output, vlm.forward(**inputs, query=query).logits[0, -1], preset)
 
 
 def test_cdpruner_without_a_question_is_planned_for_diversity_and_recorded_so(served: tuple[str, Any, Path]) -> None:
@@ -115,18 +127,11 @@ INTERNVL_FIELDS = {"visionzip": {"contextual": 0.5}}  # 4-token views: the defau
 def served_internvl(
     request: pytest.FixtureRequest, checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Any, Path]]:
-    preset = str(request.param)
-    record = tmp_path_factory.mktemp(f"record-internvl-{preset}") / "kept.jsonl"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HERO_VLLM_RECORD", str(record))
-    options: dict[str, Any] = {"preset": preset, "keep_ratio": 0.4, **INTERNVL_FIELDS.get(preset, {})}
-    if preset == "cdpruner":
-        options["clip"] = str(checkpoints["clip-tile"])
-    overrides = {"architectures": ["HeroInternVLForConditionalGeneration"], "hero": options}
-    llm = ivl._llm(checkpoints["internvl"], hf_overrides=overrides)
-    yield preset, llm, record
-    ivl._close(llm)
-    mp.undo()
+    preset, architecture = str(request.param), "HeroInternVLForConditionalGeneration"
+    fields = INTERNVL_FIELDS.get(preset, {})
+    yield from _engine(
+        tmp_path_factory, preset, architecture, checkpoints["internvl"], checkpoints["clip-tile"], **fields
+    )
 
 
 @ivl.pytestmark
@@ -159,8 +164,4 @@ def test_the_internvl_plugin_serves_them_with_herovlms_tokens_and_log_probabilit
             assert bool(((flat >= 0) & (flat != torch.arange(flat.numel()))).any())
         assert got["views"] > 2 and got["kept"] == [row.nonzero().flatten().tolist() for row in plan.keep], preset
         with torch.no_grad():
-            logits = vlm.forward(**inputs, query=query).logits[0, -1].float()
-        expected = torch.log_softmax(logits, dim=-1)
-        (first,) = output.outputs[0].logprobs
-        for token, logprob in first.items():
-            assert math.isclose(logprob.logprob, float(expected[token]), abs_tol=2e-3), (preset, token)
+            _same_next_token(output, vlm.forward(**inputs, query=query).logits[0, -1], preset)
